@@ -1,0 +1,22 @@
+// The focal-loss SIMD kernel built for the avx2 CPU capability (chosen at run time).
+#pragma GCC target("avx2,fma,f16c")
+// The pragma enables the instructions; these macros tell sleef.h and ATen's vec headers.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#define CPU_CAPABILITY AVX2
+#define CPU_CAPABILITY_AVX2
+#include "focal_kernel.h"
+
+namespace marsops::cpu {
+FocalStats focal_forward_avx2(const FocalArgs& a) { return CPU_CAPABILITY::focal_forward_impl(a); }
+}  // namespace marsops::cpu

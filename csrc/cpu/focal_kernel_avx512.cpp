@@ -1,0 +1,34 @@
+// The focal-loss SIMD kernel built for the avx512 CPU capability (chosen at run time).
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+// The pragma enables the instructions; these macros tell sleef.h and ATen's vec headers.
+#ifndef __AVX__
+#define __AVX__ 1
+#endif
+#ifndef __AVX2__
+#define __AVX2__ 1
+#endif
+#ifndef __FMA__
+#define __FMA__ 1
+#endif
+#ifndef __F16C__
+#define __F16C__ 1
+#endif
+#ifndef __AVX512F__
+#define __AVX512F__ 1
+#endif
+#ifndef __AVX512BW__
+#define __AVX512BW__ 1
+#endif
+#ifndef __AVX512VL__
+#define __AVX512VL__ 1
+#endif
+#ifndef __AVX512DQ__
+#define __AVX512DQ__ 1
+#endif
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#include "focal_kernel.h"
+
+namespace marsops::cpu {
+FocalStats focal_forward_avx512(const FocalArgs& a) { return CPU_CAPABILITY::focal_forward_impl(a); }
+}  // namespace marsops::cpu

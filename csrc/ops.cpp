@@ -1,0 +1,19 @@
+// Every marsops op schema, declared once. Device implementations live in csrc/cpu and csrc/cuda;
+// fake (meta) kernels and autograd are registered from Python (marsops/_ops.py).
+#include <Python.h>
+#include <torch/library.h>
+
+extern "C" {
+// `from marsops import _C` loads this library, which registers the ops; no Python API of its own.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+}
+
+TORCH_LIBRARY(marsops, m) {
+  // reduction: 0 none, 1 sum, 2 mean, 3 weighted_mean. Returns (loss, grad); grad is dloss/dlogits
+  // (already divided by the mean's denominator) when compute_grad, else an empty (0,) tensor.
+  m.def("focal_loss_forward(Tensor logits, Tensor target, Tensor? weight, float gamma, int ignore_index, "
+        "int reduction, bool compute_grad) -> (Tensor, Tensor)");
+}

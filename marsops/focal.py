@@ -1,0 +1,134 @@
+"""Fused softmax focal loss: public API, custom-op registration (fake kernels, autograd) and the
+dispatch to the reference / C++ CPU / CUDA / Triton implementations."""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks, _extension, backend as _backend, reference
+from . import triton as _triton
+
+REDUCTIONS = reference.REDUCTIONS  # code = position: none 0, sum 1, mean 2, weighted_mean 3
+
+
+def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, gamma: float = 2.0,
+               ignore_index: int = -100, reduction: str = "mean", backend: str = "auto") -> Tensor:
+    """Softmax focal loss (Lin et al. 2017) for classification and segmentation.
+
+    For each element i with target y_i != ignore_index and p_i = softmax(logits_i)[y_i]:
+    ``l_i = -weight[y_i] * (1 - p_i)**gamma * log(p_i)``; ignored elements give 0.
+
+    Args:
+        logits: (N, C) or (N, C, *spatial) float tensor (fp16/bf16 are computed in fp32).
+        target: (N,) or (N, *spatial) integer tensor of class indices in [0, C) or ignore_index.
+        weight: optional (C,) per-class weights (None: all ones).
+        gamma: focusing parameter >= 0; gamma = 0 is the (weighted) cross-entropy.
+        ignore_index: target value that contributes nothing.
+        reduction: "none" (shape of target), "sum", "mean" (sum / number of non-ignored elements)
+            or "weighted_mean" (sum / sum of weight[y_i], torch's cross_entropy convention).
+            When that denominator is 0 (all ignored), the loss and its gradient are 0.
+        backend: "auto", "reference", "cpu", "cuda" or "triton" (see marsops.backends()).
+
+    The fused kernels compute the gradient in the forward pass (one extra logits-sized buffer,
+    kept until backward) and never build softmax or one-hot tensors. Labels outside [0, C) that
+    are not ignore_index raise a ValueError (on CUDA, a device-side assertion).
+    """
+    op = "focal_loss"
+    _checks.check_tensor("logits", logits, op)
+    _checks.check_tensor("target", target, op)
+    _checks.check_float("logits", logits, op)
+    _checks.check_integer("target", target, op)
+    if logits.dim() < 2:
+        raise ValueError(f"marsops.focal_loss: logits must be (N, C) or (N, C, *spatial), got shape {tuple(logits.shape)}")
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"marsops.focal_loss: target shape {tuple(target.shape)} does not match logits shape "
+                         f"{tuple(logits.shape)}; expected {expected}")
+    if weight is not None:
+        _checks.check_tensor("weight", weight, op)
+        if weight.shape != (logits.shape[1],):
+            raise ValueError(f"marsops.focal_loss: weight must have shape ({logits.shape[1]},), got {tuple(weight.shape)}")
+    _checks.check_same_device(op, logits=logits, target=target, weight=weight)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"marsops.focal_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not gamma >= 0:
+        raise ValueError(f"marsops.focal_loss: gamma must be >= 0, got {gamma}")
+
+    chosen = _backend.resolve("focal_loss_forward", logits, backend)
+    if chosen == "reference":
+        return reference.focal_loss(logits, target, weight, gamma, ignore_index, reduction)
+    if logits.dtype == torch.float64 and chosen in ("cuda", "triton"):
+        raise TypeError(f"marsops.focal_loss: the {chosen} backend computes in fp32; use float32 logits or "
+                        "the cpu / reference backend for float64")
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
+    loss, _ = fn(logits, target, weight, float(gamma), int(ignore_index), REDUCTIONS.index(reduction), compute_grad)
+    return loss
+
+
+class FocalLoss(nn.Module):
+    """Module form of :func:`focal_loss`; ``weight`` is a buffer, so it follows ``.to(device)``."""
+
+    def __init__(self, weight: Optional[Tensor] = None, gamma: float = 2.0, ignore_index: int = -100,
+                 reduction: str = "mean", backend: str = "auto"):
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.gamma, self.ignore_index, self.reduction, self.backend = gamma, ignore_index, reduction, backend
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return focal_loss(logits, target, self.weight, self.gamma, self.ignore_index, self.reduction, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+
+
+# ---- custom-op plumbing, shared by the compiled op and the Triton op ----------------------------
+
+@torch.library.custom_op("marsops::focal_loss_forward_triton", mutates_args=())
+def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float,
+                               ignore_index: int, reduction: int, compute_grad: bool) -> tuple[Tensor, Tensor]:
+    from .triton.focal import focal_loss_forward
+
+    reason = _triton.unavailable_reason(logits.device.type)
+    if reason:
+        raise RuntimeError(f"marsops.focal_loss: {reason}")
+    N, C = logits.shape[:2]
+    x = logits.contiguous().view(N, C, -1)
+    y = target.contiguous().view(N, -1)
+    raise_if = _checks.async_raise_if("focal_loss", "target contains a label outside [0, C) that is not ignore_index")
+    loss, grad = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad, raise_if)
+    return (loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad)
+
+
+def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad):
+    torch._check(target.shape[0] == logits.shape[0])
+    loss = logits.new_empty(target.shape if reduction == 0 else ())
+    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    return loss, grad
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.reduction = inputs[5]
+    ctx.save_for_backward(output[1])
+
+
+def _backward(ctx, grad_loss, _unused):
+    (grad,) = ctx.saved_tensors
+    if grad.numel() == 0 and grad_loss is not None:
+        raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad)")
+    if ctx.reduction == 0:
+        return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
+    if (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and grad_loss.numel() == 1
+            and grad_loss.item() == 1.0):
+        return grad, None, None, None, None, None, None  # loss.backward(): skip a logits-sized multiply
+    return grad * grad_loss, None, None, None, None, None, None
+
+
+def _register(op):
+    torch.library.register_fake(op)(_fake)
+    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
+
+
+_register("marsops::focal_loss_forward_triton")
+if _extension._C is not None:
+    _register("marsops::focal_loss_forward")

@@ -1,0 +1,36 @@
+"""Pure-PyTorch reference versions of every marsops op: readable, any device, differentiable
+by autograd. They are the oracle of the tests and the fallback when nothing is compiled."""
+import torch
+
+REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
+
+
+def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) -> torch.Tensor:
+    """Mask of the non-ignored labels; raises if one lies outside [0, num_classes)."""
+    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    bad = valid & ((target < 0) | (target >= num_classes))
+    if bad.any():
+        raise ValueError(f"marsops.{op}: target contains label {int(target[bad][0])}, outside [0, {num_classes}) "
+                         f"and not ignore_index ({ignore_index})")
+    return valid
+
+
+def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean"):
+    """Softmax focal loss: -w[y] * (1 - p_y)^gamma * log p_y per element (see marsops.focal_loss)."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    valid = check_labels(target, x.shape[1], ignore_index, "focal_loss")
+    t = torch.where(valid, target, 0).long()
+    logp = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1.
+    q = (-torch.expm1(logp)).clamp_min(torch.finfo(x.dtype).tiny)
+    w = torch.ones_like(logp) if weight is None else weight.to(x.dtype)[t]
+    w = torch.where(valid, w, torch.zeros_like(w))
+    loss = -w * q**gamma * logp
+    if reduction == "none":
+        return loss.to(logits.dtype)
+    total = loss.sum()
+    if reduction == "sum":
+        return total.to(logits.dtype)
+    denom = valid.sum().to(x.dtype) if reduction == "mean" else w.sum()
+    # Nothing counted (every pixel ignored, or only zero-weight classes): the loss is 0, not NaN.
+    return torch.where(denom > 0, total / denom.clamp_min(torch.finfo(x.dtype).tiny), total * 0).to(logits.dtype)

@@ -1,0 +1,23 @@
+"""Triton kernels. They run on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1
+(Triton's interpreter, which is how the test suite exercises them on machines without a GPU)."""
+import os
+
+try:
+    import triton  # noqa: F401
+
+    IMPORT_ERROR = None
+except ImportError as exc:
+    IMPORT_ERROR = f"triton is not installed ({exc})"
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def unavailable_reason(device_type: str):
+    """None if Triton kernels can run on tensors of this device type, else why not."""
+    if IMPORT_ERROR:
+        return IMPORT_ERROR
+    if device_type == "cpu" and not INTERPRET:
+        return "Triton runs CPU tensors only under TRITON_INTERPRET=1 (set before importing marsops)"
+    if device_type not in ("cpu", "cuda"):
+        return f"Triton kernels do not support {device_type} tensors"
+    return None
