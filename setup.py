@@ -66,15 +66,18 @@ def nvidia_include_dirs():
 
 def extensions():
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
+    # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
+    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
+    link = ["-fopenmp"]
     if not want_cuda():
-        return [CppExtension("marsops._C", cpu_sources, extra_compile_args={"cxx": cxx}, py_limited_api=False)]
+        return [CppExtension("marsops._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return [
         CUDAExtension(
             "marsops._C",
             cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
             extra_compile_args={"cxx": cxx + ["-DMARSOPS_WITH_CUDA"], "nvcc": nvcc + ["-DMARSOPS_WITH_CUDA"]},
+            extra_link_args=link,
             include_dirs=nvidia_include_dirs(),
         )
     ]

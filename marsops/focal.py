@@ -110,6 +110,10 @@ def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad):
 def _setup_context(ctx, inputs, output):
     ctx.reduction = inputs[5]
     ctx.save_for_backward(output[1])
+    # The second output (the saved gradient) gets no gradient: without these, autograd would
+    # allocate and zero a logits-sized tensor for it in every backward.
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, grad_loss, _unused):
