@@ -53,17 +53,6 @@ def want_cuda():
     return possible
 
 
-def nvidia_include_dirs():
-    """Headers that pip's nvidia-* wheels carry (e.g. cusparse.h for ATen/cuda headers)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("nvidia")
-    if spec is None or not spec.submodule_search_locations:
-        return []
-    roots = list(spec.submodule_search_locations)
-    return sorted(d for r in roots for d in glob.glob(os.path.join(r, "*", "include")))
-
-
 def extensions():
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
     # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
@@ -71,6 +60,8 @@ def extensions():
     link = ["-fopenmp"]
     if not want_cuda():
         return [CppExtension("marsops._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
+    # Only c10/cuda headers are used: ATen/cuda ones would need the pip nvidia-* include folders,
+    # whose CUDA version need not match the local nvcc's headers.
     nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
     return [
         CUDAExtension(
@@ -78,7 +69,6 @@ def extensions():
             cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
             extra_compile_args={"cxx": cxx + ["-DMARSOPS_WITH_CUDA"], "nvcc": nvcc + ["-DMARSOPS_WITH_CUDA"]},
             extra_link_args=link,
-            include_dirs=nvidia_include_dirs(),
         )
     ]
 

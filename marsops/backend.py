@@ -38,9 +38,13 @@ def unavailable_reason(backend: str, op_name: str, device_type: str):
 
 def resolve(op_name: str, tensor: torch.Tensor, backend: str = "auto") -> str:
     """The backend that will run `op_name` for `tensor`; raises if a forced one cannot."""
+    return _resolve(op_name, tensor.device.type, backend)
+
+
+@torch.compiler.assume_constant_result  # a trace-time constant for torch.compile: no graph break
+def _resolve(op_name: str, device_type: str, backend: str) -> str:
     if backend == "auto":
         backend = os.environ.get("MARSOPS_BACKEND", "auto")
-    device_type = tensor.device.type
     if backend != "auto":
         reason = unavailable_reason(backend, op_name, device_type)
         if reason:

@@ -93,8 +93,9 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     if reason:
         raise RuntimeError(f"marsops.focal_loss: {reason}")
     N, C = logits.shape[:2]
-    x = logits.contiguous().view(N, C, -1)
-    y = target.contiguous().view(N, -1)
+    P = target[0].numel() if N else 0
+    x = logits.contiguous().view(N, C, P)
+    y = target.contiguous().view(N, P)
     raise_if = _checks.async_raise_if("focal_loss", "target contains a label outside [0, C) that is not ignore_index")
     loss, grad = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad, raise_if)
     return (loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad)
@@ -116,14 +117,21 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
+def _is_plain_cpu_one(t: Tensor) -> bool:
+    """t is a real (not fake/traced) CPU scalar equal to 1, so reading it costs no sync or graph break."""
+    return (type(t) is torch.Tensor and not torch.compiler.is_compiling() and t.device.type == "cpu"
+            and t.numel() == 1 and t.item() == 1.0)
+
+
 def _backward(ctx, grad_loss, _unused):
     (grad,) = ctx.saved_tensors
-    if grad.numel() == 0 and grad_loss is not None:
+    if grad_loss is None:  # the loss did not reach what was differentiated
+        return None, None, None, None, None, None, None
+    if grad.numel() == 0:
         raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad)")
     if ctx.reduction == 0:
         return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
-    if (not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and grad_loss.numel() == 1
-            and grad_loss.item() == 1.0):
+    if _is_plain_cpu_one(grad_loss):
         return grad, None, None, None, None, None, None  # loss.backward(): skip a logits-sized multiply
     return grad * grad_loss, None, None, None, None, None, None
 

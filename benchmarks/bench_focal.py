@@ -1,0 +1,101 @@
+"""Focal loss forward+backward: every available backend against the eager reference,
+torch.compile of the reference and peer libraries, at the report's batch and a large one.
+
+    python -m benchmarks.bench_focal [--quick]
+"""
+import argparse
+
+import torch
+
+import marsops
+from marsops import backend as _backend, reference
+
+from . import harness
+
+REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
+SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)}
+
+
+def candidates(device):
+    """name -> loss(logits, target, weight) for everything that can run here."""
+    fns = {"reference (eager)": lambda x, t, w: reference.focal_loss(x, t, w, 0.5, -100, "mean")}
+    compiled = torch.compile(reference.focal_loss)
+    fns["reference (torch.compile)"] = lambda x, t, w: compiled(x, t, w, 0.5, -100, "mean")
+    for b in _backend.BACKENDS[1:]:
+        if _backend.unavailable_reason(b, "focal_loss_forward", device.type) is None:
+            if b == "triton" and device.type == "cpu":
+                continue  # the interpreter is a test vehicle, not a contender
+            fns[f"marsops {b}"] = lambda x, t, w, b=b: marsops.focal_loss(x, t, w, 0.5, backend=b)
+    try:
+        import kornia.losses
+
+        # kornia's alpha is a scalar balance factor, not per-class weights: timed unweighted.
+        fns["kornia focal_loss (unweighted)"] = lambda x, t, w: kornia.losses.focal_loss(
+            x, t, alpha=None, gamma=0.5, reduction="mean")
+    except ImportError:
+        pass
+    try:
+        from segmentation_models_pytorch.losses import FocalLoss as SmpFocal
+
+        smp = SmpFocal("multiclass", gamma=0.5)
+        fns["smp FocalLoss (unweighted)"] = lambda x, t, w: smp(x, t)
+    except ImportError:
+        pass
+    return fns
+
+
+def bench_shape(label, shape, device, fns, repeats):
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w_ = shape
+    logits = torch.randn(shape, generator=g).to(device).requires_grad_()
+    target = torch.randint(0, c, (n, h, w_), generator=g).to(device)
+    weight = (torch.tensor(REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
+    min_bytes = logits.numel() * 4 * 2 + target.numel() * target.element_size()  # read x, y; write grad
+    rows = []
+    for name, fn in fns.items():
+        def step():
+            fn(logits, target, weight).backward()
+            logits.grad = None
+
+        try:
+            med, p20, p80 = harness.time_ms(step, device, repeats=repeats)
+            peak = harness.peak_extra_mb(step, device)
+        except Exception as exc:  # a peer failing on this shape is reported, not fatal
+            rows.append({"shape": label, "impl": name, "error": str(exc)[:120]})
+            continue
+        rows.append({"shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80,
+                     "GB/s": min_bytes / (med * 1e-3) / 1e9, "peak MB": peak,
+                     "grad MB": logits.numel() * 4 / 2**20})
+    base = {r["impl"]: r.get("ms") for r in rows}
+    for r in rows:
+        if "ms" in r:
+            r["vs eager"] = base["reference (eager)"] / r["ms"]
+            r["vs compile"] = base["reference (torch.compile)"] / r["ms"]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="report shape only, fewer repeats")
+    args = parser.parse_args(argv)
+    device = harness.device_from_env()
+    fns = candidates(device)
+    bandwidth = harness.copy_bandwidth_gbs(device)
+    rows = []
+    for label, shape in SHAPES.items():
+        if args.quick and not label.startswith("report"):
+            continue
+        rows += bench_shape(label, shape, device, fns, repeats=5 if args.quick else 15)
+    for r in rows:
+        if "GB/s" in r:
+            r["% copy bw"] = 100 * r["GB/s"] / bandwidth
+    cols = ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB", "grad MB"]
+    print(f"focal loss fwd+bwd, fp32, gamma 0.5, mean; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
+    print(harness.markdown_table(rows, cols))
+    path = harness.save("focal", device, rows, {"copy_bandwidth_gbs": bandwidth})
+    print(f"saved {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""What every benchmark shares: timing (median with p20/p80 of repeated runs), peak memory,
+copy bandwidth measured in the same run, the machine description, tables and JSON."""
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn, device, repeats=15, warmup=3):
+    """(median, p20, p80) wall time of fn() in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        samples.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(samples, n=5)
+    return statistics.median(samples), q[0], q[3]
+
+
+def peak_extra_mb(fn, device):
+    """Peak memory allocated by torch during fn() beyond what was live before, in MB."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for e in sorted(prof.events(), key=lambda e: e.time_range.start):
+        if e.name == "[memory]":
+            live += e.cpu_memory_usage
+            peak = max(peak, live)
+    return peak / 2**20
+
+
+def copy_bandwidth_gbs(device, mb=256):
+    """Read+write bandwidth of a large tensor copy into existing memory, GB/s."""
+    src = torch.empty(mb * 2**20 // 4, device=device).uniform_()
+    dst = torch.empty_like(src)
+    median, _, _ = time_ms(lambda: dst.copy_(src), device, repeats=9)
+    return 2 * src.numel() * 4 / (median * 1e-3) / 1e9
+
+
+def machine(device):
+    desc = {
+        "cpu": _cpu_model(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if device.type == "cuda":
+        desc["gpu"] = torch.cuda.get_device_name(device)
+    return desc
+
+
+def _cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def markdown_table(rows, columns):
+    head = "| " + " | ".join(columns) + " |\n|" + "|".join("---" for _ in columns) + "|\n"
+    return head + "".join("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |\n" for r in rows)
+
+
+def _fmt(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def save(name, device, rows, extra=None):
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    path = RESULTS / f"{name}_{tag}.json"
+    payload = {"benchmark": name, "machine": machine(device), "rows": rows, **(extra or {})}
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def device_from_env():
+    return torch.device(os.environ.get("MARSOPS_BENCH_DEVICE", "cuda" if torch.cuda.is_available() else "cpu"))

@@ -1,0 +1,45 @@
+"""What the tests share: which backends can run here, and tolerances per dtype."""
+import pytest
+import torch
+
+import marsops
+from marsops import backend as _backend
+
+HAS_GPU = torch.cuda.is_available()
+requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
+
+
+def kernel_backends(op_name: str):
+    """(backend, device) pairs whose kernels can run here: the C++ CPU kernel, Triton (its
+    interpreter on CPU when no GPU is present), and the CUDA kernel and Triton on a GPU."""
+    pairs = [("cpu", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
+    out = []
+    for b, d in pairs:
+        if d == "cuda" and not HAS_GPU:
+            continue
+        if d == "cpu" and b == "triton" and HAS_GPU:
+            continue  # the interpreter is only for GPU-less machines
+        if _backend.unavailable_reason(b, op_name, d) is None:
+            out.append((b, d))
+    return out
+
+
+def backend_ids(pairs):
+    return [f"{b}-{d}" for b, d in pairs]
+
+
+# (rtol, atol) for comparing a kernel's output with the fp32/fp64 reference on the same inputs.
+TOLERANCE = {
+    torch.float64: (1e-9, 1e-11),
+    torch.float32: (2e-4, 2e-6),
+    torch.float16: (4e-3, 1e-4),
+    torch.bfloat16: (3e-2, 1e-3),
+}
+
+
+def assert_close(actual, expected, dtype=None):
+    rtol, atol = TOLERANCE[dtype or actual.dtype]
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
+
+
+assert marsops  # imported here so conftest's environment is in place first

@@ -1,0 +1,300 @@
+"""Focal loss: every kernel against the reference, against F.cross_entropy (an oracle we did not
+write), gradcheck, extreme inputs, bad inputs, opcheck and torch.compile."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+import marsops
+from marsops import reference
+from helpers import HAS_GPU, assert_close, backend_ids, kernel_backends, requires_gpu
+
+BACKENDS = kernel_backends("focal_loss_forward")
+REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
+
+
+@st.composite
+def focal_case(draw, max_pixels=300):
+    """Random logits/target/weight and options, with the awkward corners drawn on purpose."""
+    n = draw(st.integers(1, 4))
+    c = draw(st.integers(2, 19))
+    spatial = draw(st.sampled_from([(), (1,), (7,), (3, 5), (4, 9), (2, 3, 4), (5, 33)]))
+    gamma = draw(st.one_of(st.sampled_from([0.0, 0.5, 1.0, 2.0]), st.floats(0.0, 5.0)))
+    reduction = draw(st.sampled_from(marsops.focal.REDUCTIONS))
+    ignore_index = draw(st.sampled_from([-100, 0, 255, c - 1]))
+    use_weight = draw(st.booleans())
+    scale = draw(st.sampled_from([1.0, 5.0, 1e4]))
+    target_dtype = draw(st.sampled_from([torch.int64, torch.int32, torch.uint8]))
+    if target_dtype == torch.uint8 and ignore_index < 0:
+        ignore_index = 255
+    non_contiguous = draw(st.booleans())
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    shape = (n, c) + spatial
+    logits = torch.randn(shape, generator=g, dtype=torch.float64) * scale
+    if draw(st.booleans()):  # ties and one-hot-like rows
+        logits[:, : c // 2] = logits[:, :1]
+    target = torch.randint(0, c, (n,) + spatial, generator=g)
+    drop = torch.rand(target.shape, generator=g) < draw(st.sampled_from([0.0, 0.3, 1.0]))
+    target[drop] = ignore_index
+    target = target.to(target_dtype)
+    weight = torch.rand(c, generator=g, dtype=torch.float64) * 3 if use_weight else None
+    if non_contiguous:  # the same values, laid out with a class-minor stride
+        logits = logits.movedim(1, -1).contiguous().movedim(-1, 1)
+    return dict(logits=logits, target=target, weight=weight, gamma=gamma, ignore_index=ignore_index,
+                reduction=reduction)
+
+
+def run(case, backend, device, dtype):
+    """Loss and d(loss)/d(logits) (through a random upstream gradient for 'none')."""
+    logits = case["logits"].to(device=device, dtype=dtype, copy=True).requires_grad_()
+    target = case["target"].to(device)
+    weight = None if case["weight"] is None else case["weight"].to(device=device, dtype=torch.float32)
+    loss = marsops.focal_loss(logits, target, weight, case["gamma"], case["ignore_index"], case["reduction"],
+                              backend=backend)
+    upstream = torch.linspace(-1, 2, loss.numel(), device=device, dtype=loss.dtype).view(loss.shape)
+    (grad,) = torch.autograd.grad(loss, logits, upstream)
+    return loss, grad
+
+
+def reference_run(case, dtype):
+    """The reference on the same (rounded) inputs, computed in fp32 (fp64 for fp64)."""
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    rounded = dict(case, logits=case["logits"].to(dtype).to(compute))
+    return run(rounded, "reference", "cpu", compute)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+@given(case=focal_case(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+def test_matches_reference(backend, device, case, dtype):
+    if dtype == torch.float64 and backend != "cpu":
+        dtype = torch.float32  # cuda / triton compute in fp32 and reject fp64 (tested below)
+    loss, grad = run(case, backend, device, dtype)
+    ref_loss, ref_grad = reference_run(case, dtype)
+    assert loss.dtype == dtype and grad.dtype == dtype and loss.shape == ref_loss.shape
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert_close(loss, ref_loss, dtype)
+    assert_close(grad, ref_grad, dtype)
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + BACKENDS,
+                         ids=backend_ids([("reference", "cpu")] + BACKENDS))
+@given(case=focal_case())
+def test_gamma_zero_is_torch_cross_entropy(backend, device, case):
+    """With gamma = 0 and weighted_mean, the focal loss is F.cross_entropy: an oracle we did not write."""
+    case = dict(case, gamma=0.0, reduction="weighted_mean", target=case["target"].long())
+    if case["ignore_index"] == 255:
+        case["ignore_index"] = -100
+        case["target"][case["target"] == 255] = -100
+    logits = case["logits"].float()
+    weight = None if case["weight"] is None else case["weight"].float()
+    expected = F.cross_entropy(logits, case["target"], weight=weight, ignore_index=case["ignore_index"])
+    if not torch.isfinite(expected):
+        return  # nothing counted: torch gives NaN, marsops defines 0 (test_all_ignored)
+    loss, grad = run(dict(case, logits=logits), backend, device, torch.float32)
+    x = logits.clone().requires_grad_()
+    F.cross_entropy(x, case["target"], weight=weight, ignore_index=case["ignore_index"]).backward()
+    assert_close(loss, expected)
+    # For 'weighted_mean', run() scales the scalar loss by the upstream gradient linspace(-1, 2, 1) = -1.
+    assert_close(grad, -x.grad)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.7])
+@pytest.mark.parametrize("reduction", marsops.focal.REDUCTIONS)
+def test_gradcheck_float64(gamma, reduction):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, dtype=torch.float64, generator=g).requires_grad_()
+    target = torch.randint(0, 4, (2, 3, 5), generator=g)
+    target[0, 0, :2] = -100
+    weight = torch.tensor([0.5, 1.0, 2.0, 0.0], dtype=torch.float64)
+    for backend in ("reference", "cpu"):
+        fn = lambda x: marsops.focal_loss(x, target, weight, gamma, -100, reduction, backend=backend)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (logits,))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0, 4.5])
+def test_extreme_logits_stay_finite(backend, device, gamma):
+    """+-1e4 logits, exact ties and exactly one-hot softmax rows give finite values and gradients."""
+    logits = torch.tensor([[1e4, -1e4, 0.0], [0.0, 0.0, 0.0], [-1e4, 1e4, -1e4], [3e4, 3e4, -3e4],
+                           [80.0, 0.0, 0.0]], device=device)
+    for t in range(3):
+        target = torch.full((5,), t, device=device)
+        x = logits.clone().requires_grad_()
+        loss = marsops.focal_loss(x, target, gamma=gamma, backend=backend)
+        loss.backward()
+        ref_x = logits.cpu().clone().requires_grad_()
+        ref = reference.focal_loss(ref_x, target.cpu(), gamma=gamma)
+        ref.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+        assert_close(loss, ref)
+        assert_close(x.grad, ref_x.grad)
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + BACKENDS,
+                         ids=backend_ids([("reference", "cpu")] + BACKENDS))
+@pytest.mark.parametrize("reduction", ["mean", "weighted_mean"])
+def test_all_ignored_gives_zero_loss_and_gradient(backend, device, reduction):
+    x = torch.randn(2, 3, 4, device=device, requires_grad=True)
+    target = torch.full((2, 4), -100, device=device)
+    loss = marsops.focal_loss(x, target, reduction=reduction, backend=backend)
+    loss.backward()
+    assert loss.item() == 0.0 and (x.grad == 0).all()
+    # Only zero-weight classes present: weighted_mean's denominator is 0 too.
+    w = torch.tensor([0.0, 1.0, 1.0], device=device)
+    loss = marsops.focal_loss(x, torch.zeros(2, 4, dtype=torch.long, device=device), w,
+                              reduction="weighted_mean", backend=backend)
+    assert loss.item() == 0.0
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_report_recipe_batch(backend, device):
+    """The report's setting: 5 classes, background weight 0, gamma 0.5, 64x128 images."""
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(3, 5, 64, 128, generator=g)
+    target = torch.randint(0, 5, (3, 64, 128), generator=g)
+    case = dict(logits=logits, target=target, weight=torch.tensor(REPORT_WEIGHTS), gamma=0.5,
+                ignore_index=-100, reduction="mean")
+    loss, grad = run(case, backend, device, torch.float32)
+    ref_loss, ref_grad = reference_run(case, torch.float32)
+    assert_close(loss, ref_loss)
+    assert_close(grad, ref_grad)
+    background = (target == 0).unsqueeze(1).expand_as(logits)
+    assert (grad.cpu()[background] == 0).all()
+
+
+def test_held_gradient_is_not_overwritten():
+    """The CPU kernel reuses its gradient buffer only when nobody holds it any more."""
+    x = torch.randn(64, 5, 64, 64, requires_grad=True)
+    t = torch.randint(0, 5, (64, 64, 64))
+    marsops.focal_loss(x, t, backend="cpu").backward()
+    held = x.grad
+    kept = held.clone()
+    x.grad = None
+    x2 = (torch.randn(64, 5, 64, 64) * 3).requires_grad_()
+    marsops.focal_loss(x2, t, backend="cpu").backward()
+    assert torch.equal(held, kept)
+    assert not torch.equal(x2.grad, held)
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + BACKENDS,
+                         ids=backend_ids([("reference", "cpu")] + BACKENDS))
+def test_labels_out_of_range_raise(backend, device):
+    x = torch.randn(2, 3, 4, device=device)
+    for bad in (3, -1, 7):
+        t = torch.zeros(2, 4, dtype=torch.long, device=device)
+        t[1, 2] = bad
+        for reduction in ("none", "mean"):
+            with pytest.raises((ValueError, RuntimeError), match="outside"):
+                marsops.focal_loss(x.clone().requires_grad_(), t, reduction=reduction, backend=backend)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: marsops.focal_loss(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long)), "does not match"),
+    (lambda: marsops.focal_loss(torch.randn(3), torch.zeros(3, dtype=torch.long)), "must be"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2)), "integer"),
+    (lambda: marsops.focal_loss(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long)), "floating"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), torch.ones(4)), "weight"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), gamma=-1.0), "gamma"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), reduction="avg"), "reduction"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), backend="fast"), "unknown"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long, device="meta")), "one device"),
+    (lambda: marsops.focal_loss([[1.0]], torch.zeros(1, dtype=torch.long)), "torch.Tensor"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises((ValueError, TypeError, RuntimeError), match=match):
+        call()
+
+
+def test_compiled_op_checks_its_own_inputs():
+    """The C++ op validates too, for callers of torch.ops.marsops directly."""
+    op = torch.ops.marsops.focal_loss_forward
+    with pytest.raises(RuntimeError, match="does not match"):
+        op(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), None, 2.0, -100, 2, False)
+    with pytest.raises(RuntimeError, match="gamma"):
+        op(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None, -2.0, -100, 2, False)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 5, 4, 4, requires_grad=True)
+    t = torch.zeros(0, 4, 4, dtype=torch.long)
+    for backend in ["reference"] + [b for b, d in BACKENDS if d == "cpu"]:
+        assert marsops.focal_loss(x, t, backend=backend).item() == 0.0
+        assert marsops.focal_loss(x, t, reduction="none", backend=backend).shape == (0, 4, 4)
+
+
+def test_module_and_defaults():
+    crit = marsops.FocalLoss(weight=REPORT_WEIGHTS, gamma=0.5)
+    assert crit.weight.dtype == torch.float32 and "gamma=0.5" in repr(crit)
+    x, t = torch.randn(2, 5, 8, 8), torch.randint(0, 5, (2, 8, 8))
+    assert torch.allclose(crit(x, t), marsops.focal_loss(x, t, torch.tensor(REPORT_WEIGHTS), gamma=0.5))
+    assert marsops.backends()["reference"].startswith("available")
+
+
+def test_env_variable_forces_backend(monkeypatch):
+    monkeypatch.setenv("MARSOPS_BACKEND", "reference")
+    assert marsops.backend.resolve("focal_loss_forward", torch.zeros(1)) == "reference"
+    monkeypatch.setenv("MARSOPS_BACKEND", "cuda")
+    with pytest.raises(RuntimeError, match="cannot run"):
+        marsops.backend.resolve("focal_loss_forward", torch.zeros(1))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_fp64_rejected_where_not_supported(backend, device):
+    if backend == "cpu":
+        pytest.skip("the cpu backend computes fp64")
+    with pytest.raises(TypeError, match="fp32"):
+        marsops.focal_loss(torch.randn(2, 3, dtype=torch.float64, device=device),
+                           torch.zeros(2, dtype=torch.long, device=device), backend=backend)
+
+
+def _opcheck_samples(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 4, generator=g).to(device)
+    t = torch.randint(0, 5, (2, 3, 4), generator=g).to(device)
+    w = torch.rand(5, generator=g).to(device)
+    for reduction in range(4):
+        for compute_grad in (False, True):
+            yield (x.clone().requires_grad_(compute_grad), t, w, 0.5, -100, reduction, compute_grad)
+    yield (x.clone().requires_grad_(), t, None, 2.0, 1, 0, True)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_opcheck(backend, device):
+    op = torch.ops.marsops.focal_loss_forward_triton if backend == "triton" else torch.ops.marsops.focal_loss_forward
+    for args in _opcheck_samples(device):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph_model_and_loss():
+    """A conv model + the fused loss compiles with no graph break and matches eager."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 5, 1))
+    crit = marsops.FocalLoss(weight=REPORT_WEIGHTS, gamma=0.5, backend="cpu")
+    x, t = torch.randn(4, 1, 16, 32), torch.randint(0, 5, (4, 16, 32))
+
+    def step(x, t):
+        return crit(model(x), t)
+
+    compiled = torch.compile(step, fullgraph=True)
+    eager_loss = step(x, t)
+    eager_grads = torch.autograd.grad(eager_loss, list(model.parameters()))
+    loss = compiled(x, t)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert_close(loss, eager_loss)
+    for a, b in zip(grads, eager_grads):
+        assert_close(a, b)
+
+
+@requires_gpu
+def test_cuda_auto_backend_and_streams():
+    """Kernels run on the current stream: results on a side stream match the default stream."""
+    x = torch.randn(8, 5, 64, 128, device="cuda", requires_grad=True)
+    t = torch.randint(0, 5, (8, 64, 128), device="cuda")
+    expected = marsops.focal_loss(x, t, gamma=0.5)
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        got = marsops.focal_loss(x, t, gamma=0.5)
+    torch.cuda.synchronize()
+    assert_close(got, expected)
+    assert HAS_GPU
