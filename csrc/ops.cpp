@@ -16,4 +16,7 @@ TORCH_LIBRARY(marsops, m) {
   // (already divided by the mean's denominator) when compute_grad, else an empty (0,) tensor.
   m.def("focal_loss_forward(Tensor logits, Tensor target, Tensor? weight, float gamma, int ignore_index, "
         "int reduction, bool compute_grad) -> (Tensor, Tensor)");
+  // input: logits (N, C, *) (argmax fused) or predicted labels (N, *); returns int64 (C, C) counts,
+  // rows = true class, columns = predicted class; pixels whose target is ignore_index are skipped.
+  m.def("confusion_matrix(Tensor input, Tensor target, int num_classes, int? ignore_index) -> Tensor");
 }

@@ -34,3 +34,15 @@ def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduct
     denom = valid.sum().to(x.dtype) if reduction == "mean" else w.sum()
     # Nothing counted (every pixel ignored, or only zero-weight classes): the loss is 0, not NaN.
     return torch.where(denom > 0, total / denom.clamp_min(torch.finfo(x.dtype).tiny), total * 0).to(logits.dtype)
+
+
+def confusion_matrix(input, target, num_classes, ignore_index=None):
+    """int64 (C, C) counts, rows = true class, columns = predicted (argmax over dim 1 of logits)."""
+    pred = input.argmax(1) if input.is_floating_point() else input
+    valid = check_labels(target, num_classes, ignore_index, "confusion_matrix")
+    pred, t = pred[valid].long(), target[valid].long()
+    bad = (pred < 0) | (pred >= num_classes)
+    if bad.any():
+        raise ValueError(f"marsops.confusion_matrix: predictions contain label {int(pred[bad][0])}, "
+                         f"outside [0, {num_classes})")
+    return torch.bincount(t * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)

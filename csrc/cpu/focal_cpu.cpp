@@ -2,25 +2,15 @@
 // CPU's capability and folds the reduction.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 #include <torch/library.h>
 
 #include <mutex>
 
 #include "../focal_common.h"
-#include "focal_cpu.h"
+#include "kernels.h"
 
 namespace marsops::cpu {
 namespace {
-
-using Kernel = FocalStats (*)(const FocalArgs&);
-
-Kernel pick_kernel() {
-  const std::string cap = at::get_cpu_capability();  // honours ATEN_CPU_CAPABILITY
-  if (cap == "AVX512") return focal_forward_avx512;
-  if (cap == "AVX2") return focal_forward_avx2;
-  return focal_forward_default;
-}
 
 // Counts and weight sum of the non-ignored labels: the mean reductions need them before the
 // gradient is written. Branch-free per-class histogram (slot C: ignored or bad); also rejects
@@ -120,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor> focal_loss_forward_cpu(const at::Tensor& logi
   at::Tensor grad = compute_grad ? gradient_buffer(logits_in) : empty_grad(logits_in, false);
   if (reduction == kNone) a.loss_none = loss.view({s.N, s.P});
   if (compute_grad) a.grad = grad.view({s.N, s.C, s.P});
-  const FocalStats st = s.N * s.P == 0 ? FocalStats{} : pick_kernel()(a);
+  const FocalStats st = s.N * s.P == 0 ? FocalStats{} : simd_kernels().focal_forward(a);
   check_labels(st, s.C, ignore_index);
   if (reduction != kNone) {
     const double d = denominator(st, reduction);

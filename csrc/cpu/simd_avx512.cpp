@@ -1,4 +1,4 @@
-// The focal-loss SIMD kernel built for the avx512 CPU capability (chosen at run time).
+// Every SIMD CPU kernel, built for the AVX512 CPU capability (chosen at run time in dispatch.cpp).
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 // The pragma enables the instructions; these macros tell sleef.h and ATen's vec headers.
 #ifndef __AVX__
@@ -27,8 +27,12 @@
 #endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
+#include "confusion_kernel.h"
 #include "focal_kernel.h"
 
 namespace marsops::cpu {
-FocalStats focal_forward_avx512(const FocalArgs& a) { return CPU_CAPABILITY::focal_forward_impl(a); }
+const SimdKernels simd_avx512 = {
+    &CPU_CAPABILITY::focal_forward_impl,
+    &CPU_CAPABILITY::confusion_impl,
+};
 }  // namespace marsops::cpu

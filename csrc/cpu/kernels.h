@@ -1,4 +1,4 @@
-// Interface between the CPU focal-loss op (focal_cpu.cpp) and its per-capability SIMD kernels.
+// Interface between the CPU ops (*_cpu.cpp) and their per-capability SIMD kernels (simd_*.cpp).
 #pragma once
 #include <ATen/core/Tensor.h>
 
@@ -29,9 +29,30 @@ struct FocalStats {
   }
 };
 
-// One per CPU capability (csrc/cpu/focal_kernel_*.cpp); chosen at run time.
-FocalStats focal_forward_default(const FocalArgs& a);
-FocalStats focal_forward_avx2(const FocalArgs& a);
-FocalStats focal_forward_avx512(const FocalArgs& a);
+struct ConfusionArgs {
+  at::Tensor input;   // logits (N, C, P) floating (argmax fused), or predicted labels (N, P) integer
+  at::Tensor target;  // (N, P) integer
+  int64_t num_classes;
+  bool has_ignore;
+  int64_t ignore_index;
+};
+
+struct ConfusionResult {
+  std::vector<int64_t> counts;  // (C * C), row = true class, column = predicted class
+  bool bad_target = false, bad_pred = false;
+  int64_t bad_value = 0;
+};
+
+// The kernels of one CPU capability.
+struct SimdKernels {
+  FocalStats (*focal_forward)(const FocalArgs&);
+  ConfusionResult (*confusion)(const ConfusionArgs&);
+};
+
+// One set per capability (csrc/cpu/simd_*.cpp).
+extern const SimdKernels simd_default, simd_avx2, simd_avx512;
+
+// The set for this CPU (honours ATEN_CPU_CAPABILITY), chosen once.
+const SimdKernels& simd_kernels();
 
 }  // namespace marsops::cpu

@@ -1,4 +1,4 @@
-// The focal-loss SIMD kernel built for the avx2 CPU capability (chosen at run time).
+// Every SIMD CPU kernel, built for the AVX2 CPU capability (chosen at run time in dispatch.cpp).
 #pragma GCC target("avx2,fma,f16c")
 // The pragma enables the instructions; these macros tell sleef.h and ATen's vec headers.
 #ifndef __AVX__
@@ -15,8 +15,12 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
+#include "confusion_kernel.h"
 #include "focal_kernel.h"
 
 namespace marsops::cpu {
-FocalStats focal_forward_avx2(const FocalArgs& a) { return CPU_CAPABILITY::focal_forward_impl(a); }
+const SimdKernels simd_avx2 = {
+    &CPU_CAPABILITY::focal_forward_impl,
+    &CPU_CAPABILITY::confusion_impl,
+};
 }  // namespace marsops::cpu

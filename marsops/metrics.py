@@ -1,0 +1,145 @@
+"""Confusion matrix with the argmax fused in, and a streaming per-class IoU metric built on it."""
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import _checks, _extension, backend as _backend, reference
+from . import triton as _triton
+
+
+def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int] = None,
+                     backend: str = "auto") -> Tensor:
+    """int64 (num_classes, num_classes) matrix: entry [i, j] counts pixels of true class i predicted as j.
+
+    Args:
+        pred_or_logits: logits (N, C, *) of a floating dtype (the argmax over C is fused into the
+            counting pass: ties go to the first class and NaN counts as the maximum, as
+            torch.argmax), or predicted labels (N, *) of an integer dtype.
+        target: (N, *) integer labels in [0, num_classes) or ignore_index.
+        ignore_index: target value whose pixels are not counted (None: every pixel counts).
+
+    Counting uses integer atomics or private histograms: exact and deterministic, with no host
+    synchronisation on GPUs. Out-of-range labels raise a ValueError (on CUDA, a device-side
+    assertion).
+    """
+    op = "confusion_matrix"
+    _checks.check_tensor("pred_or_logits", pred_or_logits, op)
+    _checks.check_tensor("target", target, op)
+    _checks.check_integer("target", target, op)
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"marsops.confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    if target.dim() < 1:
+        raise ValueError("marsops.confusion_matrix: target must be (N, *), got a scalar")
+    if pred_or_logits.is_floating_point():
+        expected = (target.shape[0], num_classes) + tuple(target.shape[1:])
+        what = "logits"
+    else:
+        _checks.check_integer("pred_or_logits", pred_or_logits, op)
+        expected, what = tuple(target.shape), "predicted labels"
+    if tuple(pred_or_logits.shape) != expected:
+        raise ValueError(f"marsops.confusion_matrix: {what} shape {tuple(pred_or_logits.shape)} does not match "
+                         f"target shape {tuple(target.shape)}; expected {expected}")
+    _checks.check_same_device(op, pred_or_logits=pred_or_logits, target=target)
+    chosen = _backend.resolve("confusion_matrix", target, backend)
+    if chosen == "reference":
+        return reference.confusion_matrix(pred_or_logits, target, num_classes, ignore_index)
+    fn = torch.ops.marsops.confusion_matrix_triton if chosen == "triton" else torch.ops.marsops.confusion_matrix
+    return fn(pred_or_logits, target, num_classes, ignore_index)
+
+
+@torch.library.custom_op("marsops::confusion_matrix_triton", mutates_args=())
+def _confusion_matrix_triton(input: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int]) -> Tensor:
+    from .triton.confusion import confusion_matrix as launch
+
+    reason = _triton.unavailable_reason(target.device.type)
+    if reason:
+        raise RuntimeError(f"marsops.confusion_matrix: {reason}")
+    N = target.shape[0]
+    P = target[0].numel() if N else 0
+    from_logits = input.is_floating_point()
+    x = input.contiguous().view((N, num_classes, P) if from_logits else (N, P))
+    hist, flags = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits)
+    raise_t = _checks.async_raise_if("confusion_matrix", "target contains a label outside [0, num_classes) "
+                                     "and not ignore_index")
+    raise_p = _checks.async_raise_if("confusion_matrix", "predictions contain a label outside [0, num_classes)")
+    raise_t((flags & 1).any())
+    raise_p((flags & 2).any())
+    return hist
+
+
+def _confusion_fake(input, target, num_classes, ignore_index):
+    return target.new_empty((num_classes, num_classes), dtype=torch.int64)
+
+
+torch.library.register_fake("marsops::confusion_matrix_triton")(_confusion_fake)
+if _extension._C is not None:
+    torch.library.register_fake("marsops::confusion_matrix")(_confusion_fake)
+
+
+@dataclass
+class IoUResult:
+    """Scores from a confusion matrix; per-class tensors are float64 with NaN where undefined."""
+
+    iou: Tensor  # (C,) diag / (row + col - diag); NaN where the class is absent from truth and prediction
+    miou: Tensor  # mean of iou over the chosen classes, NaN ones left out
+    precision: Tensor  # (C,) diag / predicted count
+    recall: Tensor  # (C,) diag / true count
+    pixel_accuracy: Tensor  # trace / total counted
+
+
+def scores(matrix: Tensor, classes: Optional[Sequence[int]] = None) -> IoUResult:
+    """IoU, precision, recall and pixel accuracy from an int64 (C, C) confusion matrix."""
+    m = matrix.double()
+    diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
+    iou = diag / (true + pred - diag)  # 0/0 = NaN for a class with empty union
+    chosen = iou if classes is None else iou[list(classes)]
+    return IoUResult(iou=iou, miou=chosen.nanmean(), precision=diag / pred, recall=diag / true,
+                     pixel_accuracy=diag.sum() / m.sum())
+
+
+class StreamingIoU:
+    """Per-class IoU accumulated over batches; the (C, C) counts stay on the inputs' device.
+
+    >>> metric = StreamingIoU(5, classes=[1, 2, 3, 4])   # the report's score: mean over classes 1..4
+    >>> metric.update(logits, masks)                      # any number of batches, no host sync
+    >>> metric.compute().miou.item()
+
+    IoU is computed over the whole data set (summed counts), not averaged per image. A class whose
+    union is empty gets NaN and is left out of the mean.
+    """
+
+    def __init__(self, num_classes: int, classes: Optional[Sequence[int]] = None, ignore_index: Optional[int] = None,
+                 device=None, backend: str = "auto"):
+        if classes is not None and not all(0 <= c < num_classes for c in classes):
+            raise ValueError(f"StreamingIoU: classes {list(classes)} must lie in [0, {num_classes})")
+        self.num_classes, self.classes, self.ignore_index, self.backend = num_classes, classes, ignore_index, backend
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+
+    def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
+        m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
+        if self.matrix.device != m.device:
+            if self.matrix.any():
+                raise ValueError(f"StreamingIoU: counts live on {self.matrix.device}, got inputs on {m.device}")
+            self.matrix = self.matrix.to(m.device)
+        self.matrix += m
+
+    def compute(self) -> IoUResult:
+        return scores(self.matrix, self.classes)
+
+    def reset(self) -> None:
+        self.matrix.zero_()
+
+    def merge(self, other: "StreamingIoU") -> "StreamingIoU":
+        if other.num_classes != self.num_classes:
+            raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes vs {self.num_classes}")
+        self.matrix += other.matrix.to(self.matrix.device)
+        return self
+
+    def sync(self, group=None) -> None:
+        """Sum the counts of every process of a torch.distributed group (in place)."""
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM, group=group)

@@ -1,0 +1,225 @@
+"""Confusion matrix and StreamingIoU: every kernel against a numpy bincount oracle and the
+reference, torch.argmax tie/NaN rules, streaming, merging, distributed sync, bad inputs."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import marsops
+from marsops import reference
+from helpers import backend_ids, kernel_backends
+
+BACKENDS = kernel_backends("confusion_matrix")
+ALL = [("reference", "cpu")] + BACKENDS
+
+
+def numpy_confusion(pred, target, num_classes, ignore_index):
+    """An oracle we did not write: numpy's bincount over flattened (true, predicted) pairs."""
+    pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
+    keep = np.ones_like(target, dtype=bool) if ignore_index is None else target != ignore_index
+    return np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
+        num_classes, num_classes)
+
+
+@st.composite
+def confusion_case(draw):
+    n = draw(st.integers(1, 4))
+    c = draw(st.integers(1, 19))
+    spatial = draw(st.sampled_from([(), (1,), (9,), (3, 5), (4, 17), (2, 3, 4), (5, 40)]))
+    ignore_index = draw(st.sampled_from([None, 255, -1, 0]))
+    target_dtype = draw(st.sampled_from([torch.int64, torch.int32, torch.uint8]))
+    if target_dtype == torch.uint8 and ignore_index == -1:
+        ignore_index = 255
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    logits = torch.randn((n, c) + spatial, generator=g)
+    if draw(st.booleans()):  # ties: rounded logits repeat values
+        logits = logits.round()
+    if draw(st.booleans()):
+        logits = logits.movedim(1, -1).contiguous().movedim(-1, 1)  # non-contiguous
+    target = torch.randint(0, c, (n,) + spatial, generator=g)
+    if ignore_index is not None:
+        target[torch.rand(target.shape, generator=g) < 0.2] = ignore_index
+    return logits, target.to(target_dtype), c, ignore_index
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(case=confusion_case(), dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+def test_from_logits_matches_numpy_oracle(backend, device, case, dtype):
+    logits, target, c, ignore_index = case
+    logits = logits.to(device=device, dtype=dtype)
+    got = marsops.confusion_matrix(logits, target.to(device), c, ignore_index, backend=backend)
+    assert got.dtype == torch.int64 and got.shape == (c, c)
+    expected = numpy_confusion(logits.float().argmax(1).cpu(), target, c, ignore_index)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(case=confusion_case(), pred_dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8]))
+def test_from_labels_matches_numpy_oracle(backend, device, case, pred_dtype):
+    logits, target, c, ignore_index = case
+    pred = logits.argmax(1).to(pred_dtype)
+    got = marsops.confusion_matrix(pred.to(device), target.to(device), c, ignore_index, backend=backend)
+    np.testing.assert_array_equal(got.cpu().numpy(), numpy_confusion(pred, target, c, ignore_index))
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_argmax_ties_nan_and_infinities_follow_torch(backend, device):
+    rows = torch.tensor([[1.0, 1.0, 0.0], [0.0, 2.0, 2.0], [float("nan"), 5.0, 1.0], [1.0, float("nan"), float("nan")],
+                         [float("-inf"), float("-inf"), float("-inf")], [float("inf"), 1.0, float("inf")],
+                         [-1.0, float("inf"), float("nan")]])
+    logits = rows.unsqueeze(-1).to(device)  # (7, 3, 1)
+    target = torch.zeros(7, 1, dtype=torch.long, device=device)
+    got = marsops.confusion_matrix(logits, target, 3, backend=backend)
+    expected = numpy_confusion(rows.argmax(1), target.cpu(), 3, None)
+    np.testing.assert_array_equal(got.cpu().numpy(), expected)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_out_of_range_labels_raise(backend, device):
+    logits = torch.randn(2, 3, 4, device=device)
+    target = torch.zeros(2, 4, dtype=torch.long, device=device)
+    target[1, 1] = 3
+    with pytest.raises((ValueError, RuntimeError), match="target contains"):
+        marsops.confusion_matrix(logits, target, 3, backend=backend)
+    # ignored labels may lie outside [0, C)
+    marsops.confusion_matrix(logits, target, 3, ignore_index=3, backend=backend)
+    pred = torch.zeros(2, 4, dtype=torch.long, device=device)
+    pred[0, 0] = -1
+    with pytest.raises((ValueError, RuntimeError), match="predictions contain"):
+        marsops.confusion_matrix(pred, torch.zeros_like(pred), 3, backend=backend)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: marsops.confusion_matrix(torch.randn(2, 4, 5), torch.zeros(2, 5, dtype=torch.long), 3), "does not match"),
+    (lambda: marsops.confusion_matrix(torch.zeros(2, 6, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long), 3),
+     "does not match"),
+    (lambda: marsops.confusion_matrix(torch.randn(2, 3), torch.zeros(2), 3), "integer"),
+    (lambda: marsops.confusion_matrix(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), 0), "num_classes"),
+    (lambda: marsops.confusion_matrix(torch.zeros(2, dtype=torch.bool), torch.zeros(2, dtype=torch.long), 2),
+     "integer"),
+    (lambda: marsops.confusion_matrix(torch.randn(2, 3), torch.zeros(2, dtype=torch.long, device="meta"), 3),
+     "one device"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_empty_batch_and_deterministic_mode(backend, device):
+    empty = marsops.confusion_matrix(torch.randn(0, 4, 3, device=device), torch.zeros(0, 3, dtype=torch.long,
+                                                                                        device=device), 4,
+                                     backend=backend)
+    assert empty.shape == (4, 4) and empty.sum() == 0
+    torch.use_deterministic_algorithms(True)
+    try:
+        x, t = torch.randn(4, 5, 33, device=device), torch.randint(0, 5, (4, 33), device=device)
+        if backend != "reference" or device == "cpu":
+            a = marsops.confusion_matrix(x, t, 5, backend=backend)
+            assert torch.equal(a, marsops.confusion_matrix(x, t, 5, backend=backend))
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_iou_hand_worked():
+    # truth:      0 0 1 1 2 | pred: 0 1 1 1 0  -> class 0: tp 1, union 3 -> 1/3; class 1: tp 2, union 3 -> 2/3;
+    # class 2: tp 0, union 1 -> 0; class 3: absent everywhere -> NaN, left out of the mean.
+    target = torch.tensor([[0, 0, 1, 1, 2]])
+    pred = torch.tensor([[0, 1, 1, 1, 0]])
+    metric = marsops.StreamingIoU(4)
+    metric.update(pred, target)
+    r = metric.compute()
+    torch.testing.assert_close(r.iou[:3], torch.tensor([1 / 3, 2 / 3, 0.0], dtype=torch.float64))
+    assert torch.isnan(r.iou[3])
+    torch.testing.assert_close(r.miou, torch.tensor(1 / 3, dtype=torch.float64))
+    torch.testing.assert_close(r.precision[:2], torch.tensor([1 / 2, 2 / 3], dtype=torch.float64))
+    torch.testing.assert_close(r.recall[:3], torch.tensor([1 / 2, 1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(r.pixel_accuracy, torch.tensor(3 / 5, dtype=torch.float64))
+    # The report's score: classes 1..4 only (here 1..3; 3 is NaN): mean of 2/3 and 0.
+    scored = marsops.StreamingIoU(4, classes=[1, 2, 3])
+    scored.update(pred, target)
+    torch.testing.assert_close(scored.compute().miou, torch.tensor(1 / 3, dtype=torch.float64))
+
+
+@given(case=confusion_case(), splits=st.integers(1, 4))
+def test_streaming_equals_one_shot_and_merge(case, splits):
+    logits, target, c, ignore_index = case
+    one_shot = marsops.StreamingIoU(c, ignore_index=ignore_index)
+    one_shot.update(logits, target)
+    streamed, merged = marsops.StreamingIoU(c, ignore_index=ignore_index), marsops.StreamingIoU(
+        c, ignore_index=ignore_index)
+    for i, (lx, lt) in enumerate(zip(logits.tensor_split(splits), target.tensor_split(splits))):
+        streamed.update(lx, lt)
+        part = marsops.StreamingIoU(c, ignore_index=ignore_index)
+        part.update(lx, lt)
+        merged.merge(part)
+    assert torch.equal(streamed.matrix, one_shot.matrix) and torch.equal(merged.matrix, one_shot.matrix)
+    a, b = streamed.compute(), one_shot.compute()
+    torch.testing.assert_close(a.iou, b.iou, equal_nan=True)
+    streamed.reset()
+    assert streamed.matrix.sum() == 0
+
+
+def test_streaming_iou_validates_classes_and_merge():
+    with pytest.raises(ValueError, match="classes"):
+        marsops.StreamingIoU(5, classes=[1, 5])
+    with pytest.raises(ValueError, match="classes"):
+        marsops.StreamingIoU(5).merge(marsops.StreamingIoU(4))
+
+
+def _sync_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+        metric = marsops.StreamingIoU(3)
+        metric.update(logits, target)
+        metric.sync()
+        results[rank] = metric.matrix.tolist()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_sums_counts_across_two_gloo_processes():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.start_processes(_sync_worker, args=(2, port, results), nprocs=2, join=True, start_method="spawn")
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for rank in range(2):
+        g = torch.Generator().manual_seed(rank)
+        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+        expected += reference.confusion_matrix(logits, target, 3)
+    assert results[0] == results[1] == expected.tolist()
+
+
+def _opcheck_samples(device):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 4, generator=g).to(device)
+    t = torch.randint(0, 5, (2, 3, 4), generator=g).to(device)
+    yield (x, t, 5, None)
+    yield (x, t, 5, 0)
+    yield (x.argmax(1), t, 5, 255)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_opcheck(backend, device):
+    op = torch.ops.marsops.confusion_matrix_triton if backend == "triton" else torch.ops.marsops.confusion_matrix
+    for args in _opcheck_samples(device):
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph():
+    def f(x, t):
+        return marsops.confusion_matrix(x, t, 5, backend="cpu")
+
+    x, t = torch.randn(2, 5, 6, 7), torch.randint(0, 5, (2, 6, 7))
+    assert torch.equal(torch.compile(f, fullgraph=True)(x, t), f(x, t))
