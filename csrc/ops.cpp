@@ -19,4 +19,12 @@ TORCH_LIBRARY(marsops, m) {
   // input: logits (N, C, *) (argmax fused) or predicted labels (N, *); returns int64 (C, C) counts,
   // rows = true class, columns = predicted class; pixels whose target is ignore_index are skipped.
   m.def("confusion_matrix(Tensor input, Tensor target, int num_classes, int? ignore_index) -> Tensor");
+  // x (N, *, H, W) -> (4N, *, H, W): [as is; left-right; up-down; both], each a block of N samples.
+  m.def("flip4(Tensor x) -> Tensor");
+  // The adjoint of flip4: y (4N, *, H, W) -> scale * (sum of the four blocks, each flipped back).
+  m.def("flip4_sum(Tensor y, float scale) -> Tensor");
+  // Per-sample flips: flags (N,) uint8, bit 0 = left-right, bit 1 = up-down.
+  m.def("flip_by_flags(Tensor x, Tensor flags) -> Tensor");
+  // Releases the CPU kernels' pool of large output buffers (see csrc/cpu/buffer_pool.h).
+  m.def("empty_cache() -> ()");
 }

@@ -68,3 +68,10 @@ def backends(op_name: str = "focal_loss_forward"):
         else:
             report["cuda"] = _extension.LOAD_ERROR or "marsops._C was built without CUDA kernels (see setup.py)"
     return report
+
+
+def empty_cache() -> None:
+    """Release the CPU kernels' pool of large output buffers (kept so the next training step
+    reuses memory already mapped instead of faulting in fresh pages)."""
+    if _extension._C is not None:
+        torch.ops.marsops.empty_cache()

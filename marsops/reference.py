@@ -46,3 +46,22 @@ def confusion_matrix(input, target, num_classes, ignore_index=None):
         raise ValueError(f"marsops.confusion_matrix: predictions contain label {int(pred[bad][0])}, "
                          f"outside [0, {num_classes})")
     return torch.bincount(t * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def flip4(x):
+    """(N, *, H, W) -> (4N, *, H, W): [as is; left-right; up-down; both], each a block of N."""
+    return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
+
+
+def flip4_sum(y, scale):
+    """The adjoint of flip4: scale * sum of the four blocks of y, each flipped back."""
+    a, b, c, d = y.to(torch.promote_types(y.dtype, torch.float32)).chunk(4)
+    return ((a + b.flip(-1) + c.flip(-2) + d.flip(-2, -1)) * scale).to(y.dtype)
+
+
+def flip_by_flags(x, flags):
+    """Per-sample flips: flags (N,) uint8, bit 0 = left-right, bit 1 = up-down."""
+    lr = (flags & 1).bool().view(-1, *([1] * (x.dim() - 1)))
+    ud = (flags & 2).bool().view(-1, *([1] * (x.dim() - 1)))
+    x = torch.where(lr, x.flip(-1), x)
+    return torch.where(ud, x.flip(-2), x)

@@ -299,3 +299,15 @@ def test_cuda_auto_backend_and_streams():
     torch.cuda.synchronize()
     assert_close(got, expected)
     assert HAS_GPU
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_gamma_that_rounds_to_zero_in_fp32(backend, device):
+    """Found by hypothesis: gamma = 4e-228 is 0 in fp32; p == 1 exactly must not give 0 * log(0)."""
+    case = dict(logits=torch.tensor([[3922.9682, -2235.6402]], dtype=torch.float64), target=torch.tensor([0]),
+                weight=None, gamma=4.3805643299057756e-228, ignore_index=-100, reduction="none")
+    loss, grad = run(case, backend, device, torch.float32)
+    ref_loss, ref_grad = reference_run(case, torch.float32)
+    assert torch.isfinite(loss).all() and torch.isfinite(grad).all()
+    assert_close(loss, ref_loss)
+    assert_close(grad, ref_grad)

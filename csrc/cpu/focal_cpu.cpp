@@ -4,9 +4,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <mutex>
-
 #include "../focal_common.h"
+#include "buffer_pool.h"
 #include "kernels.h"
 
 namespace marsops::cpu {
@@ -56,23 +55,6 @@ FocalStats target_stats(const at::Tensor& target, const at::Tensor& weight, int6
   return out;
 }
 
-// A logits-sized gradient buffer. Fresh multi-MB allocations are fresh pages from the kernel,
-// and faulting them in costs more than the kernel itself (~10 ms for the report's 42 MB batch on
-// a 2-core machine, vs 0.9 ms to overwrite reused memory). So the last buffer is kept and reused
-// once nothing else holds its storage: the step after backward has freed it, as in training.
-// The caller gets its own TensorImpl (an alias), so autograd may still take it over as .grad.
-at::Tensor gradient_buffer(const at::Tensor& logits) {
-  static std::mutex mutex;
-  static at::Tensor cached;  // flat bytes
-  const int64_t nbytes = logits.numel() * logits.element_size();
-  if (nbytes < (1 << 20)) return at::empty(logits.sizes(), logits.options());
-  std::lock_guard<std::mutex> lock(mutex);
-  const bool reusable = cached.defined() && cached.numel() == nbytes && cached.storage().use_count() == 1 &&
-                        cached.use_count() == 1;
-  if (!reusable) cached = at::empty({nbytes}, logits.options().dtype(at::kByte));
-  return cached.view(logits.scalar_type()).view(logits.sizes());
-}
-
 void check_labels(const FocalStats& st, int64_t C, int64_t ignore_index) {
   TORCH_CHECK_VALUE(!st.bad, "marsops.focal_loss: target contains label ", st.bad_label, ", outside [0, ", C,
                     ") and not ignore_index (", ignore_index, ")");
@@ -107,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor> focal_loss_forward_cpu(const at::Tensor& logi
     a.grad_scale = d > 0 ? 1.0 / d : 0.0;  // nothing counted: zero loss, zero gradient
   }
   at::Tensor loss = empty_loss(logits_in, target_in, reduction);
-  at::Tensor grad = compute_grad ? gradient_buffer(logits_in) : empty_grad(logits_in, false);
+  at::Tensor grad = compute_grad ? pooled_empty(logits_in.sizes(), logits_in.options()) : empty_grad(logits_in, false);
   if (reduction == kNone) a.loss_none = loss.view({s.N, s.P});
   if (compute_grad) a.grad = grad.view({s.N, s.C, s.P});
   const FocalStats st = s.N * s.P == 0 ? FocalStats{} : simd_kernels().focal_forward(a);

@@ -9,7 +9,10 @@ GAMMA_ZERO, GAMMA_HALF, GAMMA_ONE, GAMMA_TWO, GAMMA_OTHER = range(5)
 
 
 def gamma_kind(gamma: float) -> int:
-    return {0.0: GAMMA_ZERO, 0.5: GAMMA_HALF, 1.0: GAMMA_ONE, 2.0: GAMMA_TWO}.get(float(gamma), GAMMA_OTHER)
+    """Chosen from gamma as the kernel sees it (fp32): a tiny gamma that rounds to 0 must take
+    the 0**0 = 1 path, not exp(0 * log 0) = NaN."""
+    gamma32 = float(torch.tensor(gamma, dtype=torch.float32))
+    return {0.0: GAMMA_ZERO, 0.5: GAMMA_HALF, 1.0: GAMMA_ONE, 2.0: GAMMA_TWO}.get(gamma32, GAMMA_OTHER)
 
 
 @triton.jit

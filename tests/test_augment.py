@@ -1,0 +1,152 @@
+"""Flip augmentation: every kernel against torch.flip (an oracle we did not write) and the
+reference, image/mask consistency, reproducibility, TTA merge, gradients, bad inputs."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import marsops
+from helpers import backend_ids, kernel_backends
+
+BACKENDS = kernel_backends("flip4")
+ALL = [("reference", "cpu")] + BACKENDS
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8]
+
+
+@st.composite
+def batch(draw, dtypes=DTYPES):
+    n = draw(st.integers(0, 3))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 11))
+    channels = draw(st.sampled_from([None, 1, 3]))
+    dtype = draw(st.sampled_from(dtypes))
+    layout = draw(st.sampled_from(["contiguous", "channels_last", "strided"]))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    shape = (n, h, w) if channels is None else (n, channels, h, w)
+    images = (torch.rand(shape, generator=g) * 255).to(dtype)
+    if layout == "channels_last" and channels is not None:
+        images = images.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        images = torch.cat([images, images], dim=-1)[..., ::2]  # a view with stride 2 along W
+    masks = torch.randint(0, 5, (n, h, w), generator=g).to(draw(st.sampled_from([torch.uint8, torch.int32,
+                                                                                  torch.int64])))
+    return images, masks
+
+
+def torch_flip4(x):
+    return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(pair=batch())
+def test_flip4_matches_torch_flip(backend, device, pair):
+    images, masks = (t.to(device) for t in pair)
+    out_images, out_masks = marsops.flip4(images, masks, backend=backend)
+    assert out_images.dtype == images.dtype and out_masks.dtype == masks.dtype
+    assert torch.equal(out_images.cpu(), torch_flip4(pair[0]))
+    assert torch.equal(out_masks.cpu(), torch_flip4(pair[1]))
+    only_images, none = marsops.flip4(images, backend=backend)
+    assert none is None and torch.equal(only_images, out_images)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(pair=batch(dtypes=[torch.float32, torch.float64, torch.float16]))
+def test_flip4_merge_inverts_flip4_and_matches_torch(backend, device, pair):
+    images = pair[0].to(device)
+    stacked, _ = marsops.flip4(images, backend=backend)
+    merged = marsops.flip4_merge(stacked, backend=backend)
+    assert merged.shape == images.shape and torch.equal(merged.cpu(), pair[0].contiguous())
+    # Distinct views: the merge is the mean of each view flipped back.
+    views = torch.randn((4 * pair[0].shape[0],) + tuple(pair[0].shape[1:]), dtype=torch.float64)
+    a, b, c, d = views.chunk(4)
+    expected = (a + b.flip(-1) + c.flip(-2) + d.flip(-2, -1)) / 4
+    torch.testing.assert_close(marsops.flip4_merge(views.to(device), backend=backend).cpu(), expected)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(pair=batch(), seed=st.integers(0, 1000), p_h=st.sampled_from([0.0, 0.5, 1.0]),
+       p_v=st.sampled_from([0.0, 0.3, 1.0]))
+def test_random_flip_matches_torch_flip_and_keeps_pairs(backend, device, pair, seed, p_h, p_v):
+    images, masks = (t.to(device) for t in pair)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    out_images, out_masks, flips = marsops.random_flip(images, masks, p_h, p_v, generator=gen, backend=backend)
+    assert flips.shape == (images.shape[0], 2) and flips.dtype == torch.bool
+    if p_h in (0.0, 1.0):
+        assert bool((flips[:, 0] == bool(p_h)).all())
+    for i, (lr, ud) in enumerate(flips.tolist()):
+        dims = [d for d, on in ((-1, lr), (-2, ud)) if on]
+        expected_image = pair[0][i].flip(dims) if dims else pair[0][i]
+        expected_mask = pair[1][i].flip(dims) if dims else pair[1][i]
+        assert torch.equal(out_images[i].cpu(), expected_image)
+        assert torch.equal(out_masks[i].cpu(), expected_mask)
+    # Reproducible with a generator.
+    again = marsops.random_flip(images, masks, p_h, p_v, generator=torch.Generator(device=device).manual_seed(seed),
+                                backend=backend)
+    assert torch.equal(again[2], flips) and torch.equal(again[0], out_images)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_masks_built_from_images_still_match_after_random_flip(backend, device):
+    """Masks made from the images (a threshold) must equal the threshold of the flipped images."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(16, 1, 7, 10, generator=g).to(device)
+    masks = (images[:, 0] > 0.5).to(torch.int64)
+    out_images, out_masks, flips = marsops.random_flip(images, masks, generator=torch.Generator(device).manual_seed(3),
+                                                       backend=backend)
+    assert torch.equal(out_masks, (out_images[:, 0] > 0.5).to(torch.int64))
+    assert flips.any() and not flips.all()
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_gradients_flow_through_flips(backend, device):
+    x = torch.randn(3, 2, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    fns = [lambda x: marsops.flip4(x, backend=backend)[0],
+           lambda x: marsops.flip4_merge(torch.cat([x, x * 2, x * 3, x * 4]), backend=backend),
+           lambda x: marsops.random_flip(x, generator=torch.Generator(device).manual_seed(1), backend=backend)[0]]
+    for fn in fns:
+        assert torch.autograd.gradcheck(fn, (x,))
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_bool_and_odd_shapes(backend, device):
+    x = torch.rand(2, 1, 1, 5, device=device) > 0.5  # H = 1
+    out, _ = marsops.flip4(x, backend=backend)
+    assert torch.equal(out.cpu(), torch_flip4(x.cpu()))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: marsops.flip4(torch.rand(2, 5)), "images must be"),
+    (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), torch.zeros(2, 4, 6, dtype=torch.long)), "does not match"),
+    (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), torch.zeros(2, 4, 5)), "integer"),
+    (lambda: marsops.flip4(torch.rand(2, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long, device="meta")), "one device"),
+    (lambda: marsops.flip4_merge(torch.rand(6, 2, 4, 5)), "flip4 batch"),
+    (lambda: marsops.flip4_merge(torch.zeros(4, 2, 4, 5, dtype=torch.long)), "floating"),
+    (lambda: marsops.random_flip(torch.rand(2, 4, 5), p_h=1.5), "p_h"),
+])
+def test_bad_arguments_raise_clear_errors(call, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        call()
+
+
+def _opcheck_samples(device):
+    x = torch.randn(2, 3, 4, 5, device=device)
+    flags = torch.tensor([1, 2], dtype=torch.uint8, device=device)
+    yield "flip4", (x.clone().requires_grad_(),)
+    yield "flip4", (torch.randint(0, 5, (2, 4, 5), device=device),)
+    yield "flip4_sum", (torch.randn(8, 3, 4, 5, device=device, requires_grad=True), 0.25)
+    yield "flip_by_flags", (x.clone().requires_grad_(), flags)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_opcheck(backend, device):
+    for name, args in _opcheck_samples(device):
+        op = getattr(torch.ops.marsops, name + ("_triton" if backend == "triton" else ""))
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_fullgraph():
+    def f(x, m):
+        images, masks = marsops.flip4(x, m, backend="cpu")
+        return marsops.flip4_merge(images * 2, backend="cpu"), masks
+
+    x, m = torch.randn(2, 1, 6, 8), torch.randint(0, 5, (2, 6, 8))
+    got, got_m = torch.compile(f, fullgraph=True)(x, m)
+    assert torch.equal(got, x * 2) and torch.equal(got_m, torch_flip4(m))
