@@ -1,5 +1,6 @@
 """What every benchmark shares: timing (median with p20/p80 of repeated runs), peak memory,
 copy bandwidth measured in the same run, the machine description, tables and JSON."""
+import gc
 import json
 import os
 import platform
@@ -8,6 +9,8 @@ import time
 from pathlib import Path
 
 import torch
+
+import marsops
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -33,7 +36,12 @@ def time_ms(fn, device, repeats=15, warmup=3):
 
 
 def peak_extra_mb(fn, device):
-    """Peak memory allocated by torch during fn() beyond what was live before, in MB."""
+    """Peak memory fn() allocates beyond what was live before, in MB: torch's allocator statistics
+    on GPUs; on CPUs the running sum, in time order, of every op's own allocations minus frees as
+    torch's profiler records them (op granularity). marsops' pool of reusable buffers is emptied
+    first, so the buffers it hands out are counted."""
+    marsops.empty_cache()
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -45,9 +53,8 @@ def peak_extra_mb(fn, device):
         fn()
     live = peak = 0
     for e in sorted(prof.events(), key=lambda e: e.time_range.start):
-        if e.name == "[memory]":
-            live += e.cpu_memory_usage
-            peak = max(peak, live)
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
     return peak / 2**20
 
 

@@ -1,0 +1,83 @@
+"""Confusion matrix from logits (argmax fused): every available backend against eager
+argmax + bincount, torch.compile of it and torchmetrics, at the report's batch and a large one.
+
+    python -m benchmarks.bench_confusion [--quick]
+"""
+import argparse
+
+import torch
+
+import marsops
+from marsops import backend as _backend
+
+from . import harness
+
+SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)}
+
+
+def eager(x, t, c):
+    return torch.bincount(t.flatten() * c + x.argmax(1).flatten(), minlength=c * c).view(c, c)
+
+
+def candidates(device, num_classes):
+    fns = {"eager argmax+bincount": eager}
+    compiled = torch.compile(eager, dynamic=False)
+    fns["torch.compile(argmax+bincount)"] = compiled
+    for b in _backend.BACKENDS[1:]:
+        if _backend.unavailable_reason(b, "confusion_matrix", device.type) is None:
+            if not (b == "triton" and device.type == "cpu"):
+                fns[f"marsops {b}"] = lambda x, t, c, b=b: marsops.confusion_matrix(x, t, c, backend=b)
+    try:
+        from torchmetrics.classification import MulticlassJaccardIndex
+
+        metric = MulticlassJaccardIndex(num_classes, average=None).to(device)
+
+        def tm(x, t, c):
+            metric.update(x, t)
+            return metric.confmat
+
+        fns["torchmetrics MulticlassJaccardIndex.update"] = tm
+    except ImportError:
+        pass
+    return fns
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    device = harness.device_from_env()
+    bandwidth = harness.copy_bandwidth_gbs(device)
+    rows = []
+    for label, (n, c, h, w) in SHAPES.items():
+        if args.quick and not label.startswith("report"):
+            continue
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, h, w, generator=g).to(device)
+        t = torch.randint(0, c, (n, h, w), generator=g).to(device)
+        bytes_read = x.numel() * 4 + t.numel() * 8
+        shape_rows = []
+        for name, fn in candidates(device, c).items():
+            try:
+                med, p20, p80 = harness.time_ms(lambda: fn(x, t, c), device, repeats=5 if args.quick else 11)
+                peak = harness.peak_extra_mb(lambda: fn(x, t, c), device)
+            except Exception as exc:
+                shape_rows.append({"shape": label, "impl": name, "error": str(exc)[:120]})
+                continue
+            shape_rows.append({"shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80,
+                               "GB/s": bytes_read / (med * 1e-3) / 1e9, "% copy bw": 0.0, "peak MB": peak})
+        base = next(r["ms"] for r in shape_rows if r["impl"].startswith("eager"))
+        for r in shape_rows:
+            if "ms" in r:
+                r["vs eager"] = base / r["ms"]
+                r["% copy bw"] = 100 * r["GB/s"] / bandwidth
+        rows += shape_rows
+    print(f"confusion matrix from fp32 logits; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
+    print(harness.markdown_table(rows, ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw",
+                                        "peak MB"]))
+    print(f"saved {harness.save('confusion', device, rows, {'copy_bandwidth_gbs': bandwidth})}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

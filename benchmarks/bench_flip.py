@@ -1,0 +1,96 @@
+"""Flip augmentation: flip4 against torch.cat of torch.flip (and torch.compile of it), and
+random_flip against the reference and kornia's RandomHorizontalFlip + RandomVerticalFlip.
+
+    python -m benchmarks.bench_flip [--quick]
+"""
+import argparse
+
+import torch
+
+import marsops
+from marsops import backend as _backend
+
+from . import harness
+
+# (images shape, masks dtype): the report's batch with int64 masks, and a large RGB one.
+SHAPES = {"report 256x1x64x128": (256, 1, 64, 128), "large 32x3x512x1024": (32, 3, 512, 1024)}
+
+
+def cat_of_flips(images, masks):
+    return tuple(torch.cat([t, t.flip(-1), t.flip(-2), t.flip(-2, -1)]) for t in (images, masks))
+
+
+def flip4_candidates(device):
+    fns = {"torch.cat of torch.flip": cat_of_flips, "torch.compile(cat of flips)": torch.compile(cat_of_flips)}
+    for b in _backend.BACKENDS[1:]:
+        if _backend.unavailable_reason(b, "flip4", device.type) is None and not (b == "triton" and device.type == "cpu"):
+            fns[f"marsops {b}"] = lambda x, m, b=b: marsops.flip4(x, m, backend=b)
+    return fns
+
+
+def random_flip_candidates(device):
+    fns = {"marsops reference": lambda x, m: marsops.random_flip(x, m, backend="reference")}
+    for b in _backend.BACKENDS[1:]:
+        if _backend.unavailable_reason(b, "flip_by_flags", device.type) is None and not (
+                b == "triton" and device.type == "cpu"):
+            fns[f"marsops {b}"] = lambda x, m, b=b: marsops.random_flip(x, m, backend=b)
+    try:
+        import kornia.augmentation as K
+
+        aug = K.AugmentationSequential(K.RandomHorizontalFlip(), K.RandomVerticalFlip(), data_keys=["input", "mask"])
+
+        def kornia_flip(x, m):
+            return aug(x, m.unsqueeze(1).float())
+
+        fns["kornia RandomHorizontalFlip+RandomVerticalFlip"] = kornia_flip
+    except ImportError:
+        pass
+    return fns
+
+
+def run(kind, fns, label, images, masks, device, repeats, bandwidth):
+    out_factor = 4 if kind == "flip4" else 1
+    moved = (images.numel() * images.element_size() + masks.numel() * masks.element_size()) * (1 + out_factor)
+    rows = []
+    for name, fn in fns.items():
+        try:
+            med, p20, p80 = harness.time_ms(lambda: fn(images, masks), device, repeats=repeats)
+            peak = harness.peak_extra_mb(lambda: fn(images, masks), device)
+        except Exception as exc:
+            rows.append({"op": kind, "shape": label, "impl": name, "error": str(exc)[:120]})
+            continue
+        gbs = moved / (med * 1e-3) / 1e9
+        rows.append({"op": kind, "shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80, "GB/s": gbs,
+                     "% copy bw": 100 * gbs / bandwidth, "peak MB": peak})
+    base = rows[0].get("ms")
+    for r in rows:
+        if "ms" in r and base:
+            r["speedup"] = base / r["ms"]
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    device = harness.device_from_env()
+    bandwidth = harness.copy_bandwidth_gbs(device)
+    repeats = 5 if args.quick else 11
+    rows = []
+    for label, shape in SHAPES.items():
+        if args.quick and not label.startswith("report"):
+            continue
+        g = torch.Generator().manual_seed(0)
+        images = torch.rand(shape, generator=g).to(device)
+        masks = torch.randint(0, 5, (shape[0],) + shape[2:], generator=g).to(device)
+        rows += run("flip4", flip4_candidates(device), label, images, masks, device, repeats, bandwidth)
+        rows += run("random_flip", random_flip_candidates(device), label, images, masks, device, repeats, bandwidth)
+    print(f"flips of fp32 images + int64 masks; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
+    print(harness.markdown_table(rows, ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw",
+                                        "peak MB"]))
+    print(f"saved {harness.save('flip', device, rows, {'copy_bandwidth_gbs': bandwidth})}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
