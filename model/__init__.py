@@ -1,0 +1,19 @@
+"""Segmentation models of the Mars-terrain recipe, picked by name with build_model()."""
+from .multipath_unet import PATHS, MultipathUNet
+from .unet import UNet
+
+MODELS = {"multipath_unet": MultipathUNet, "unet": UNet}
+
+
+def build_model(name: str, **kwargs):
+    """A model from MODELS by name; kwargs go to its constructor."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {sorted(MODELS)}")
+    return MODELS[name](**kwargs)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+__all__ = ["MODELS", "PATHS", "MultipathUNet", "UNet", "build_model", "count_parameters"]
