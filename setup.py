@@ -78,7 +78,7 @@ setup(
     version="0.1.0",
     description="Fused CPU/CUDA/Triton kernels for semantic-segmentation training: focal loss, "
     "streaming IoU, flip augmentation; and a Mars-terrain Multipath UNet recipe",
-    packages=find_packages(include=["marsops", "marsops.*", "model", "model.*"]),
+    packages=find_packages(include=["marsops", "marsops.*", "model", "model.*", "training", "training.*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "numpy"],
     extras_require={

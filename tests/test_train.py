@@ -1,0 +1,119 @@
+"""train.py end to end on tiny synthetic data: files written, loss falls, kill-and-resume gives
+the same state as an uninterrupted run, prediction CSV, bad flags, a 2-process DDP smoke run."""
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from training import checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--synthetic-train", "64", "--synthetic-test", "6", "--width", "4", "--batch-size", "32", "--no-progress",
+        "--lr", "3e-3", "--early-stop", "50", "--threads", "1"]
+
+
+def run(tmp_path, *extra):
+    return train.main([*TINY, "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "runs"), *extra])
+
+
+def read_metrics(run_dir):
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_end_to_end_writes_every_file_and_the_loss_falls(tmp_path):
+    best = run(tmp_path, "--epochs", "4", "--name", "a")
+    run_dir = tmp_path / "runs" / "a"
+    for name in ("config.json", "metrics.csv", "curves.png", "predictions.png", "confusion.png", "best.pt", "last.pt"):
+        assert (run_dir / name).stat().st_size > 0, name
+    rows = read_metrics(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert best == pytest.approx(max(float(r["val_miou"]) for r in rows), abs=1e-6)
+    assert json.loads((run_dir / "config.json").read_text())["gamma"] == 0.5
+    ckpt = checkpoint.load(run_dir / "best.pt")
+    assert set(ckpt) >= {"model", "optimizer", "scheduler", "state", "rng"}
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
+    run(tmp_path, "--epochs", "3", "--name", "straight")
+    run(tmp_path, "--epochs", "2", "--name", "killed")  # as if killed after epoch 2
+    train.main(["--resume", str(tmp_path / "runs" / "killed"), "--epochs", "3", "--no-progress", "--threads", "1"])
+    a = checkpoint.load(tmp_path / "runs" / "straight" / "last.pt")
+    b = checkpoint.load(tmp_path / "runs" / "killed" / "last.pt")
+    assert a["state"] == b["state"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [r["val_miou"] for r in read_metrics(tmp_path / "runs" / "straight")] == [
+        r["val_miou"] for r in read_metrics(tmp_path / "runs" / "killed")]
+
+
+def test_predict_writes_the_course_csv(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "p")
+    run_dir = tmp_path / "runs" / "p"
+    train.main(["--predict", str(run_dir), "--tta"])
+    lines = (run_dir / "submission.csv").read_text().splitlines()
+    assert lines[0] == "id," + ",".join(map(str, range(64 * 128)))
+    assert len(lines) == 7 and all(len(line.split(",")) == 8193 for line in lines[1:])
+    import numpy as np
+
+    assert np.load(run_dir / "predictions.npz")["predictions"].shape == (6, 64, 128)
+
+
+@pytest.mark.parametrize("flags,match", [
+    (["--batch-size", "30"], "multiple of 4"),
+    (["--paths", "plain,magic"], "unknown"),
+    (["--gamma", "-1"], "gamma"),
+    (["--model", "segformer"], "invalid choice"),
+])
+def test_bad_flags_fail_fast(flags, match, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(flags)
+    assert match in capsys.readouterr().err
+
+
+def test_bad_data_fails_with_a_clear_message(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(SystemExit, match="truncated or corrupt"):
+        run(tmp_path, "--data", str(tmp_path / "bad.npz"), "--epochs", "1")
+
+
+def test_nan_loss_stops_with_a_message(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run(tmp_path, "--epochs", "2", "--name", "nan", "--lr", "1e30")
+    assert exc.value.code == 1
+    assert "training loss is nan" in capsys.readouterr().out
+
+
+def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    run(tmp_path, "--epochs", "1", "--name", "good")
+    run_dir = tmp_path / "runs" / "good"
+    before = checkpoint.load(run_dir / "last.pt")
+
+    def diverge(*args, **kwargs):
+        raise train.loop.NonFiniteLoss("training loss is nan (batch of 32)")
+
+    monkeypatch.setattr(train.loop, "train_one_epoch", diverge)
+    with pytest.raises(SystemExit):
+        train.main(["--resume", str(run_dir), "--epochs", "2", "--no-progress"])
+    assert "last good checkpoint" in capsys.readouterr().out
+    after = checkpoint.load(run_dir / "last.pt")
+    assert after["state"]["epoch"] == 1
+    for k in before["model"]:
+        assert torch.equal(before["model"][k], after["model"][k])
+
+
+def test_ddp_two_processes_gloo(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(ROOT / "train.py"), *TINY, "--epochs", "1", "--cache", str(tmp_path / "cache"),
+           "--out", str(tmp_path / "runs"), "--name", "ddp"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(read_metrics(tmp_path / "runs" / "ddp")) == 1

@@ -1,0 +1,348 @@
+"""Train, evaluate and predict with the report's recipe on marsops.
+
+    python train.py                          # the CPU preset on the built-in synthetic data (< 10 min)
+    python train.py --preset report          # the report's full-length schedule (for a GPU)
+    python train.py --data mars_for_students.npz
+    python train.py --resume runs/NAME       # continue a killed run exactly
+    python train.py --predict runs/NAME --tta
+    torchrun --nproc_per_node=2 train.py     # DistributedDataParallel (gloo on CPU, nccl on GPU)
+    python train.py --tune 20 --storage sqlite:///study.db
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import marsops
+import model as models
+from marsops import data
+from training import checkpoint, loop, plots
+
+NUM_CLASSES = data.NUM_CLASSES
+SCORED_CLASSES = [1, 2, 3, 4]  # the leaderboard's mean IoU ignores background
+IOU_COLUMNS = [f"iou_{n.replace(' ', '_')}" for n in data.CLASS_NAMES[1:]]
+
+PRESETS = {
+    # Fits in 10 minutes on a 2-core CPU: a narrow model, a smaller synthetic set, 15 epochs.
+    "cpu": dict(width=8, synthetic_train=800, epochs=15, lr_patience=3, early_stop=6),
+    # The report: the full data, width 32, ReduceLROnPlateau patience 25, early stopping.
+    "report": dict(width=32, synthetic_train=2615, epochs=500, lr_patience=25, early_stop=50),
+}
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser(description="Mars terrain segmentation: the report's recipe on marsops",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="defaults for the options below")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="course npz or PNG folder (default: the built-in synthetic set)")
+    g.add_argument("--synthetic-train", type=int, help="synthetic training images (before cleaning)")
+    g.add_argument("--synthetic-test", type=int, default=200)
+    g.add_argument("--cache", default="data", help="folder for the generated synthetic npz")
+    g.add_argument("--min-repeats", type=int, default=10, help="a mask repeated this often marks outliers")
+    g.add_argument("--val-fraction", type=float, default=0.2)
+    g.add_argument("--no-flips", action="store_true", help="train without the four-way flip expansion")
+    g = p.add_argument_group("model and loss")
+    g.add_argument("--model", choices=sorted(models.MODELS), default="multipath_unet")
+    g.add_argument("--width", type=int)
+    g.add_argument("--paths", default=",".join(models.PATHS), help="Multipath UNet bottleneck paths")
+    g.add_argument("--loss", choices=["focal", "ce"], default="focal")
+    g.add_argument("--gamma", type=float, default=0.5)
+    g.add_argument("--background-weight", type=float, default=0.0)
+    g.add_argument("--backend", default="auto", help="marsops backend: auto, reference, cpu, cuda, triton")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=1e-3)
+    g.add_argument("--lr-patience", type=int, help="ReduceLROnPlateau patience (epochs)")
+    g.add_argument("--lr-factor", type=float, default=0.5)
+    g.add_argument("--early-stop", type=int, help="stop after this many epochs without a better val mIoU")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("run")
+    g.add_argument("--out", default="runs", help="parent folder of the run folders")
+    g.add_argument("--name", help="run folder name (default: a timestamp)")
+    g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    g.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("other modes")
+    g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
+    g.add_argument("--predict", metavar="RUN_DIR", help="predict the test set with RUN_DIR/best.pt")
+    g.add_argument("--tta", action="store_true", help="with --predict: flip test-time augmentation")
+    g.add_argument("--tune", type=int, metavar="N", help="Optuna search of N trials")
+    g.add_argument("--storage", help="Optuna storage URL shared by several machines (e.g. sqlite:///s.db)")
+    g.add_argument("--study-name", default="marsops")
+    return p
+
+
+def parse_args(argv=None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    errors = []
+    if args.batch_size < 4 or (not args.no_flips and args.batch_size % 4):
+        errors.append("--batch-size must be a multiple of 4 (flip4 groups) and at least 4")
+    if not 0 <= args.val_fraction < 1:
+        errors.append("--val-fraction must be in [0, 1)")
+    if args.lr <= 0 or args.epochs < 1 or args.width < 1:
+        errors.append("--lr, --epochs and --width must be positive")
+    if args.gamma < 0:
+        errors.append("--gamma must be >= 0")
+    bad_paths = set(args.paths.split(",")) - set(models.PATHS)
+    if bad_paths:
+        errors.append(f"--paths: unknown {sorted(bad_paths)}; choose from {models.PATHS}")
+    if errors:
+        parser.error("; ".join(errors))
+    return args
+
+
+# ---- setup ------------------------------------------------------------------------------------
+
+def distributed():
+    """(rank, world size), initialising torch.distributed under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def device_for(args, rank):
+    if args.device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            sys.exit("error: --device cuda but no GPU is visible")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
+    return torch.device(args.device)
+
+
+def dataset_path(args, rank, world):
+    if args.data:
+        return Path(args.data)
+    path = Path(args.cache) / f"synthetic_n{args.synthetic_train}_t{args.synthetic_test}_seed{args.seed}.npz"
+    if rank == 0 and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.npz")
+        data.write_npz(tmp, args.synthetic_train, args.synthetic_test, args.seed)
+        os.replace(tmp, path)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return path
+
+
+def prepare_data(args, device, rank, world, log):
+    """Load, clean, split (before any augmentation), weights, and the flip4 expansion on device."""
+    d = data.load(dataset_path(args, rank, world), mask_dtype=torch.uint8)
+    report = data.find_outliers(d.images, d.masks, min_repeats=args.min_repeats)
+    log(f"data: {len(d.images)} images; {report.summary()}")
+    train_idx, val_idx = data.split_indices(len(report.kept), args.val_fraction, args.seed)
+    train_idx, val_idx = report.kept[train_idx], report.kept[val_idx]
+    weights = data.inverse_frequency_weights(d.masks[train_idx], NUM_CLASSES, args.background_weight)
+    log(f"split: {len(train_idx)} train / {len(val_idx)} validation; class weights {weights.tolist()}")
+    train_x, train_y = d.images[train_idx].to(device), d.masks[train_idx].to(device)
+    if not args.no_flips:
+        train_x, train_y = marsops.flip4(train_x, train_y, backend=args.backend)  # the report's 4x expansion
+    return dict(train=(train_x, train_y), val=(d.images[val_idx], d.masks[val_idx]), test=d.test_images,
+                weights=weights.to(device))
+
+
+def build(args, device, weights):
+    net = models.build_model(args.model, in_channels=1, num_classes=NUM_CLASSES, width=args.width,
+                             **({"paths": tuple(args.paths.split(","))} if args.model == "multipath_unet" else {}))
+    net = net.to(device, memory_format=torch.channels_last)
+    if args.loss == "focal":
+        criterion = marsops.FocalLoss(weights, gamma=args.gamma, backend=args.backend)
+    else:
+        def criterion(logits, target):
+            return F.cross_entropy(logits, target.long(), weight=weights)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_factor,
+                                                           patience=args.lr_patience)
+    return net, criterion, optimizer, scheduler
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+def train(args, log=print):
+    """Runs (or resumes) training; returns the best validation mIoU."""
+    rank, world = distributed()
+    device = device_for(args, rank)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed + rank)
+    run_dir = Path(args.resume) if args.resume else Path(args.out) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            (run_dir / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    log = log if rank == 0 else (lambda *a, **k: None)
+    d = prepare_data(args, device, rank, world, log)
+    net, criterion, optimizer, scheduler = build(args, device, d["weights"])
+    state = dict(epoch=0, best_miou=float("-inf"), best_epoch=0)
+    if args.resume:
+        ckpt = checkpoint.load(run_dir / "last.pt", map_location=device)
+        net.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state.update(ckpt["state"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        log(f"resumed {run_dir} after epoch {state['epoch']} (best mIoU {state['best_miou']:.4f})")
+    train_net = net
+    if world > 1:
+        train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None
+                                                              else None)
+    if args.compile:
+        train_net = torch.compile(train_net)
+    metrics_csv = run_dir / "metrics.csv"
+    columns = ["epoch", "train_loss", "val_loss", "val_miou", *IOU_COLUMNS, "pixel_accuracy", "lr", "seconds"]
+    if rank == 0 and not metrics_csv.exists():
+        with open(metrics_csv, "w", newline="") as f:
+            csv.writer(f).writerow(columns)
+    train_x, train_y = d["train"]
+    val_x, val_y = d["val"]
+    progress = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+
+        progress = tqdm(total=(args.epochs - state["epoch"]) * len(train_x), unit="img", dynamic_ncols=True)
+    try:
+        while state["epoch"] < args.epochs:
+            epoch = state["epoch"] + 1
+            t0 = time.perf_counter()
+            shuffle = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on every rank
+            if progress is not None:
+                progress.set_description(f"epoch {epoch}/{args.epochs}")
+            try:
+                train_loss = loop.train_one_epoch(train_net, criterion, optimizer, train_x, train_y, args.batch_size,
+                                                  shuffle, device, args.amp, rank, world, progress)
+            except loop.NonFiniteLoss as exc:
+                log(f"error: {exc} in epoch {epoch}; stopping. The last good checkpoint is {run_dir / 'last.pt'} "
+                    f"(epoch {state['epoch']}); try a lower --lr.")
+                raise SystemExit(1)
+            val_loss, scores, matrix = loop.evaluate(net, criterion, val_x, val_y, args.batch_size, device,
+                                                     NUM_CLASSES, SCORED_CLASSES, args.amp, rank, world, args.backend)
+            miou = scores.miou.item()
+            scheduler.step(miou)
+            state["epoch"] = epoch
+            improved = miou > state["best_miou"]
+            if improved:
+                state.update(best_miou=miou, best_epoch=epoch)
+            row = [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{miou:.6f}",
+                   *[f"{v:.6f}" for v in scores.iou[1:].tolist()], f"{scores.pixel_accuracy.item():.6f}",
+                   f"{optimizer.param_groups[0]['lr']:.3g}", f"{time.perf_counter() - t0:.1f}"]
+            if rank == 0:
+                with open(metrics_csv, "a", newline="") as f:
+                    csv.writer(f).writerow(row)
+                ckpt = dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            state=dict(state), rng=checkpoint.rng_state(), matrix=matrix)
+                if improved:
+                    checkpoint.atomic_save(ckpt, run_dir / "best.pt")
+                checkpoint.atomic_save(ckpt, run_dir / "last.pt")
+                if progress is not None:
+                    progress.set_postfix(loss=f"{train_loss:.4f}", val_mIoU=f"{miou:.4f}",
+                                         best=f"{state['best_miou']:.4f}")
+                else:
+                    log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val mIoU {miou:.4f}")
+            if epoch - state["best_epoch"] >= args.early_stop:
+                log(f"early stop: no better validation mIoU for {args.early_stop} epochs")
+                break
+    finally:
+        if progress is not None:
+            progress.close()
+    if rank == 0:
+        finish(run_dir, net, val_x, val_y, args, device, log)
+    return state["best_miou"]
+
+
+def finish(run_dir, net, val_x, val_y, args, device, log):
+    """Pictures of the best model: curves, validation predictions, confusion matrix."""
+    best = checkpoint.load(run_dir / "best.pt", map_location=device)
+    net.load_state_dict(best["model"])
+    plots.curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    sample = torch.arange(min(6, len(val_x)))
+    pred = loop.predict(net, val_x[sample], args.batch_size, device)
+    plots.predictions(val_x[sample], val_y[sample], pred, run_dir / "predictions.png")
+    plots.confusion(best["matrix"], run_dir / "confusion.png")
+    log(f"best validation mIoU {best['state']['best_miou']:.4f} at epoch {best['state']['best_epoch']}; "
+        f"outputs in {run_dir}")
+
+
+# ---- prediction and tuning --------------------------------------------------------------------
+
+def predict(args, log=print):
+    run_dir = Path(args.predict)
+    saved = json.loads((run_dir / "config.json").read_text())
+    cfg = argparse.Namespace(**{**saved, "data": args.data or saved.get("data"), "backend": args.backend})
+    device = device_for(args, 0)
+    d = data.load(dataset_path(cfg, 0, 1), mask_dtype=torch.uint8)
+    if d.test_images is None:
+        sys.exit(f"error: {cfg.data or 'the data set'} has no test_set to predict")
+    net, _, _, _ = build(cfg, device, torch.ones(NUM_CLASSES, device=device))
+    net.load_state_dict(checkpoint.load(run_dir / "best.pt", map_location=device)["model"])
+    pred = loop.predict(net, d.test_images, args.batch_size, device, tta=args.tta, amp=args.amp)
+    data.write_submission(run_dir / "submission.csv", pred)
+    import numpy as np
+
+    np.savez_compressed(run_dir / "predictions.npz", predictions=pred.numpy())
+    log(f"wrote {run_dir / 'submission.csv'} and predictions.npz: {len(pred)} test images"
+        f"{' with flip TTA' if args.tta else ''}")
+
+
+def tune(args, log=print):
+    try:
+        import optuna
+    except ImportError:
+        sys.exit("error: --tune needs optuna (pip install optuna)")
+
+    def objective(trial):
+        trial_args = argparse.Namespace(**vars(args))
+        trial_args.lr = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+        trial_args.weight_decay = trial.suggest_float("weight_decay", 1e-5, 1e-2, log=True)
+        trial_args.gamma = trial.suggest_float("gamma", 0.0, 3.0)
+        trial_args.batch_size = trial.suggest_categorical("batch_size", [64, 128, 256])
+        trial_args.width = trial.suggest_categorical("width", [8, 16, 32])
+        trial_args.name = f"{args.study_name}-trial{trial.number}"
+        trial_args.tune = None
+        trial_args.no_progress = True
+        return train(trial_args, log=lambda *a, **k: None)
+
+    study = optuna.create_study(study_name=args.study_name, storage=args.storage, direction="maximize",
+                                load_if_exists=True)
+    study.optimize(objective, n_trials=args.tune)
+    log(f"best validation mIoU {study.best_value:.4f} with {study.best_params}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.predict:
+            return predict(args)
+        if args.tune:
+            return tune(args)
+        if args.resume:  # the run's own configuration, with --epochs and run options from this call
+            saved = json.loads((Path(args.resume) / "config.json").read_text())
+            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend"}
+            args = argparse.Namespace(**{**saved, **{k: v for k, v in vars(args).items() if k in keep}})
+        return train(args)
+    except data.DataError as exc:
+        sys.exit(f"error: {exc}")
+    except FileNotFoundError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

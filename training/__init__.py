@@ -1,0 +1,1 @@
+"""Pieces of the training script: checkpoints, the epoch loop, plots and tuning."""
