@@ -3,8 +3,6 @@ argmax + bincount, torch.compile of it and torchmetrics, at the report's batch a
 
     python -m benchmarks.bench_confusion [--quick]
 """
-import argparse
-
 import torch
 
 import marsops
@@ -43,11 +41,7 @@ def candidates(device, num_classes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    device = harness.device_from_env()
-    bandwidth = harness.copy_bandwidth_gbs(device)
+    args, device, bandwidth = harness.setup(__doc__, argv)
     rows = []
     for label, (n, c, h, w) in SHAPES.items():
         if args.quick and not label.startswith("report"):
@@ -58,14 +52,10 @@ def main(argv=None):
         bytes_read = x.numel() * 4 + t.numel() * 8
         shape_rows = []
         for name, fn in candidates(device, c).items():
-            try:
-                med, p20, p80 = harness.time_ms(lambda: fn(x, t, c), device, repeats=5 if args.quick else 11)
-                peak = harness.peak_extra_mb(lambda: fn(x, t, c), device)
-            except Exception as exc:
-                shape_rows.append({"shape": label, "impl": name, "error": str(exc)[:120]})
-                continue
-            shape_rows.append({"shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80,
-                               "GB/s": bytes_read / (med * 1e-3) / 1e9, "% copy bw": 0.0, "peak MB": peak})
+            row = harness.measure(lambda: fn(x, t, c), device, 5 if args.quick else 11, shape=label, impl=name)
+            if "ms" in row:
+                row["GB/s"] = bytes_read / (row["ms"] * 1e-3) / 1e9
+            shape_rows.append(row)
         base = next(r["ms"] for r in shape_rows if r["impl"].startswith("eager"))
         for r in shape_rows:
             if "ms" in r:

@@ -3,8 +3,6 @@ random_flip against the reference and kornia's RandomHorizontalFlip + RandomVert
 
     python -m benchmarks.bench_flip [--quick]
 """
-import argparse
-
 import torch
 
 import marsops
@@ -53,15 +51,11 @@ def run(kind, fns, label, images, masks, device, repeats, bandwidth):
     moved = (images.numel() * images.element_size() + masks.numel() * masks.element_size()) * (1 + out_factor)
     rows = []
     for name, fn in fns.items():
-        try:
-            med, p20, p80 = harness.time_ms(lambda: fn(images, masks), device, repeats=repeats)
-            peak = harness.peak_extra_mb(lambda: fn(images, masks), device)
-        except Exception as exc:
-            rows.append({"op": kind, "shape": label, "impl": name, "error": str(exc)[:120]})
-            continue
-        gbs = moved / (med * 1e-3) / 1e9
-        rows.append({"op": kind, "shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80, "GB/s": gbs,
-                     "% copy bw": 100 * gbs / bandwidth, "peak MB": peak})
+        row = harness.measure(lambda: fn(images, masks), device, repeats, op=kind, shape=label, impl=name)
+        if "ms" in row:
+            row["GB/s"] = moved / (row["ms"] * 1e-3) / 1e9
+            row["% copy bw"] = 100 * row["GB/s"] / bandwidth
+        rows.append(row)
     base = rows[0].get("ms")
     for r in rows:
         if "ms" in r and base:
@@ -70,11 +64,7 @@ def run(kind, fns, label, images, masks, device, repeats, bandwidth):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    device = harness.device_from_env()
-    bandwidth = harness.copy_bandwidth_gbs(device)
+    args, device, bandwidth = harness.setup(__doc__, argv)
     repeats = 5 if args.quick else 11
     rows = []
     for label, shape in SHAPES.items():

@@ -3,8 +3,6 @@ torch.compile of the reference and peer libraries, at the report's batch and a l
 
     python -m benchmarks.bench_focal [--quick]
 """
-import argparse
-
 import torch
 
 import marsops
@@ -57,15 +55,11 @@ def bench_shape(label, shape, device, fns, repeats):
             fn(logits, target, weight).backward()
             logits.grad = None
 
-        try:
-            med, p20, p80 = harness.time_ms(step, device, repeats=repeats)
-            peak = harness.peak_extra_mb(step, device)
-        except Exception as exc:  # a peer failing on this shape is reported, not fatal
-            rows.append({"shape": label, "impl": name, "error": str(exc)[:120]})
-            continue
-        rows.append({"shape": label, "impl": name, "ms": med, "p20": p20, "p80": p80,
-                     "GB/s": min_bytes / (med * 1e-3) / 1e9, "peak MB": peak,
-                     "grad MB": logits.numel() * 4 / 2**20})
+        row = harness.measure(step, device, repeats, shape=label, impl=name)
+        if "ms" in row:
+            row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
+            row["grad MB"] = logits.numel() * 4 / 2**20
+        rows.append(row)
     base = {r["impl"]: r.get("ms") for r in rows}
     for r in rows:
         if "ms" in r:
@@ -75,12 +69,7 @@ def bench_shape(label, shape, device, fns, repeats):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="report shape only, fewer repeats")
-    args = parser.parse_args(argv)
-    device = harness.device_from_env()
-    fns = candidates(device)
-    bandwidth = harness.copy_bandwidth_gbs(device)
+    args, device, bandwidth = harness.setup(__doc__, argv)
     rows = []
     for label, shape in SHAPES.items():
         if args.quick and not label.startswith("report"):

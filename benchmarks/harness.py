@@ -58,6 +58,17 @@ def peak_extra_mb(fn, device):
     return peak / 2**20
 
 
+def measure(fn, device, repeats, **labels):
+    """A result row for fn(): labels, ms / p20 / p80 and peak MB, or the error if it fails (a peer
+    that cannot handle a shape is reported, not fatal)."""
+    try:
+        med, p20, p80 = time_ms(fn, device, repeats=repeats)
+        peak = peak_extra_mb(fn, device)
+    except Exception as exc:  # noqa: BLE001
+        return {**labels, "error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+    return {**labels, "ms": med, "p20": p20, "p80": p80, "peak MB": peak}
+
+
 def copy_bandwidth_gbs(device, mb=256):
     """Read+write bandwidth of a large tensor copy into existing memory, GB/s."""
     src = torch.empty(mb * 2**20 // 4, device=device).uniform_()
@@ -105,6 +116,17 @@ def save(name, device, rows, extra=None):
     payload = {"benchmark": name, "machine": machine(device), "rows": rows, **(extra or {})}
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def setup(doc, argv):
+    """(args, device, copy bandwidth GB/s) for a benchmark script with a --quick flag."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="report shapes only, fewer repeats")
+    args = parser.parse_args(argv)
+    device = device_from_env()
+    return args, device, copy_bandwidth_gbs(device)
 
 
 def device_from_env():

@@ -85,11 +85,8 @@ ConfusionResult confusion_run(const ConfusionArgs& a) {
   at::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
     ConfusionResult local;
     local.counts.assign(C * C, 0);
-    for (int64_t i = c0 * kChunk; i < std::min(total, c1 * kChunk);) {
-      const int64_t n = i / P, p0 = i % P, p1 = std::min(P, p0 + (std::min(total, c1 * kChunk) - i));
-      k.segment(n, p0, p1, local.counts.data(), local);
-      i += p1 - p0;
-    }
+    for_each_segment(c0 * kChunk, std::min(total, c1 * kChunk), P,
+                     [&](int64_t n, int64_t p0, int64_t p1) { k.segment(n, p0, p1, local.counts.data(), local); });
     std::lock_guard<std::mutex> lock(mutex);
     for (int64_t j = 0; j < C * C; ++j) out.counts[j] += local.counts[j];
     if ((local.bad_target || local.bad_pred) && !(out.bad_target || out.bad_pred)) {

@@ -129,12 +129,8 @@ FocalStats run(const FocalArgs& a) {
     auto k = base;
     k.exps = scratch.data();
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      const int64_t begin = chunk * kChunk, end = std::min(total, begin + kChunk);
-      for (int64_t i = begin; i < end;) {
-        const int64_t n = i / P, p0 = i % P, p1 = std::min(P, p0 + (end - i));
-        parts[chunk].merge(k.segment(n, p0, p1));
-        i += p1 - p0;
-      }
+      for_each_segment(chunk * kChunk, std::min(total, (chunk + 1) * kChunk), P,
+                       [&](int64_t n, int64_t p0, int64_t p1) { parts[chunk].merge(k.segment(n, p0, p1)); });
     }
   });
   FocalStats total_stats;

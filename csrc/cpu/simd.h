@@ -39,6 +39,17 @@ template <typename T> inline T v_sum(const Vectorized<T>& v) {
   return s;
 }
 
+// Calls f(n, p0, p1) for the pixels [begin, end) of a flattened (N, P) index, one sample at a
+// time, so kernels can run their SIMD loop over contiguous pixels of one sample.
+template <typename F>
+inline void for_each_segment(int64_t begin, int64_t end, int64_t P, F&& f) {
+  for (int64_t i = begin; i < end;) {
+    const int64_t n = i / P, p0 = i % P, p1 = std::min(P, p0 + (end - i));
+    f(n, p0, p1);
+    i += p1 - p0;
+  }
+}
+
 template <typename V> struct Lanes { static constexpr int n = V::size(); };
 template <> struct Lanes<float> { static constexpr int n = 1; };
 template <> struct Lanes<double> { static constexpr int n = 1; };

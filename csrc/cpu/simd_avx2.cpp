@@ -15,12 +15,5 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#include "confusion_kernel.h"
-#include "focal_kernel.h"
-
-namespace marsops::cpu {
-const SimdKernels simd_avx2 = {
-    &CPU_CAPABILITY::focal_forward_impl,
-    &CPU_CAPABILITY::confusion_impl,
-};
-}  // namespace marsops::cpu
+#define MARSOPS_SIMD_TABLE simd_avx2
+#include "simd_table.inc"

@@ -27,12 +27,5 @@
 #endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "confusion_kernel.h"
-#include "focal_kernel.h"
-
-namespace marsops::cpu {
-const SimdKernels simd_avx512 = {
-    &CPU_CAPABILITY::focal_forward_impl,
-    &CPU_CAPABILITY::confusion_impl,
-};
-}  // namespace marsops::cpu
+#define MARSOPS_SIMD_TABLE simd_avx512
+#include "simd_table.inc"

@@ -1,0 +1,111 @@
+"""Every benchmark, one report:
+
+    python -m benchmarks [--quick] [--readme]
+
+Runs the focal-loss, confusion-matrix, flip and training-step benchmarks, writes
+benchmarks/results/report_<cpu|gpu>.md (machine, tables, shortfalls against the targets) and a
+bar chart of the speedups (speedups_<cpu|gpu>.png); with --readme, replaces the README's
+performance section with the report.
+"""
+import argparse
+import re
+from pathlib import Path
+
+from . import bench_confusion, bench_flip, bench_focal, bench_train_step, harness
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# Targets from the issues, for the report's shapes on the CPU.
+TARGETS = [("focal fwd+bwd vs eager", 4.0), ("focal fwd+bwd vs torch.compile", 2.3),
+           ("confusion from logits vs eager argmax+bincount", 20.0), ("flip4 vs cat of flips", 2.0),
+           ("training step vs reference ops", 1.0)]
+
+
+def _pick(rows, impl, shape_prefix="report", key="ms", **match):
+    for r in rows:
+        if r.get("impl", r.get("ops")) == impl and str(r.get("shape", r.get("step", ""))).startswith(shape_prefix) \
+                and all(r.get(k) == v for k, v in match.items()) and key in r:
+            return r[key]
+    return None
+
+
+def speedups(focal, confusion, flip, step, backend):
+    impl = f"marsops {backend}"
+    return {
+        TARGETS[0][0]: _pick(focal, impl, key="vs eager"),
+        TARGETS[1][0]: _pick(focal, impl, key="vs compile"),
+        TARGETS[2][0]: _pick(confusion, impl, key="vs eager"),
+        TARGETS[3][0]: _pick(flip, impl, key="speedup", op="flip4"),
+        TARGETS[4][0]: step[1].get("speedup"),
+    }
+
+
+def chart(values, path, title):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [k for k, v in values.items() if v]
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    bars = ax.barh(names, [values[n] for n in names], color="tab:orange")
+    for (name, target), bar in zip(TARGETS, bars):
+        ax.plot([target, target], [bar.get_y(), bar.get_y() + bar.get_height()], color="k", lw=2)
+    ax.bar_label(bars, fmt="%.1fx", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speedup (black tick: target)")
+    ax.set_title(title, fontsize=10)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="report shapes only, fewer repeats, small model")
+    parser.add_argument("--readme", action="store_true", help="write the report into README.md")
+    args = parser.parse_args(argv)
+    flags = ["--quick"] if args.quick else []
+    device = harness.device_from_env()
+    tag = "gpu" if device.type == "cuda" else "cpu"
+    focal = bench_focal.main(flags)
+    confusion = bench_confusion.main(flags)
+    flip = bench_flip.main(flags)
+    step = bench_train_step.main(flags)
+    backend = "cuda" if device.type == "cuda" else "cpu"
+    ups = speedups(focal, confusion, flip, step, backend)
+    m = harness.machine(device)
+    where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads ({m['cpu_capability']})"
+    lines = [f"Measured on {where}, torch {m['torch']}{' (quick mode)' if args.quick else ''}.", "",
+             "| target (report's shapes) | measured | target | met |", "|---|---|---|---|"]
+    for name, target in TARGETS:
+        got = ups[name]
+        lines.append(f"| {name} | {got:.2f}x | {target}x | {'yes' if got and got >= target else 'NO'} |"
+                     if got else f"| {name} | n/a | {target}x | n/a |")
+    sections = [("Focal loss, forward + backward (fp32, gamma 0.5, report weights, mean)", focal,
+                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB"]),
+                ("Confusion matrix from logits", confusion,
+                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"]),
+                ("Flips (fp32 images + int64 masks)", flip,
+                 ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"]),
+                ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB"])]
+    for title, rows, cols in sections:
+        lines += ["", f"**{title}**", "", harness.markdown_table(rows, cols).rstrip()]
+    lines += ["", f"![speedups](benchmarks/results/speedups_{tag}.png)"]
+    report = "\n".join(lines) + "\n"
+    harness.RESULTS.mkdir(parents=True, exist_ok=True)
+    (harness.RESULTS / f"report_{tag}.md").write_text(report)
+    chart(ups, harness.RESULTS / f"speedups_{tag}.png", f"marsops speedups on {where}")
+    print(report)
+    if args.readme:
+        text = README.read_text()
+        start, end = f"<!-- benchmarks:{tag}:start -->", f"<!-- benchmarks:{tag}:end -->"
+        if start not in text:
+            raise SystemExit(f"README.md has no {start} marker")
+        README.write_text(re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _: f"{start}\n{report}{end}", text,
+                                 flags=re.S))
+        print(f"updated {README}")
+
+
+if __name__ == "__main__":
+    main()
