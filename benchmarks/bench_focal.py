@@ -70,6 +70,7 @@ def bench_shape(label, shape, device, fns, repeats):
 
 def main(argv=None):
     args, device, bandwidth = harness.setup(__doc__, argv)
+    fns = candidates(device)
     rows = []
     for label, shape in SHAPES.items():
         if args.quick and not label.startswith("report"):
