@@ -117,3 +117,14 @@ def test_ddp_two_processes_gloo(tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_metrics(tmp_path / "runs" / "ddp")) == 1
+
+
+def test_tune_runs_trials_into_a_shared_storage(tmp_path):
+    pytest.importorskip("optuna", reason="optuna is the optional 'tune' extra")
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run(tmp_path, "--epochs", "1", "--tune", "2", "--storage", storage, "--study-name", "s")
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert len(study.trials) == 2 and all(t.value is not None for t in study.trials)
+    assert set(study.best_params) == {"lr", "weight_decay", "gamma", "batch_size", "width"}
