@@ -88,9 +88,7 @@ def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5
 # ---- custom-op plumbing ------------------------------------------------------------------------
 
 def _triton_module(x: Tensor, op: str):
-    reason = _triton.unavailable_reason(x.device.type)
-    if reason:
-        raise RuntimeError(f"marsops.{op}: {reason}")
+    _triton.require(x.device.type, op)
     from .triton import flip
 
     return flip

@@ -89,9 +89,7 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
                                ignore_index: int, reduction: int, compute_grad: bool) -> tuple[Tensor, Tensor]:
     from .triton.focal import focal_loss_forward
 
-    reason = _triton.unavailable_reason(logits.device.type)
-    if reason:
-        raise RuntimeError(f"marsops.focal_loss: {reason}")
+    _triton.require(logits.device.type, "focal_loss")
     N, C = logits.shape[:2]
     P = target[0].numel() if N else 0
     x = logits.contiguous().view(N, C, P)

@@ -53,9 +53,7 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
 def _confusion_matrix_triton(input: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int]) -> Tensor:
     from .triton.confusion import confusion_matrix as launch
 
-    reason = _triton.unavailable_reason(target.device.type)
-    if reason:
-        raise RuntimeError(f"marsops.confusion_matrix: {reason}")
+    _triton.require(target.device.type, "confusion_matrix")
     N = target.shape[0]
     P = target[0].numel() if N else 0
     from_logits = input.is_floating_point()

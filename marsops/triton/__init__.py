@@ -21,3 +21,10 @@ def unavailable_reason(device_type: str):
     if device_type not in ("cpu", "cuda"):
         return f"Triton kernels do not support {device_type} tensors"
     return None
+
+
+def require(device_type: str, op: str) -> None:
+    """Raises a RuntimeError naming `op` if Triton kernels cannot run on this device type."""
+    reason = unavailable_reason(device_type)
+    if reason:
+        raise RuntimeError(f"marsops.{op}: {reason}")
