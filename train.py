@@ -45,7 +45,8 @@ def get_args_parser():
     g.add_argument("--synthetic-train", type=int, help="synthetic training images (before cleaning)")
     g.add_argument("--synthetic-test", type=int, default=200)
     g.add_argument("--cache", default="data", help="folder for the generated synthetic npz")
-    g.add_argument("--min-repeats", type=int, default=10, help="a mask repeated this often marks outliers")
+    g.add_argument("--min-repeats", type=int, default=2,
+                   help="a mask (of 2+ classes) shared by this many different images marks them all as outliers")
     g.add_argument("--val-fraction", type=float, default=0.2)
     g.add_argument("--no-flips", action="store_true", help="train without the four-way flip expansion")
     g = p.add_argument_group("model and loss")

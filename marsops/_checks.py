@@ -1,4 +1,6 @@
 """Argument checks shared by the public ops, with messages that say what was expected."""
+import operator
+
 import torch
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -7,6 +9,29 @@ INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64
 def check_tensor(name: str, t, op: str):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"marsops.{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def as_int64(name: str, value, op: str) -> int:
+    """value as a Python int (numpy and 0-dim integer tensors accepted) that fits in int64."""
+    if isinstance(value, bool):
+        raise TypeError(f"marsops.{op}: {name} must be an integer, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"marsops.{op}: {name} must be an integer, got {type(value).__name__}") from None
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"marsops.{op}: {name} must fit in int64, got {value}")
+    return value
+
+
+def as_float(name: str, value, op: str) -> float:
+    """value as a Python float (numpy and 0-dim tensors accepted)."""
+    if isinstance(value, (bool, str, bytes)):
+        raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}") from None
 
 
 def check_same_device(op: str, **tensors):
@@ -18,7 +43,7 @@ def check_same_device(op: str, **tensors):
 
 def check_integer(name: str, t: torch.Tensor, op: str):
     if t.dtype not in INTEGER_DTYPES:
-        raise TypeError(f"marsops.{op}: {name} must be an integer tensor (uint8/int32/int64), got {t.dtype}")
+        raise TypeError(f"marsops.{op}: {name} must be an integer tensor (uint8/int8/int16/int32/int64), got {t.dtype}")
 
 
 def check_float(name: str, t: torch.Tensor, op: str):

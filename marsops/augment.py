@@ -16,6 +16,9 @@ FLIP4_ORDER = ("as is", "left-right", "up-down", "both")
 
 def _check_pair(images: Tensor, masks: Optional[Tensor], op: str):
     _checks.check_tensor("images", images, op)
+    if images.is_complex():
+        raise TypeError(f"marsops.{op}: complex images are not supported; flips take real floating, integer and "
+                        f"bool dtypes, got {images.dtype}")
     if images.dim() not in (3, 4):
         raise ValueError(f"marsops.{op}: images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}")
     if masks is None:
@@ -44,8 +47,8 @@ def flip4(images: Tensor, masks: Optional[Tensor] = None, backend: str = "auto")
     flipped left-right, flipped up-down and both, in that order, as four blocks of N:
     ``out[k * N + i] = flip_k(x[i])``. One kernel per tensor reads each input element once.
 
-    Images of any dtype (float, uint8, ...) are differentiable through the flips; masks keep
-    their integer dtype. Returns (images, masks); masks is None when not given.
+    Images of any real dtype (float, integer, bool; complex is refused) are differentiable
+    through the flips when floating; masks keep their integer dtype. Returns (images, masks); masks is None when not given.
     """
     _check_pair(images, masks, "flip4")
     out_images = _op("flip4", images, backend)(images)

@@ -51,18 +51,24 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     _checks.check_same_device(op, logits=logits, target=target, weight=weight)
     if reduction not in REDUCTIONS:
         raise ValueError(f"marsops.focal_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if not gamma >= 0:
-        raise ValueError(f"marsops.focal_loss: gamma must be >= 0, got {gamma}")
+    gamma = _checks.as_float("gamma", gamma, op)
+    if not gamma >= 0 or gamma == float("inf"):
+        raise ValueError(f"marsops.focal_loss: gamma must be finite and >= 0, got {gamma}")
+    ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
 
     chosen = _backend.resolve("focal_loss_forward", logits, backend)
     if chosen == "reference":
         return reference.focal_loss(logits, target, weight, gamma, ignore_index, reduction)
+    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
+        raise ValueError(f"marsops.focal_loss: weight requires grad, but the fused {chosen} kernels treat class "
+                         "weights as constants (they would get no gradient). Pass weight.detach(), or "
+                         "backend='reference' to learn the weights.")
     if logits.dtype == torch.float64 and chosen in ("cuda", "triton"):
         raise TypeError(f"marsops.focal_loss: the {chosen} backend computes in fp32; use float32 logits or "
                         "the cpu / reference backend for float64")
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
-    loss, _ = fn(logits, target, weight, float(gamma), int(ignore_index), REDUCTIONS.index(reduction), compute_grad)
+    loss, _ = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad)
     return loss
 
 
@@ -108,6 +114,7 @@ def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad):
 
 def _setup_context(ctx, inputs, output):
     ctx.reduction = inputs[5]
+    ctx.has_grad = inputs[6]  # compute_grad: the forward wrote the gradient
     ctx.save_for_backward(output[1])
     # The second output (the saved gradient) gets no gradient: without these, autograd would
     # allocate and zero a logits-sized tensor for it in every backward.
@@ -117,21 +124,37 @@ def _setup_context(ctx, inputs, output):
 
 def _is_plain_cpu_one(t: Tensor) -> bool:
     """t is a real (not fake/traced) CPU scalar equal to 1, so reading it costs no sync or graph break."""
-    return (type(t) is torch.Tensor and not torch.compiler.is_compiling() and t.device.type == "cpu"
-            and t.numel() == 1 and t.item() == 1.0)
+    return (type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1 and t.item() == 1.0)
+
+
+def _graph_is_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True): the saved gradient may be
+    read again, so it must not be handed out or scaled in place."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else keep()
 
 
 def _backward(ctx, grad_loss, _unused):
-    (grad,) = ctx.saved_tensors
+    nothing = (None,) * 6
     if grad_loss is None:  # the loss did not reach what was differentiated
-        return None, None, None, None, None, None, None
-    if grad.numel() == 0:
-        raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad)")
-    if ctx.reduction == 0:
-        return grad * grad_loss.unsqueeze(1), None, None, None, None, None, None
-    if _is_plain_cpu_one(grad_loss):
-        return grad, None, None, None, None, None, None  # loss.backward(): skip a logits-sized multiply
-    return grad * grad_loss, None, None, None, None, None, None
+        return (None,) + nothing
+    if torch.is_grad_enabled():
+        raise RuntimeError("marsops.focal_loss: double backward (create_graph=True) is not supported by the fused "
+                           "kernels: their gradient is not itself differentiable. Use backend='reference' for "
+                           "higher-order gradients.")
+    if not ctx.has_grad:
+        raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad or "
+                           "grad mode was off), so there is nothing to backpropagate to the logits")
+    (grad,) = ctx.saved_tensors
+    scale = grad_loss.unsqueeze(1) if ctx.reduction == 0 else grad_loss  # 'none': one upstream value per pixel
+    traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor  # fake / functional tensors
+    if traced or _graph_is_kept():
+        return (grad * scale,) + nothing  # a fresh tensor; the saved one may be read again
+    # The graph is freed after this call, so the saved buffer becomes the returned gradient: no
+    # copy, and no second logits-sized tensor. loss.backward() on CPU needs no scaling at all.
+    if not _is_plain_cpu_one(grad_loss):
+        grad.mul_(scale)
+    return (grad,) + nothing
 
 
 def _register(op):

@@ -28,8 +28,11 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
     _checks.check_tensor("pred_or_logits", pred_or_logits, op)
     _checks.check_tensor("target", target, op)
     _checks.check_integer("target", target, op)
-    if not isinstance(num_classes, int) or num_classes < 1:
+    num_classes = _checks.as_int64("num_classes", num_classes, op)
+    if num_classes < 1:
         raise ValueError(f"marsops.confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    if ignore_index is not None:
+        ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     if target.dim() < 1:
         raise ValueError("marsops.confusion_matrix: target must be (N, *), got a scalar")
     if pred_or_logits.is_floating_point():
@@ -106,38 +109,66 @@ class StreamingIoU:
 
     IoU is computed over the whole data set (summed counts), not averaged per image. A class whose
     union is empty gets NaN and is left out of the mean.
+
+    Under torch.distributed, each process counts its own batches (`local`); `sync()` sums them
+    over the processes into a separate copy that `matrix` and `compute()` then report, until the
+    next update. Calling `sync()` again recomputes that sum from the local counts, so it never
+    counts twice.
     """
 
     def __init__(self, num_classes: int, classes: Optional[Sequence[int]] = None, ignore_index: Optional[int] = None,
                  device=None, backend: str = "auto"):
-        if classes is not None and not all(0 <= c < num_classes for c in classes):
-            raise ValueError(f"StreamingIoU: classes {list(classes)} must lie in [0, {num_classes})")
+        op = "StreamingIoU"
+        num_classes = _checks.as_int64("num_classes", num_classes, op)
+        if num_classes < 1:
+            raise ValueError(f"marsops.StreamingIoU: num_classes must be a positive int, got {num_classes}")
+        if classes is not None:
+            classes = tuple(_checks.as_int64("classes", c, op) for c in classes)  # a generator is read once, here
+            if not classes or not all(0 <= c < num_classes for c in classes):
+                raise ValueError(f"marsops.StreamingIoU: classes {list(classes)} must be a non-empty subset of "
+                                 f"[0, {num_classes})")
+        if ignore_index is not None:
+            ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
         self.num_classes, self.classes, self.ignore_index, self.backend = num_classes, classes, ignore_index, backend
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self.local = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        self._synced: Optional[Tensor] = None  # the all-reduced counts, valid until the local ones change
+
+    @property
+    def matrix(self) -> Tensor:
+        """The counts compute() scores: summed over processes after sync(), else this process's."""
+        return self._synced if self._synced is not None else self.local
 
     def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
         m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
-        if self.matrix.device != m.device:
-            if self.matrix.any():
-                raise ValueError(f"StreamingIoU: counts live on {self.matrix.device}, got inputs on {m.device}")
-            self.matrix = self.matrix.to(m.device)
-        self.matrix += m
+        if self.local.device != m.device:
+            if self.local.any():
+                raise ValueError(f"StreamingIoU: counts live on {self.local.device}, got inputs on {m.device}")
+            self.local = self.local.to(m.device)
+        self.local += m
+        self._synced = None
 
     def compute(self) -> IoUResult:
         return scores(self.matrix, self.classes)
 
     def reset(self) -> None:
-        self.matrix.zero_()
+        self.local.zero_()
+        self._synced = None
 
     def merge(self, other: "StreamingIoU") -> "StreamingIoU":
+        """Adds another metric's local counts to this one's."""
         if other.num_classes != self.num_classes:
             raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes vs {self.num_classes}")
-        self.matrix += other.matrix.to(self.matrix.device)
+        self.local += other.local.to(self.local.device)
+        self._synced = None
         return self
 
-    def sync(self, group=None) -> None:
-        """Sum the counts of every process of a torch.distributed group (in place)."""
+    def sync(self, group=None) -> "StreamingIoU":
+        """Sums the local counts of every process of a torch.distributed group (a collective: every
+        process must call it). Idempotent: the sum always starts again from the local counts."""
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM, group=group)
+            synced = self.local.clone()
+            dist.all_reduce(synced, op=dist.ReduceOp.SUM, group=group)
+            self._synced = synced
+        return self

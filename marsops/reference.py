@@ -6,7 +6,11 @@ REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 
 
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) -> torch.Tensor:
-    """Mask of the non-ignored labels; raises if one lies outside [0, num_classes)."""
+    """Mask of the non-ignored labels; raises if one lies outside [0, num_classes).
+
+    Labels are compared with ignore_index as int64 values: a uint8 label 156 is not
+    ignore_index -100 (torch would wrap -100 into the target's dtype first)."""
+    target = target.long()
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
     if bad.any():
@@ -19,7 +23,10 @@ def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduct
     """Softmax focal loss: -w[y] * (1 - p_y)^gamma * log p_y per element (see marsops.focal_loss)."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     valid = check_labels(target, x.shape[1], ignore_index, "focal_loss")
-    t = torch.where(valid, target, 0).long()
+    t = torch.where(valid, target.long(), 0)
+    # An ignored element never contributes, whatever its logits hold (NaN and inf included): its
+    # logits are replaced before the softmax, so neither its loss nor its gradient sees them.
+    x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
     logp = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
     # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1.
     q = (-torch.expm1(logp)).clamp_min(torch.finfo(x.dtype).tiny)

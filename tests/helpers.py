@@ -28,7 +28,13 @@ def backend_ids(pairs):
     return [f"{b}-{d}" for b, d in pairs]
 
 
-# (rtol, atol) for comparing a kernel's output with the fp32/fp64 reference on the same inputs.
+# (rtol, atol) for comparing a kernel's output with the fp32/fp64 reference on the same inputs,
+# both rounded to the output dtype. From the roundings the design makes: the kernels compute in
+# fp32 (fp64 for fp64) and round their outputs once, a 'none' gradient twice (saved, then scaled
+# by the upstream gradient), the reference once: at most 3 units of roundoff u of the dtype
+# (fp16 u = 2^-11 = 4.9e-4, bf16 u = 2^-8 = 3.9e-3), plus the fp32 arithmetic (exp, log, sums
+# over up to 19 classes, about 1e-6 relative at most) that dominates for fp32. rtol is ~8u for
+# the half types; atol covers values near 0, whose relative error is unbounded.
 TOLERANCE = {
     torch.float64: (1e-9, 1e-11),
     torch.float32: (2e-4, 2e-6),

@@ -75,17 +75,43 @@ def test_png_folder(tmp_path):
 def test_cleaning_finds_exactly_the_planted_outliers(small_set):
     path, outliers = small_set
     d = data.load_npz(path)
-    report = data.find_outliers(d.images, d.masks, min_repeats=5)
+    report = data.find_outliers(d.images, d.masks)
     assert len(report.repeated_mask_groups) == 1
     assert report.repeated_mask_groups[0] == sorted(outliers.tolist())
     assert report.kept.tolist() == sorted(set(range(300)) - set(outliers.tolist()))
     assert "removed 13 of 300" in report.summary()
 
 
+@pytest.mark.parametrize("size", [3, 12, 40])
+def test_cleaning_holds_on_small_subsets(small_set, size):
+    """A subset holding only a few of the shared-mask images is still cleaned of all of them."""
+    path, outliers = small_set
+    d = data.load_npz(path)
+    inliers = sorted(set(range(300)) - set(outliers.tolist()))
+    subset = torch.tensor(sorted(outliers[:2].tolist() + inliers[:size]))
+    report = data.find_outliers(d.images[subset], d.masks[subset])
+    flagged = {int(subset[i]) for g in report.repeated_mask_groups for i in g}
+    assert flagged == set(outliers[:2].tolist())
+    assert len(report.kept) == size
+
+
+def test_cleaning_keeps_single_class_masks_and_exact_duplicates():
+    images = torch.rand(5, 1, 8, 8)
+    masks = torch.randint(0, 5, (5, 8, 8))
+    masks[0] = masks[1] = 3          # two all-sand pictures: an honest repeat
+    images[3], masks[3] = images[2], masks[2]  # the same picture twice: a duplicate, not a placeholder mask
+    report = data.find_outliers(images, masks)
+    assert report.removed == 0 and len(report.kept) == 5
+    masks[4] = masks[2]              # a third, different image with that mask: placeholder
+    assert data.find_outliers(images, masks).repeated_mask_groups == [[2, 3, 4]]
+    with pytest.raises(ValueError, match="min_repeats"):
+        data.find_outliers(images, masks, min_repeats=1)
+
+
 def test_cleaning_flags_constant_images():
     images = torch.rand(6, 1, 8, 8)
     images[2] = 0.5
-    report = data.find_outliers(images, torch.randint(0, 5, (6, 8, 8)), min_repeats=3)
+    report = data.find_outliers(images, torch.randint(0, 5, (6, 8, 8)))
     assert report.constant_images == [2] and 2 not in report.kept.tolist()
 
 

@@ -45,23 +45,36 @@ def focal_case(draw, max_pixels=300):
                 reduction=reduction)
 
 
-def run(case, backend, device, dtype):
-    """Loss and d(loss)/d(logits) (through a random upstream gradient for 'none')."""
+def upstream_gradient(shape, dtype):
+    """A varied upstream gradient, made in fp64 and rounded once to `dtype` (torch.linspace in fp16
+    itself is off by up to 1 %: its steps accumulate in half precision)."""
+    n = 1
+    for d in shape:
+        n *= d
+    return torch.linspace(-1, 2, n, dtype=torch.float64).to(dtype).view(shape)
+
+
+def run(case, backend, device, dtype, upstream_dtype=None):
+    """Loss and d(loss)/d(logits) through the upstream gradient above, rounded to `upstream_dtype`
+    (default: the loss's dtype), so a reference in higher precision sees the same values."""
     logits = case["logits"].to(device=device, dtype=dtype, copy=True).requires_grad_()
     target = case["target"].to(device)
     weight = None if case["weight"] is None else case["weight"].to(device=device, dtype=torch.float32)
     loss = marsops.focal_loss(logits, target, weight, case["gamma"], case["ignore_index"], case["reduction"],
                               backend=backend)
-    upstream = torch.linspace(-1, 2, loss.numel(), device=device, dtype=loss.dtype).view(loss.shape)
+    upstream = upstream_gradient(loss.shape, upstream_dtype or loss.dtype).to(device=device, dtype=loss.dtype)
     (grad,) = torch.autograd.grad(loss, logits, upstream)
     return loss, grad
 
 
 def reference_run(case, dtype):
-    """The reference on the same (rounded) inputs, computed in fp32 (fp64 for fp64)."""
+    """The reference on the same (rounded) inputs and upstream gradient, computed in fp32 (fp64 for
+    fp64). A kernel's output then differs from it by its own fp32 arithmetic plus at most two
+    roundings to `dtype` (the saved gradient, then its product with the upstream gradient) where
+    the reference rounds once: helpers.TOLERANCE allows several units of roundoff per dtype."""
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     rounded = dict(case, logits=case["logits"].to(dtype).to(compute))
-    return run(rounded, "reference", "cpu", compute)
+    return run(rounded, "reference", "cpu", compute, upstream_dtype=dtype)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))

@@ -82,6 +82,10 @@ struct FocalKernel {
     const V logp = xt - m - v_log(s);
     V loss, coef;
     focal_terms(logp, et * inv_s, other * inv_s, wt, gamma, loss, coef);
+    // Ignored pixels are selected out, not multiplied by a zero weight: their logits may hold
+    // NaN or inf, which must not reach the loss or the gradient (as in F.cross_entropy).
+    const auto valid = cls >= V(0);
+    loss = v_where(valid, loss, V(0));
     if (loss_none) store_as<V, acc_t>(loss, loss_none + n * P + p);
     if (grad) {
       const V cs = coef * V(grad_scale);
@@ -89,7 +93,7 @@ struct FocalKernel {
       for (int64_t c = 0; c < C; ++c) {
         const V pc = load_as<V, acc_t, acc_t>(exps + c * L) * inv_s;
         const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
-        store_as<V, acc_t>(cs * (delta - pc), gn + c * P);
+        store_as<V, acc_t>(v_where(valid, cs * (delta - pc), V(0)), gn + c * P);
       }
     }
     return loss;

@@ -80,7 +80,8 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
       in_t* gp = grad + n * C * P + p;
       for (int64_t c = 0; c < C; ++c) {
         const float pc = expf(static_cast<float>(xp[c * P]) - m) * inv_s;
-        gp[c * P] = static_cast<in_t>(cs * ((valid && c == t ? 1.0f : 0.0f) - pc));
+        // Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
+        gp[c * P] = static_cast<in_t>(valid ? cs * ((c == t ? 1.0f : 0.0f) - pc) : 0.0f);
       }
     }
     loss_sum += loss;

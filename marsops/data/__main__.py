@@ -1,7 +1,7 @@
 """Command line for the Mars data:
 
     python -m marsops.data synth PATH.npz [--n-train 2615 --n-test 1000 --seed 0]
-    python -m marsops.data inspect PATH [--grid samples.png --min-repeats 10]
+    python -m marsops.data inspect PATH [--grid samples.png --min-repeats 2]
 """
 import argparse
 import sys
@@ -52,7 +52,7 @@ def main(argv=None):
     p.add_argument("path", help="a course-format npz or a folder with images/ and masks/ PNGs")
     p.add_argument("--grid", help="save a PNG grid of samples with colour-coded masks")
     p.add_argument("--rows", type=int, default=6)
-    p.add_argument("--min-repeats", type=int, default=10)
+    p.add_argument("--min-repeats", type=int, default=2)
     p.set_defaults(fn=inspect)
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,12 @@
-"""Outlier cleaning: masks repeated identically many times (the course's 110 "alien" images
-share one mask) and degenerate (constant) images."""
+"""Outlier cleaning: one mask shared by different images (the course's 110 "alien" images share
+one mask) and degenerate (constant) images.
+
+The rule needs no count threshold, so it holds for a subset or a small set as well as for the
+whole course data: two different photographs never get the same hand-drawn mask pixel for
+pixel, so a mask that labels two or more different images is a placeholder, and every image
+carrying it is flagged. A mask of a single class (an all-soil or all-sky picture) can repeat
+honestly and is left alone, as are exact duplicates (the same image with the same mask).
+"""
 import hashlib
 from dataclasses import dataclass, field
 
@@ -18,21 +25,35 @@ class CleaningReport:
 
     def summary(self) -> str:
         groups = ", ".join(f"{len(g)} images (first {g[0]})" for g in self.repeated_mask_groups) or "none"
-        return (f"removed {self.removed} of {self.removed + len(self.kept)}: identical-mask groups: {groups}; "
+        return (f"removed {self.removed} of {self.removed + len(self.kept)}: shared-mask groups: {groups}; "
                 f"constant images: {len(self.constant_images)}")
 
 
-def find_outliers(images: torch.Tensor, masks: torch.Tensor, min_repeats: int = 10,
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha1(t.contiguous().numpy().tobytes()).hexdigest()
+
+
+def find_outliers(images: torch.Tensor, masks: torch.Tensor, min_repeats: int = 2,
                   min_std: float = 1e-3) -> CleaningReport:
-    """Flags every image whose mask occurs at least `min_repeats` times identically, and images
-    whose pixel standard deviation is below `min_std` (on the [0, 1] scale)."""
+    """Flags every image whose mask (of two or more classes) is shared identically by at least
+    `min_repeats` different images, and images whose pixel standard deviation is below `min_std`
+    (on the [0, 1] scale). The default `min_repeats=2` is the rule of the module docstring."""
+    if min_repeats < 2:
+        raise ValueError(f"find_outliers: min_repeats must be >= 2 (a mask always matches itself), got {min_repeats}")
+    masks, images = masks.cpu(), images.cpu()
     groups = {}
-    for i, m in enumerate(masks.cpu().contiguous()):
-        groups.setdefault(hashlib.sha1(m.numpy().tobytes()).hexdigest(), []).append(i)
-    repeated = sorted((g for g in groups.values() if len(g) >= min_repeats), key=lambda g: g[0])
+    for i, m in enumerate(masks):
+        if m.numel() and bool((m != m.flatten()[0]).any()):  # single-class masks repeat honestly
+            groups.setdefault(_digest(m), []).append(i)
+    repeated = []
+    for g in groups.values():
+        distinct_images = {_digest(images[i]) for i in g}
+        if len(g) >= min_repeats and len(distinct_images) >= 2:
+            repeated.append(g)
+    repeated.sort(key=lambda g: g[0])
     flat = images.reshape(images.shape[0], -1).float()
     constant = torch.nonzero(flat.std(dim=1) < min_std).flatten().tolist() if flat.shape[1] > 1 else []
-    drop = set(constant).union(*repeated) if repeated else set(constant)
-    constant = [i for i in constant if not any(i in g for g in repeated)]
-    kept = torch.tensor(sorted(set(range(images.shape[0])) - drop), dtype=torch.long)
+    in_groups = {i for g in repeated for i in g}
+    constant = [i for i in constant if i not in in_groups]
+    kept = torch.tensor(sorted(set(range(images.shape[0])) - in_groups - set(constant)), dtype=torch.long)
     return CleaningReport(kept=kept, repeated_mask_groups=repeated, constant_images=constant)

@@ -88,7 +88,8 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, st
     if STORE_GRAD:
         if HAS_SCALE:
             coef = coef * tl.load(scale_ptr)
-        g = coef[None, :] * (is_t.to(tl.float32) - e * inv_s[None, :])
+        # Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
+        g = tl.where(valid[None, :], coef[None, :] * (is_t.to(tl.float32) - e * inv_s[None, :]), 0.0)
         tl.store(grad_ptr + tile, g.to(grad_ptr.dtype.element_ty), mask=tile_mask)
     prog = n * tl.num_programs(0) + pid_p
     tl.store(stats_ptr + prog * 4 + 0, tl.sum(loss, axis=0))

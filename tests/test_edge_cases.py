@@ -1,0 +1,265 @@
+"""Autograd modes and edge cases where a fused kernel could silently differ from the formula:
+each ends in the reference's result or in a clear error, on every backend."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import marsops
+from marsops import reference
+from helpers import assert_close, backend_ids, kernel_backends
+
+FUSED = kernel_backends("focal_loss_forward")
+ALL = [("reference", "cpu")] + FUSED
+
+
+def focal_setup(device, n=2, c=5, spatial=(3, 4), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, c) + spatial, generator=g).to(device)
+    t = torch.randint(0, c, (n,) + spatial, generator=g).to(device)
+    w = torch.rand(c, generator=g).to(device)
+    return x, t, w
+
+
+# ---- 1. double backward ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+def test_double_backward_is_refused_not_silently_wrong(backend, device):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 5).to(device)
+    x = torch.randn(6, 3, device=device, requires_grad=True)
+    t = torch.randint(0, 5, (6,), device=device)
+    loss = marsops.focal_loss(lin(x), t, gamma=0.5, backend=backend)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+def test_double_backward_on_the_reference_matches_gradgradcheck():
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0, 1, 3], [2, -100, 1]])
+    w = torch.tensor([0.5, 1.0, 2.0, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda x: marsops.focal_loss(x, t, w, 0.5, backend="reference"), (x,))
+
+
+# ---- 2. empty batches ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("shape", [(0, 5, 4, 4), (2, 5, 0, 4), (0, 5)])
+@pytest.mark.parametrize("reduction", marsops.focal.REDUCTIONS)
+def test_empty_batches_give_zero_loss_and_a_zero_gradient_of_the_right_shape(backend, device, shape, reduction):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    t = torch.zeros((shape[0],) + shape[2:], dtype=torch.long, device=device)
+    loss = marsops.focal_loss(x, t, reduction=reduction, backend=backend)
+    assert loss.shape == (t.shape if reduction == "none" else ())
+    loss.sum().backward()
+    assert x.grad is not None and x.grad.shape == x.shape and (x.grad == 0).all()
+    assert loss.sum().item() == 0.0
+
+
+# ---- 3. learnable class weights -----------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+def test_learnable_weights_are_refused_by_fused_kernels(backend, device):
+    x, t, w = focal_setup(device)
+    w.requires_grad_()
+    with pytest.raises(ValueError, match="weight requires grad"):
+        marsops.focal_loss(x.requires_grad_(), t, w, backend=backend)
+    with torch.no_grad():  # no gradient wanted: nothing is lost, so it runs
+        expected = reference.focal_loss(x, t, w)
+        assert_close(marsops.focal_loss(x, t, w, backend=backend), expected)
+    assert_close(marsops.focal_loss(x, t, w.detach(), backend=backend), expected)
+
+
+def test_learnable_weights_get_their_gradient_on_the_reference():
+    x, t, w = focal_setup("cpu")
+    w = w.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda w: marsops.focal_loss(x.double(), t, w, backend="reference",
+                                                                 reduction="weighted_mean"), (w,))
+
+
+# ---- 4. retain_graph: no gradient aliases another, or the saved buffer --------------------------
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_retained_graph_gives_independent_gradients(backend, device, reduction):
+    x, t, w = focal_setup(device)
+    x.requires_grad_()
+    loss = marsops.focal_loss(x, t, w, 0.5, reduction=reduction, backend=backend)
+    up = torch.ones_like(loss)
+    (g1,) = torch.autograd.grad(loss, x, up, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, up, retain_graph=True)
+    assert g1.data_ptr() != g2.data_ptr()
+    kept = g2.clone()
+    g1.mul_(100)  # changing one gradient changes nothing else
+    loss.backward(up, retain_graph=True)
+    loss.backward(up, retain_graph=True)
+    loss.backward(up)
+    assert torch.equal(g2, kept)
+    assert_close(x.grad, 3 * kept)
+    ref_x = x.detach().clone().requires_grad_()
+    reference.focal_loss(ref_x, t, w, 0.5, reduction=reduction).backward(up)
+    assert_close(kept, ref_x.grad)
+
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+def test_one_backward_hands_out_the_buffer_scaled_once(backend, device):
+    """Without retain_graph the saved gradient becomes x.grad (no copy), scaled by the upstream
+    gradient exactly once; a second loss built later does not overwrite it."""
+    x, t, w = focal_setup(device)
+    x.requires_grad_()
+    (3.0 * marsops.focal_loss(x, t, w, 0.5, backend=backend)).backward()
+    ref_x = x.detach().clone().requires_grad_()
+    (3.0 * reference.focal_loss(ref_x, t, w, 0.5)).backward()
+    assert_close(x.grad, ref_x.grad)
+    held = x.grad.clone()
+    marsops.focal_loss(x * 2, t, w, 0.5, backend=backend).backward()
+    assert_close(x.grad, held + torch.autograd.grad(reference.focal_loss(ref_x * 2, t, w, 0.5), ref_x)[0])
+
+
+# ---- 5. non-finite logits at ignored pixels -----------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("reduction", marsops.focal.REDUCTIONS)
+def test_nonfinite_logits_at_ignored_pixels_change_nothing(backend, device, reduction):
+    x, t, w = focal_setup("cpu", spatial=(6,))
+    t[0, 1], t[1, 4], t[1, 5] = -100, -100, -100
+    clean = x.clone()
+    clean[0, :, 1] = 0.0
+    clean[1, :, 4:] = 0.0
+    dirty = clean.clone()
+    dirty[0, :, 1] = torch.tensor([float("nan"), 1.0, float("inf"), -2.0, 0.0])
+    dirty[1, :, 4] = float("inf")
+    dirty[1, :, 5] = float("-inf")
+    results = []
+    for logits in (clean, dirty):
+        leaf = logits.to(device).requires_grad_()
+        loss = marsops.focal_loss(leaf, t.to(device), w.to(device), 0.5, reduction=reduction, backend=backend)
+        loss.sum().backward()
+        assert torch.isfinite(loss).all() and torch.isfinite(leaf.grad).all()
+        results.append((loss.detach().cpu(), leaf.grad.cpu()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert (results[1][1][0, :, 1] == 0).all() and (results[1][1][1, :, 4:] == 0).all()
+    # The oracle: F.cross_entropy ignores them too (its loss; its gradient there is NaN, ours 0).
+    if reduction == "weighted_mean":
+        expected = F.cross_entropy(dirty, t, weight=w)
+        ce = marsops.focal_loss(dirty.to(device), t.to(device), w.to(device), 0.0, reduction=reduction,
+                                backend=backend)
+        assert_close(ce, expected)
+
+
+# ---- 6. ignore_index compared as int64, never wrapped into the target's dtype -------------------
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_ignore_index_is_compared_as_int64(backend, device):
+    x = torch.randn(1, 5, 3, device=device)
+    u8 = torch.tensor([[1, 156, 2]], dtype=torch.uint8, device=device)  # 156 == uint8(-100)
+    with pytest.raises((ValueError, RuntimeError), match="outside"):
+        marsops.focal_loss(x, u8, ignore_index=-100, backend=backend)
+    with pytest.raises((ValueError, RuntimeError), match="outside"):
+        marsops.confusion_matrix(x, u8, 5, ignore_index=-100, backend=backend)
+    i8 = torch.tensor([[1, -1, 2]], dtype=torch.int8, device=device)  # -1 == int8(255)
+    with pytest.raises((ValueError, RuntimeError), match="outside"):
+        marsops.focal_loss(x, i8, ignore_index=255, backend=backend)
+    with pytest.raises((ValueError, RuntimeError), match="outside"):
+        marsops.confusion_matrix(x, i8, 5, ignore_index=255, backend=backend)
+    # Where the value itself matches, it is ignored, whatever the dtype.
+    expected = reference.focal_loss(x.cpu(), torch.tensor([[1, -100, 2]]), reduction="sum")
+    assert_close(marsops.focal_loss(x, i8, ignore_index=-1, reduction="sum", backend=backend), expected)
+    u8[0, 1] = 255
+    assert_close(marsops.focal_loss(x, u8, ignore_index=255, reduction="sum", backend=backend), expected)
+    assert marsops.confusion_matrix(x, u8, 5, ignore_index=255, backend=backend).sum() == 2
+
+
+# ---- 7. argument types --------------------------------------------------------------------------
+
+def test_classes_may_be_any_iterable_and_counts_numpy_ints():
+    pred = torch.tensor([[0, 1, 2, 3, 4]])
+    target = torch.tensor([[0, 1, 2, 4, 4]])
+    from_list = marsops.StreamingIoU(5, classes=[1, 2, 3, 4])
+    from_gen = marsops.StreamingIoU(np.int64(5), classes=(c for c in range(1, 5)))
+    for metric in (from_list, from_gen):
+        metric.update(pred, target)
+    assert torch.isfinite(from_gen.compute().miou)
+    assert torch.equal(from_gen.compute().miou, from_list.compute().miou)
+    assert torch.equal(marsops.confusion_matrix(pred, target, num_classes=np.int64(5), ignore_index=np.int32(3)),
+                       marsops.confusion_matrix(pred, target, num_classes=5, ignore_index=3))
+    x = torch.randn(1, 5, 5)
+    assert torch.equal(marsops.focal_loss(x, target, gamma=np.float32(0.5), ignore_index=np.int64(4)),
+                       marsops.focal_loss(x, target, gamma=0.5, ignore_index=4))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: marsops.confusion_matrix(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long), 2.5),
+     TypeError, "num_classes"),
+    (lambda: marsops.confusion_matrix(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long), True),
+     TypeError, "bool"),
+    (lambda: marsops.StreamingIoU(5, classes=[]), ValueError, "non-empty"),
+    (lambda: marsops.StreamingIoU(5, classes=["a"]), TypeError, "classes"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), ignore_index=2**70),
+     ValueError, "int64"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), gamma=float("nan")),
+     ValueError, "gamma"),
+    (lambda: marsops.focal_loss(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), gamma="2"), TypeError, "gamma"),
+])
+def test_bad_argument_types_raise_clear_errors(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+# ---- 8. StreamingIoU.sync is idempotent ---------------------------------------------------------
+
+def _sync_twice_worker(rank, world, port, results):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        g = torch.Generator().manual_seed(rank)
+        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+        metric = marsops.StreamingIoU(3)
+        metric.update(logits, target)
+        local = metric.local.clone()
+        metric.sync()
+        first = metric.matrix.clone()
+        metric.sync()
+        results[rank] = dict(first=first.tolist(), second=metric.matrix.tolist(), miou=metric.compute().miou.item(),
+                             local_kept=torch.equal(metric.local, local))
+        metric.update(logits, target)  # counting again returns to the local view until the next sync
+        results[f"{rank}-after-update"] = torch.equal(metric.matrix, 2 * local)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_twice_counts_once_across_two_gloo_processes():
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.start_processes(_sync_twice_worker, args=(2, port, results), nprocs=2, join=True, start_method="spawn")
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for rank in range(2):
+        g = torch.Generator().manual_seed(rank)
+        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+        expected += reference.confusion_matrix(logits, target, 3)
+    for rank in range(2):
+        r = results[rank]
+        assert r["first"] == r["second"] == expected.tolist()
+        assert r["local_kept"] and results[f"{rank}-after-update"]
+        assert r["miou"] == pytest.approx(marsops.scores(expected).miou.item())
+
+
+# ---- 9. complex images --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
+def test_complex_images_are_refused_clearly(dtype):
+    x = torch.randn(2, 1, 4, 5, dtype=dtype)
+    with pytest.raises(TypeError, match="complex"):
+        marsops.flip4(x)
+    with pytest.raises(TypeError, match="complex"):
+        marsops.random_flip(x)
+    with pytest.raises(TypeError, match="floating"):
+        marsops.flip4_merge(torch.cat([x] * 4))
