@@ -1,5 +1,9 @@
-"""Builds marsops._C: the C++ CPU kernels always, the CUDA kernels wherever a CUDA toolkit and a
-CUDA build of torch are present (no GPU needed to build).
+"""Builds the compiled kernels against the LibTorch stable ABI (target torch 2.10), so one build
+loads on every torch >= 2.10:
+
+  marsops._C       the C++ CPU kernels (always); loads on CPU-only and CUDA builds of torch
+  marsops._C_cuda  the CUDA kernels, wherever a CUDA toolkit and a CUDA build of torch are
+                   present at build time (no GPU needed to build)
 
 Switches (environment variables):
   MARSOPS_CUDA=1 / 0     force the CUDA kernels on (fail if they cannot be built) / off
@@ -7,13 +11,19 @@ Switches (environment variables):
   TORCH_CUDA_ARCH_LIST   GPU architectures; default "8.0;9.0" (A100, H100)
   MAX_JOBS               parallel compile jobs (ninja)
 
-Install with `pip install --no-build-isolation -e .` (the build needs the installed torch).
+`pip install -e .` works as is (pip builds against the torch its isolated build fetches; the
+stable ABI makes that fine); `pip install --no-build-isolation -e .` builds against the torch
+already installed, faster and offline.
 """
 import glob
 import os
+import platform
 import shutil
+from pathlib import Path
 
 from setuptools import find_packages, setup
+
+TARGET_TORCH = "2.10"
 
 
 def find_cuda_home():
@@ -41,7 +51,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 def want_cuda():
     switch = os.environ.get("MARSOPS_CUDA", "auto").lower()
     possible = torch.version.cuda is not None and CUDA_HOME is not None
-    reason = ("torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found")
+    reason = "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit (nvcc) found"
     if switch in ("0", "off", "false", "no"):
         return False
     if switch in ("1", "on", "true", "yes"):
@@ -53,24 +63,36 @@ def want_cuda():
     return possible
 
 
+def write_build_info(cuda: bool):
+    """marsops/_build_info.py: what the kernels were built against, for load-failure messages."""
+    info = dict(torch=torch.__version__, cuda=torch.version.cuda if cuda else None, target_torch=TARGET_TORCH,
+                cuda_kernels=cuda)
+    text = '"""Written by setup.py: what the compiled kernels were built against."""\n'
+    text += "".join(f"{k.upper()} = {v!r}\n" for k, v in info.items())
+    path = Path(__file__).parent / "marsops" / "_build_info.py"
+    if not path.exists() or path.read_text() != text:
+        path.write_text(text)
+
+
 def extensions():
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # -fopenmp: at::parallel_for is inlined from ATen's headers and runs serially without it.
-    cxx = ["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unknown-pragmas"]
-    link = ["-fopenmp"]
-    if not want_cuda():
-        return [CppExtension("marsops._C", cpu_sources, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
-    # Only c10/cuda headers are used: ATen/cuda ones would need the pip nvidia-* include folders,
-    # whose CUDA version need not match the local nvcc's headers.
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr"]
-    return [
-        CUDAExtension(
-            "marsops._C",
-            cpu_sources + sorted(glob.glob("csrc/cuda/*.cu")),
-            extra_compile_args={"cxx": cxx + ["-DMARSOPS_WITH_CUDA"], "nvcc": nvcc + ["-DMARSOPS_WITH_CUDA"]},
-            extra_link_args=link,
-        )
-    ]
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        cpu_sources = [s for s in cpu_sources if "simd_avx" not in s]
+    # No TORCH_TARGET_VERSION flag here: csrc/stable.h defines it for the host code, and the SIMD
+    # files (ATen vector headers, raw pointers only) must be compiled without it.
+    # Hidden visibility: the stable ABI's types are hidden, and nothing but PyInit_* is exported.
+    cxx = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fvisibility=hidden", "-Wall", "-Wno-unknown-pragmas",
+           "-Wno-psabi"]
+    exts = [CppExtension("marsops._C", cpu_sources, extra_compile_args={"cxx": cxx}, py_limited_api=True)]
+    cuda = want_cuda()
+    if cuda:
+        # USE_CUDA declares the stable shim for the current CUDA stream.
+        nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-DUSE_CUDA", "-Xcompiler=-fvisibility=hidden"]
+        exts.append(CUDAExtension("marsops._C_cuda", ["csrc/cuda/module.cpp"] + sorted(glob.glob("csrc/cuda/*.cu")),
+                                  extra_compile_args={"cxx": cxx + ["-DUSE_CUDA"], "nvcc": nvcc},
+                                  py_limited_api=True))
+    write_build_info(cuda)
+    return exts
 
 
 setup(
@@ -80,7 +102,7 @@ setup(
     "streaming IoU, flip augmentation; and a Mars-terrain Multipath UNet recipe",
     packages=find_packages(include=["marsops", "marsops.*", "model", "model.*", "training", "training.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "numpy"],
+    install_requires=[f"torch>={TARGET_TORCH}", "numpy"],
     extras_require={
         "test": ["pytest", "hypothesis"],
         "bench": ["kornia", "torchmetrics", "segmentation-models-pytorch", "monai"],
@@ -90,4 +112,5 @@ setup(
     },
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
 )

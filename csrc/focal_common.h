@@ -1,6 +1,8 @@
 // Input checks and shapes shared by the CPU and CUDA focal-loss ops.
 #pragma once
-#include <ATen/ATen.h>
+#include <optional>
+
+#include "stable.h"
 
 namespace marsops {
 
@@ -8,45 +10,45 @@ enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2, kWeightedMean = 3 };
 
 // Logits viewed as (N, C, P) and target as (N, P), both contiguous.
 struct FocalShapes {
-  at::Tensor logits, target;
+  Tensor logits, target;
   int64_t N, C, P;
 };
 
-inline FocalShapes focal_shapes(const at::Tensor& logits, const at::Tensor& target,
-                                const c10::optional<at::Tensor>& weight, int64_t reduction) {
-  TORCH_CHECK(logits.dim() >= 2, "marsops.focal_loss: logits must be (N, C) or (N, C, *spatial), got shape ",
-              logits.sizes());
-  TORCH_CHECK(at::isFloatingType(logits.scalar_type()), "marsops.focal_loss: logits must be floating point, got ",
-              logits.scalar_type());
-  TORCH_CHECK(!at::isFloatingType(target.scalar_type()) && target.scalar_type() != at::kBool,
-              "marsops.focal_loss: target must be an integer tensor, got ", target.scalar_type());
-  TORCH_CHECK(target.dim() == logits.dim() - 1 && target.size(0) == logits.size(0) &&
-                  target.sizes().slice(1) == logits.sizes().slice(2),
-              "marsops.focal_loss: target shape ", target.sizes(), " does not match logits shape ", logits.sizes(),
-              " (expected logits shape without the class dimension)");
-  TORCH_CHECK(target.device() == logits.device(), "marsops.focal_loss: target is on ", target.device(),
-              " but logits are on ", logits.device());
-  TORCH_CHECK(reduction >= kNone && reduction <= kWeightedMean, "marsops.focal_loss: bad reduction code ", reduction);
+inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+                                double gamma, int64_t reduction) {
+  MARSOPS_CHECK(logits.dim() >= 2, "marsops.focal_loss: logits must be (N, C) or (N, C, *spatial), got shape ",
+                shape_str(logits));
+  MARSOPS_CHECK(is_floating(logits.scalar_type()), "marsops.focal_loss: logits must be floating point, got ",
+                dtype_str(logits.scalar_type()));
+  MARSOPS_CHECK(is_integral(target.scalar_type()), "marsops.focal_loss: target must be an integer tensor, got ",
+                dtype_str(target.scalar_type()));
+  bool shapes_match = target.dim() == logits.dim() - 1 && target.size(0) == logits.size(0);
+  for (int64_t d = 1; shapes_match && d < target.dim(); ++d) shapes_match = target.size(d) == logits.size(d + 1);
+  MARSOPS_CHECK(shapes_match, "marsops.focal_loss: target shape ", shape_str(target), " does not match logits shape ",
+                shape_str(logits), " (expected logits shape without the class dimension)");
+  MARSOPS_CHECK(same_device(target, logits), "marsops.focal_loss: target is on ", device_str(target),
+                " but logits are on ", device_str(logits));
+  MARSOPS_CHECK(reduction >= kNone && reduction <= kWeightedMean, "marsops.focal_loss: bad reduction code ",
+                reduction);
+  MARSOPS_CHECK(gamma >= 0, "marsops.focal_loss: gamma must be >= 0, got ", gamma);
   const int64_t N = logits.size(0), C = logits.size(1);
-  TORCH_CHECK(C >= 1, "marsops.focal_loss: logits need at least one class");
+  MARSOPS_CHECK(C >= 1, "marsops.focal_loss: logits need at least one class");
   if (weight.has_value()) {
-    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == C, "marsops.focal_loss: weight must have shape (", C,
-                "), got ", weight->sizes());
-    TORCH_CHECK(weight->device() == logits.device(), "marsops.focal_loss: weight is on ", weight->device(),
-                " but logits are on ", logits.device());
+    MARSOPS_CHECK(weight->dim() == 1 && weight->size(0) == C, "marsops.focal_loss: weight must have shape (", C,
+                  ",), got ", shape_str(*weight));
+    MARSOPS_CHECK(is_floating(weight->scalar_type()), "marsops.focal_loss: weight must be floating point, got ",
+                  dtype_str(weight->scalar_type()));
+    MARSOPS_CHECK(same_device(*weight, logits), "marsops.focal_loss: weight is on ", device_str(*weight),
+                  " but logits are on ", device_str(logits));
   }
   const int64_t P = N == 0 ? 0 : logits.numel() / (N * C);
-  return {logits.contiguous().view({N, C, P}), target.contiguous().view({N, P}), N, C, P};
+  return {st::view(st::contiguous(logits), {N, C, P}), st::view(st::contiguous(target), {N, P}), N, C, P};
 }
 
-// Shape of the per-pixel loss: the target's shape.
-inline at::Tensor empty_loss(const at::Tensor& logits, const at::Tensor& target, int64_t reduction) {
-  return reduction == kNone ? at::empty(target.sizes(), logits.options()) : at::empty({}, logits.options());
-}
-
-inline at::Tensor empty_grad(const at::Tensor& logits, bool compute_grad) {
-  return compute_grad ? at::empty(logits.sizes(), logits.options().memory_format(at::MemoryFormat::Contiguous))
-                      : at::empty({0}, logits.options());
+// The per-pixel loss has the target's shape; reduced losses are 0-dim.
+inline Tensor empty_loss(const Tensor& logits, const Tensor& target, int64_t reduction) {
+  return reduction == kNone ? empty_on(logits, sizes_of(target), logits.scalar_type())
+                            : empty_on(logits, {}, logits.scalar_type());
 }
 
 }  // namespace marsops

@@ -1,17 +1,19 @@
-// Every marsops op schema, declared once. Device implementations live in csrc/cpu and csrc/cuda;
-// fake (meta) kernels and autograd are registered from Python (marsops/_ops.py).
+// Every marsops op schema, declared once. Device implementations live in csrc/cpu (this module,
+// marsops._C) and csrc/cuda (marsops._C_cuda); fake kernels and autograd are registered from
+// Python (marsops/focal.py, metrics.py, augment.py).
+#include "stable.h"
+
 #include <Python.h>
-#include <torch/library.h>
 
 extern "C" {
 // `from marsops import _C` loads this library, which registers the ops; no Python API of its own.
-PyObject* PyInit__C(void) {
+PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module);
 }
 }
 
-TORCH_LIBRARY(marsops, m) {
+STABLE_TORCH_LIBRARY(marsops, m) {
   // reduction: 0 none, 1 sum, 2 mean, 3 weighted_mean. Returns (loss, grad); grad is dloss/dlogits
   // (already divided by the mean's denominator) when compute_grad, else an empty (0,) tensor.
   m.def("focal_loss_forward(Tensor logits, Tensor target, Tensor? weight, float gamma, int ignore_index, "
@@ -25,6 +27,6 @@ TORCH_LIBRARY(marsops, m) {
   m.def("flip4_sum(Tensor y, float scale) -> Tensor");
   // Per-sample flips: flags (N,) uint8, bit 0 = left-right, bit 1 = up-down.
   m.def("flip_by_flags(Tensor x, Tensor flags) -> Tensor");
-  // Releases the CPU kernels' pool of large output buffers (see csrc/cpu/buffer_pool.h).
+  // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");
 }

@@ -26,10 +26,11 @@ def unavailable_reason(backend: str, op_name: str, device_type: str):
     if backend in ("cpu", "cuda"):
         if backend != device_type:
             return f"the {backend} backend needs {backend.upper()} tensors, got {device_type} tensors"
-        if _extension.LOAD_ERROR:
-            return _extension.LOAD_ERROR
+        error = _extension.load_error(backend.upper())
+        if error:
+            return error
         if not _extension.has_kernel(op_name, backend.upper()):
-            return f"marsops._C was built without {backend.upper()} kernels (see setup.py: MARSOPS_CUDA)"
+            return f"the compiled {backend} kernels do not implement {op_name}"
         return None
     if backend == "triton":
         return _triton.unavailable_reason(device_type)
@@ -64,9 +65,9 @@ def backends(op_name: str = "focal_loss_forward"):
         report[b] = f"available ({', '.join(ok)} tensors)" if ok else "; ".join(sorted(set(reasons.values())))
     if not torch.cuda.is_available():
         if _extension.has_kernel(op_name, "CUDA"):
-            report["cuda"] = "built, but no GPU is visible"
+            report["cuda"] = "built and loaded, but no GPU is visible"
         else:
-            report["cuda"] = _extension.LOAD_ERROR or "marsops._C was built without CUDA kernels (see setup.py)"
+            report["cuda"] = _extension.load_error("CUDA") or f"the compiled cuda kernels do not implement {op_name}"
     return report
 
 

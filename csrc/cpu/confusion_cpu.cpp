@@ -1,6 +1,7 @@
-// CPU implementation of marsops::confusion_matrix.
-#include <ATen/ATen.h>
-#include <torch/library.h>
+// CPU implementation of marsops::confusion_matrix: the SIMD kernel of this CPU's capability over
+// fixed-size chunks in parallel, each piece into a private histogram, merged at the end.
+#include <algorithm>
+#include <mutex>
 
 #include "../confusion_common.h"
 #include "kernels.h"
@@ -8,23 +9,39 @@
 namespace marsops::cpu {
 namespace {
 
-at::Tensor confusion_matrix_cpu(const at::Tensor& input, const at::Tensor& target, int64_t num_classes,
-                                c10::optional<int64_t> ignore_index) {
+constexpr int64_t kChunk = 8192;
+
+Tensor confusion_matrix_cpu(const Tensor& input, const Tensor& target, int64_t num_classes,
+                            std::optional<int64_t> ignore_index) {
   const auto s = confusion_shapes(input, target, num_classes);
-  at::Tensor out = at::zeros({num_classes, num_classes}, target.options().dtype(at::kLong));
-  if (s.N * s.P == 0) return out;
-  const ConfusionResult r = simd_kernels().confusion(
-      {s.input, s.target, num_classes, ignore_index.has_value(), ignore_index.value_or(0)});
-  TORCH_CHECK_VALUE(!r.bad_target, "marsops.confusion_matrix: target contains label ", r.bad_value,
-                    ", outside [0, ", num_classes, ") and not ignore_index");
-  TORCH_CHECK_VALUE(!r.bad_pred, "marsops.confusion_matrix: predictions contain label ", r.bad_value,
-                    ", outside [0, ", num_classes, ")");
-  std::copy(r.counts.begin(), r.counts.end(), out.mutable_data_ptr<int64_t>());
+  Tensor out = empty_on(target, {num_classes, num_classes}, ScalarType::Long);
+  st::zero_(out);
+  const int64_t total = s.N * s.P;
+  if (total == 0) return out;
+  const ConfusionArgs a{s.input.const_data_ptr(), s.input.scalar_type(), s.from_logits, s.target.const_data_ptr(),
+                        s.target.scalar_type(), s.N, num_classes, s.P, ignore_index.has_value(),
+                        ignore_index.value_or(0)};
+  int64_t* counts = out.mutable_data_ptr<int64_t>();
+  ConfusionFlags flags;
+  std::mutex mutex;
+  const auto& kernels = simd_kernels();
+  st::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<int64_t> local(num_classes * num_classes, 0);
+    ConfusionFlags local_flags;
+    kernels.confusion(a, c0 * kChunk, std::min(total, c1 * kChunk), local.data(), local_flags);
+    std::lock_guard<std::mutex> lock(mutex);
+    for (int64_t j = 0; j < num_classes * num_classes; ++j) counts[j] += local[j];
+    flags.merge(local_flags);
+  });
+  MARSOPS_CHECK(!flags.bad_target, "marsops.confusion_matrix: target contains label ", flags.bad_value,
+                ", outside [0, ", num_classes, ") and not ignore_index");
+  MARSOPS_CHECK(!flags.bad_pred, "marsops.confusion_matrix: predictions contain label ", flags.bad_value,
+                ", outside [0, ", num_classes, ")");
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(marsops, CPU, m) { m.impl("confusion_matrix", &confusion_matrix_cpu); }
+STABLE_TORCH_LIBRARY_IMPL(marsops, CPU, m) { m.impl("confusion_matrix", TORCH_BOX(&confusion_matrix_cpu)); }
 
 }  // namespace marsops::cpu

@@ -3,7 +3,6 @@
 // Layout (N, C, P): for a fixed class the pixels are contiguous, so one SIMD register holds the
 // same class of L neighbouring pixels and every per-pixel formula is evaluated L pixels at a time.
 #pragma once
-#include "kernels.h"
 #include "simd.h"
 
 // SIMD overloads of the primitives focal_math.h uses; declared before it so its templates see them.
@@ -114,40 +113,23 @@ struct FocalKernel {
 };
 
 template <typename in_t, typename tgt_t>
-FocalStats run(const FocalArgs& a) {
-  using acc_t = at::opmath_type<in_t>;
-  const int64_t N = a.logits.size(0), C = a.logits.size(1), P = a.logits.size(2);
-  const int64_t total = N * P;
-  // Fixed-size chunks, summed in order: the result does not depend on the thread count.
-  constexpr int64_t kChunk = 4096;
-  const int64_t num_chunks = (total + kChunk - 1) / kChunk;
-  std::vector<FocalStats> parts(num_chunks);
-  FocalKernel<in_t, acc_t, tgt_t> base{
-      a.logits.const_data_ptr<in_t>(), a.target.const_data_ptr<tgt_t>(),
-      a.weight.defined() ? a.weight.const_data_ptr<acc_t>() : nullptr, C, P,
-      static_cast<acc_t>(a.gamma), a.ignore_index, static_cast<acc_t>(a.grad_scale),
-      a.loss_none.defined() ? a.loss_none.mutable_data_ptr<in_t>() : nullptr,
-      a.grad.defined() ? a.grad.mutable_data_ptr<in_t>() : nullptr, nullptr};
-  at::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
-    std::vector<acc_t> scratch(C * Vectorized<acc_t>::size());
-    auto k = base;
-    k.exps = scratch.data();
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      for_each_segment(chunk * kChunk, std::min(total, (chunk + 1) * kChunk), P,
-                       [&](int64_t n, int64_t p0, int64_t p1) { parts[chunk].merge(k.segment(n, p0, p1)); });
-    }
-  });
-  FocalStats total_stats;
-  for (const auto& s : parts) total_stats.merge(s);
-  return total_stats;
+FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end) {
+  using acc = compute_t<in_t>;
+  std::vector<acc> scratch(a.C * Vectorized<acc>::size());
+  const FocalKernel<in_t, acc, tgt_t> kernel{
+      static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), static_cast<const acc*>(a.weight),
+      a.C, a.P, static_cast<acc>(a.gamma), a.ignore_index, static_cast<acc>(a.grad_scale),
+      static_cast<in_t*>(a.loss_none), static_cast<in_t*>(a.grad), scratch.data()};
+  FocalStats st;
+  for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) { st.merge(kernel.segment(n, p0, p1)); });
+  return st;
 }
 
-inline FocalStats focal_forward_impl(const FocalArgs& a) {
+inline FocalStats focal_range(const FocalArgs& a, int64_t begin, int64_t end) {
   FocalStats out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.logits.scalar_type(), "marsops_focal_cpu", [&] {
-    using in_t = scalar_t;
-    AT_DISPATCH_INTEGRAL_TYPES(a.target.scalar_type(), "marsops_focal_cpu_target", [&] {
-      out = run<in_t, scalar_t>(a);
+  with_floating(a.logits_dtype, [&](auto x_tag) {
+    with_integral(a.target_dtype, [&](auto y_tag) {
+      out = focal_range_typed<decltype(x_tag), decltype(y_tag)>(a, begin, end);
     });
   });
   return out;

@@ -1,18 +1,27 @@
-// Interface between the CPU ops (*_cpu.cpp) and their per-capability SIMD kernels (simd_*.cpp).
+// Interface between the CPU ops (*_cpu.cpp, stable ABI) and their per-capability SIMD kernels
+// (simd_*.cpp, ATen vector headers). Only raw pointers and plain structs cross it, so the SIMD
+// translation units need no libtorch symbol and the ops need no unstable header.
 #pragma once
-#include <ATen/core/Tensor.h>
+#include <torch/headeronly/core/ScalarType.h>
+
+#include <cstdint>
 
 namespace marsops::cpu {
 
+using torch::headeronly::ScalarType;
+
 struct FocalArgs {
-  at::Tensor logits;     // (N, C, P) contiguous
-  at::Tensor target;     // (N, P) contiguous, any integer dtype
-  at::Tensor weight;     // (C,) in the compute dtype, or undefined for all ones
+  const void* logits;        // (N, C, P) contiguous, logits_dtype (float32/float64/float16/bfloat16)
+  ScalarType logits_dtype;
+  const void* target;        // (N, P) contiguous, any integer dtype
+  ScalarType target_dtype;
+  const void* weight;        // (C,) in the compute type (double for float64 logits, else float), or nullptr
+  int64_t N, C, P;
   double gamma;
   int64_t ignore_index;
-  double grad_scale;     // folded into the gradient (1 / denominator of the mean reductions)
-  at::Tensor loss_none;  // (N, P) per-pixel loss, or undefined when reduced
-  at::Tensor grad;       // (N, C, P) dloss/dlogits, or undefined when not needed
+  double grad_scale;         // folded into the gradient (1 / denominator of the mean reductions)
+  void* loss_none;           // (N, P) per-pixel loss in logits_dtype, or nullptr when reduced
+  void* grad;                // (N, C, P) dloss/dlogits in logits_dtype, or nullptr
 };
 
 struct FocalStats {
@@ -25,34 +34,45 @@ struct FocalStats {
     loss_sum += o.loss_sum;
     weight_sum += o.weight_sum;
     count += o.count;
-    if (o.bad && !bad) { bad = true; bad_label = o.bad_label; }
+    if (o.bad && !bad) {
+      bad = true;
+      bad_label = o.bad_label;
+    }
   }
 };
 
 struct ConfusionArgs {
-  at::Tensor input;   // logits (N, C, P) floating (argmax fused), or predicted labels (N, P) integer
-  at::Tensor target;  // (N, P) integer
-  int64_t num_classes;
+  const void* input;  // logits (N, C, P) floating (argmax fused), or predicted labels (N, P) integer
+  ScalarType input_dtype;
+  bool from_logits;
+  const void* target;  // (N, P) integer
+  ScalarType target_dtype;
+  int64_t N, C, P;
   bool has_ignore;
   int64_t ignore_index;
 };
 
-struct ConfusionResult {
-  std::vector<int64_t> counts;  // (C * C), row = true class, column = predicted class
+struct ConfusionFlags {
   bool bad_target = false, bad_pred = false;
   int64_t bad_value = 0;
+  void merge(const ConfusionFlags& o) {
+    if ((o.bad_target || o.bad_pred) && !(bad_target || bad_pred)) *this = o;
+  }
 };
 
-// The kernels of one CPU capability.
+// The kernels of one CPU capability. Each processes the pixels [begin, end) of the flattened
+// (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
-  FocalStats (*focal_forward)(const FocalArgs&);
-  ConfusionResult (*confusion)(const ConfusionArgs&);
+  const char* name;
+  FocalStats (*focal)(const FocalArgs&, int64_t begin, int64_t end);
+  // Adds counts to hist (C * C, row = true class, column = predicted class).
+  void (*confusion)(const ConfusionArgs&, int64_t begin, int64_t end, int64_t* hist, ConfusionFlags& flags);
 };
 
-// One set per capability (csrc/cpu/simd_*.cpp).
+// One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).
 extern const SimdKernels simd_default, simd_avx2, simd_avx512;
 
-// The set for this CPU (honours ATEN_CPU_CAPABILITY), chosen once.
+// The set for this CPU (honours ATEN_CPU_CAPABILITY as torch does), chosen once.
 const SimdKernels& simd_kernels();
 
 }  // namespace marsops::cpu

@@ -2,20 +2,55 @@
 // simd_{default,avx2,avx512}.cpp files define CPU_CAPABILITY first), so at::vec types are that
 // capability's. V is either a scalar type or at::vec::Vectorized of it, so one kernel body
 // serves the SIMD main loop and the scalar tail.
+//
+// Only header-only parts of ATen are used here (the vector types, Half, BFloat16): nothing that
+// needs a libtorch symbol but the C functions of the Sleef library libtorch_cpu exports.
 #pragma once
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
+
+#include "kernels.h"
 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {
 
 using at::vec::Vectorized;
+
+// The type arithmetic is done in: fp16 / bf16 are computed in fp32.
+template <typename T> struct compute_type { using type = T; };
+template <> struct compute_type<c10::Half> { using type = float; };
+template <> struct compute_type<c10::BFloat16> { using type = float; };
+template <typename T> using compute_t = typename compute_type<T>::type;
+
+// Calls f(T{}) for the C++ type of a floating dtype; the ops validated it.
+template <typename F>
+inline void with_floating(ScalarType t, F&& f) {
+  switch (t) {
+    case ScalarType::Float: return f(float{});
+    case ScalarType::Double: return f(double{});
+    case ScalarType::Half: return f(c10::Half{});
+    case ScalarType::BFloat16: return f(c10::BFloat16{});
+    default: return;
+  }
+}
+
+// Calls f(T{}) for the C++ type of an integer dtype; the ops validated it.
+template <typename F>
+inline void with_integral(ScalarType t, F&& f) {
+  switch (t) {
+    case ScalarType::Byte: return f(uint8_t{});
+    case ScalarType::Char: return f(int8_t{});
+    case ScalarType::Short: return f(int16_t{});
+    case ScalarType::Int: return f(int32_t{});
+    case ScalarType::Long: return f(int64_t{});
+    default: return;
+  }
+}
 
 // Lane-generic helpers: V is either the scalar compute type or Vectorized<compute type>.
 template <typename T> inline T v_exp(T x) { return std::exp(x); }

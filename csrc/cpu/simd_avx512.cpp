@@ -1,4 +1,5 @@
-// Every SIMD CPU kernel, built for the AVX512 CPU capability (chosen at run time in dispatch.cpp).
+// Every SIMD CPU kernel, built for the AVX512 CPU capability (chosen at run time in dispatch.cpp;
+// only raw pointers cross kernels.h, see simd.h).
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
 // The pragma enables the instructions; these macros tell sleef.h and ATen's vec headers.
 #ifndef __AVX__
@@ -28,4 +29,7 @@
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
 #define MARSOPS_SIMD_TABLE simd_avx512
+#define MARSOPS_SIMD_NAME "AVX512"
+// GCC flags its own intrinsic headers (avx512fintrin.h) as maybe-uninitialized under -O3 -Wall.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include "simd_table.inc"
