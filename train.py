@@ -73,6 +73,8 @@ def get_args_parser():
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
+    g.add_argument("--deterministic", action="store_true",
+                   help="bitwise-reproducible GPU runs (deterministic cuDNN / cuBLAS; slower)")
     g.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("other modes")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
@@ -109,16 +111,28 @@ def parse_args(argv=None):
 
 # ---- setup ------------------------------------------------------------------------------------
 
-def distributed():
-    """(rank, world size), initialising torch.distributed under torchrun."""
+def distributed(device_type):
+    """(rank, world size), initialising torch.distributed under torchrun. NCCL needs a GPU of its
+    own per process; CPU training, or several processes sharing a GPU, use gloo."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        own_gpus = device_type == "cuda" and torch.cuda.device_count() >= local_world
+        dist.init_process_group("nccl" if own_gpus else "gloo")
     return dist.get_rank(), world
+
+
+def make_deterministic():
+    """Bitwise-reproducible runs on GPUs too (cuDNN's deterministic algorithms, cuBLAS's fixed
+    workspace); torch warns about any op left without a deterministic version."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def device_for(args, rank):
@@ -180,7 +194,9 @@ def build(args, device, weights):
 
 def train(args, log=print):
     """Runs (or resumes) training; returns the best validation mIoU."""
-    rank, world = distributed()
+    if args.deterministic:
+        make_deterministic()
+    rank, world = distributed(torch.device(args.device).type)
     device = device_for(args, rank)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -336,7 +352,7 @@ def main(argv=None):
             return tune(args)
         if args.resume:  # the run's own configuration, with --epochs and run options from this call
             saved = json.loads((Path(args.resume) / "config.json").read_text())
-            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend"}
+            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend", "deterministic"}
             args = argparse.Namespace(**{**saved, **{k: v for k, v in vars(args).items() if k in keep}})
         return train(args)
     except data.DataError as exc:

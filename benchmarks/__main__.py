@@ -82,12 +82,13 @@ def main(argv=None):
         got = ups[name]
         lines.append(f"| {name} | {got:.2f}x | {target}x | {'yes' if got and got >= target else 'NO'} |"
                      if got else f"| {name} | n/a | {target}x | n/a |")
+    gpu = ["launches"] if device.type == "cuda" else []  # kernels + memsets + copies per call
     sections = [("Focal loss, forward + backward (fp32, gamma 0.5, report weights, mean)", focal,
-                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB"]),
+                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("Confusion matrix from logits", confusion,
-                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"]),
+                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("Flips (fp32 images + int64 masks)", flip,
-                 ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"]),
+                 ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB"])]
     for title, rows, cols in sections:
         lines += ["", f"**{title}**", "", harness.markdown_table(rows, cols).rstrip()]

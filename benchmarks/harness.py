@@ -21,18 +21,38 @@ def sync(device):
 
 
 def time_ms(fn, device, repeats=15, warmup=3):
-    """(median, p20, p80) wall time of fn() in milliseconds."""
+    """(median, p20, p80) time of fn() in milliseconds: wall time on CPUs, CUDA events around each
+    call on GPUs (the GPU's own clock, launch overhead included)."""
     for _ in range(warmup):
         fn()
     sync(device)
     samples = []
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        samples.append((time.perf_counter() - t0) * 1e3)
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append((time.perf_counter() - t0) * 1e3)
     q = statistics.quantiles(samples, n=5)
     return statistics.median(samples), q[0], q[3]
+
+
+def gpu_launches(fn, device):
+    """Kernels, memsets and copies fn() puts on the GPU (torch's profiler), or None on CPUs."""
+    if device.type != "cuda":
+        return None
+    fn()  # compiled and cached first
+    sync(device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
 
 
 def peak_extra_mb(fn, device):
@@ -64,9 +84,13 @@ def measure(fn, device, repeats, **labels):
     try:
         med, p20, p80 = time_ms(fn, device, repeats=repeats)
         peak = peak_extra_mb(fn, device)
+        launches = gpu_launches(fn, device)
     except Exception as exc:  # noqa: BLE001
         return {**labels, "error": f"{type(exc).__name__}: {str(exc)[:120]}"}
-    return {**labels, "ms": med, "p20": p20, "p80": p80, "peak MB": peak}
+    row = {**labels, "ms": med, "p20": p20, "p80": p80, "peak MB": peak}
+    if launches is not None:
+        row["launches"] = launches
+    return row
 
 
 def copy_bandwidth_gbs(device, mb=256):

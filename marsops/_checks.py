@@ -51,14 +51,12 @@ def check_float(name: str, t: torch.Tensor, op: str):
         raise TypeError(f"marsops.{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
-def async_raise_if(op: str, message: str):
-    """A check on a device flag: immediate on CPU, a device-side assertion on GPUs (no sync)."""
-
-    def raise_if(flag: torch.Tensor):
-        if flag.device.type == "cpu":
-            if bool(flag):
-                raise ValueError(f"marsops.{op}: {message}")
-        else:
-            torch._assert_async(~flag, f"marsops.{op}: {message}")
-
-    return raise_if
+def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
+    """Checks a device flag a kernel wrote (nonzero: fine): at once on CPU, as a device-side
+    assertion on GPUs (no host synchronisation; a failure ends the CUDA context, as torch's own
+    losses do)."""
+    if ok.device.type == "cpu":
+        if not bool(ok):
+            raise ValueError(f"marsops.{op}: {message}")
+    else:
+        torch._assert_async(ok, f"marsops.{op}: {message}")

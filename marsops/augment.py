@@ -81,7 +81,7 @@ def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"marsops.random_flip: {name} must be in [0, 1], got {p}")
     draws = torch.rand(images.shape[0], 2, device=images.device, generator=generator)
-    flips = draws < torch.tensor([p_h, p_v], device=images.device)
+    flips = torch.stack([draws[:, 0] < p_h, draws[:, 1] < p_v], dim=1)  # Python floats: no host-to-device copy
     flags = (flips[:, 0].to(torch.uint8) * LEFT_RIGHT) | (flips[:, 1].to(torch.uint8) * UP_DOWN)
     out_images = _op("flip_by_flags", images, backend)(images, flags)
     out_masks = None if masks is None else _op("flip_by_flags", masks, backend)(masks, flags)

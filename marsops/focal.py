@@ -100,8 +100,8 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     P = target[0].numel() if N else 0
     x = logits.contiguous().view(N, C, P)
     y = target.contiguous().view(N, P)
-    raise_if = _checks.async_raise_if("focal_loss", "target contains a label outside [0, C) that is not ignore_index")
-    loss, grad = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad, raise_if)
+    loss, grad, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad)
+    _checks.assert_ok(ok, "focal_loss", "target contains a label outside [0, C) that is not ignore_index")
     return (loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad)
 
 
@@ -151,8 +151,15 @@ def _backward(ctx, grad_loss, _unused):
     if traced or _graph_is_kept():
         return (grad * scale,) + nothing  # a fresh tensor; the saved one may be read again
     # The graph is freed after this call, so the saved buffer becomes the returned gradient: no
-    # copy, and no second logits-sized tensor. loss.backward() on CPU needs no scaling at all.
-    if not _is_plain_cpu_one(grad_loss):
+    # copy, and no second logits-sized tensor. loss.backward() on CPU needs no scaling at all; on
+    # GPUs a one-element upstream gradient is applied by a kernel that skips the pass when it is 1.
+    if _is_plain_cpu_one(grad_loss):
+        pass
+    elif grad.is_cuda and grad_loss.numel() == 1 and grad.is_contiguous() and _triton.IMPORT_ERROR is None:
+        from .triton.scale import scale_
+
+        scale_(grad, grad_loss)
+    else:
         grad.mul_(scale)
     return (grad,) + nothing
 

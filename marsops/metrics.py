@@ -61,12 +61,9 @@ def _confusion_matrix_triton(input: Tensor, target: Tensor, num_classes: int, ig
     P = target[0].numel() if N else 0
     from_logits = input.is_floating_point()
     x = input.contiguous().view((N, num_classes, P) if from_logits else (N, P))
-    hist, flags = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits)
-    raise_t = _checks.async_raise_if("confusion_matrix", "target contains a label outside [0, num_classes) "
-                                     "and not ignore_index")
-    raise_p = _checks.async_raise_if("confusion_matrix", "predictions contain a label outside [0, num_classes)")
-    raise_t((flags & 1).any())
-    raise_p((flags & 2).any())
+    hist, ok = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits)
+    _checks.assert_ok(ok[0], "confusion_matrix", "target contains a label outside [0, num_classes) and not ignore_index")
+    _checks.assert_ok(ok[1], "confusion_matrix", "predictions contain a label outside [0, num_classes)")
     return hist
 
 

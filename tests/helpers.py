@@ -1,4 +1,8 @@
-"""What the tests share: which backends can run here, and tolerances per dtype."""
+"""What the tests share: which backends can run here, tolerances per dtype, label errors."""
+import re
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -46,6 +50,21 @@ TOLERANCE = {
 def assert_close(actual, expected, dtype=None):
     rtol, atol = TOLERANCE[dtype or actual.dtype]
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
+
+
+def assert_label_error(device, code, match):
+    """Runs `code` (torch and marsops in scope), which must fail on a bad label. On CPU that is an
+    exception. On CUDA the check is a device-side assertion, which ends the CUDA context for the
+    rest of the process, so the code runs in a subprocess that must exit non-zero with the message
+    on stderr."""
+    if device == "cpu":
+        with pytest.raises((ValueError, RuntimeError), match=match):
+            exec(code, {"torch": torch, "marsops": marsops})
+        return
+    script = f"import torch, marsops\n{code}\ntorch.cuda.synchronize()\n"
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0, f"no device-side assertion fired for: {code}"
+    assert re.search(match, result.stderr), result.stderr[-3000:]
 
 
 assert marsops  # imported here so conftest's environment is in place first

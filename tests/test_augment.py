@@ -150,3 +150,34 @@ def test_torch_compile_fullgraph():
     x, m = torch.randn(2, 1, 6, 8), torch.randint(0, 5, (2, 6, 8))
     got, got_m = torch.compile(f, fullgraph=True)(x, m)
     assert torch.equal(got, x * 2) and torch.equal(got_m, torch_flip4(m))
+
+
+def _free_memory_gb():
+    try:
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) / 2**20
+    except (OSError, KeyError, ValueError):
+        return 0.0
+
+
+@pytest.mark.skipif(_free_memory_gb() < 8, reason="needs 8 GB of free memory")
+@pytest.mark.parametrize("backend,device", [(b, d) for b, d in BACKENDS if b != "triton" or d == "cuda"],
+                         ids=backend_ids([(b, d) for b, d in BACKENDS if b != "triton" or d == "cuda"]))
+def test_index_math_past_2_to_the_31(backend, device):
+    """A uint8 batch of just over 2**31 elements: the last rows land where torch.flip puts them
+    (32-bit index math would wrap). The interpreter is too slow for this; Triton runs it on GPUs."""
+    n, h, w = 2, 32768, 32769  # 2 * 32768 * 32769 = 2**31 + 65536 elements
+    x = torch.empty((n, h, w), dtype=torch.uint8, device=device)
+    x[:, :2].random_(0, 255)
+    x[:, -2:].random_(0, 255)
+    flags = torch.tensor([3, 1], dtype=torch.uint8, device=device)
+    out = getattr(torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))(x, flags)
+    assert torch.equal(out[1, -1], x[1, -1].flip(-1))  # left-right only
+    assert torch.equal(out[0, -1], x[0, 0].flip(-1))   # both: the first row, reversed, ends up last
+    assert torch.equal(out[0, 0], x[0, -1].flip(-1))
+    del out
+    if device == "cuda":  # flip4 writes 4 blocks: k * total passes 2**31 already at total > 2**31 / 3
+        y = x.view(-1)[: 2**31 // 3 + 4096].view(1, 1, -1)
+        y4 = getattr(torch.ops.marsops, "flip4" + ("_triton" if backend == "triton" else ""))(y)
+        assert torch.equal(y4[3, 0, -8:], y[0, 0, :8].flip(-1))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import marsops
 from marsops import reference
-from helpers import assert_close, backend_ids, kernel_backends
+from helpers import assert_close, assert_label_error, backend_ids, kernel_backends
 
 FUSED = kernel_backends("focal_loss_forward")
 ALL = [("reference", "cpu")] + FUSED
@@ -153,16 +153,16 @@ def test_nonfinite_logits_at_ignored_pixels_change_nothing(backend, device, redu
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
 def test_ignore_index_is_compared_as_int64(backend, device):
     x = torch.randn(1, 5, 3, device=device)
-    u8 = torch.tensor([[1, 156, 2]], dtype=torch.uint8, device=device)  # 156 == uint8(-100)
-    with pytest.raises((ValueError, RuntimeError), match="outside"):
-        marsops.focal_loss(x, u8, ignore_index=-100, backend=backend)
-    with pytest.raises((ValueError, RuntimeError), match="outside"):
-        marsops.confusion_matrix(x, u8, 5, ignore_index=-100, backend=backend)
-    i8 = torch.tensor([[1, -1, 2]], dtype=torch.int8, device=device)  # -1 == int8(255)
-    with pytest.raises((ValueError, RuntimeError), match="outside"):
-        marsops.focal_loss(x, i8, ignore_index=255, backend=backend)
-    with pytest.raises((ValueError, RuntimeError), match="outside"):
-        marsops.confusion_matrix(x, i8, 5, ignore_index=255, backend=backend)
+    setup = f"x = torch.randn(1, 5, 3, device='{device}')\n"
+    for labels, dtype, ignore_index in (("[[1, 156, 2]]", "uint8", -100),  # 156 == uint8(-100)
+                                        ("[[1, -1, 2]]", "int8", 255)):   # -1 == int8(255)
+        target = f"torch.tensor({labels}, dtype=torch.{dtype}, device='{device}')"
+        assert_label_error(device, setup + f"marsops.focal_loss(x, {target}, ignore_index={ignore_index}, "
+                           f"backend='{backend}')", "outside")
+        assert_label_error(device, setup + f"marsops.confusion_matrix(x, {target}, 5, ignore_index={ignore_index}, "
+                           f"backend='{backend}')", "outside")
+    u8 = torch.tensor([[1, 156, 2]], dtype=torch.uint8, device=device)
+    i8 = torch.tensor([[1, -1, 2]], dtype=torch.int8, device=device)
     # Where the value itself matches, it is ignored, whatever the dtype.
     expected = reference.focal_loss(x.cpu(), torch.tensor([[1, -100, 2]]), reduction="sum")
     assert_close(marsops.focal_loss(x, i8, ignore_index=-1, reduction="sum", backend=backend), expected)
@@ -263,3 +263,19 @@ def test_complex_images_are_refused_clearly(dtype):
         marsops.random_flip(x)
     with pytest.raises(TypeError, match="floating"):
         marsops.flip4_merge(torch.cat([x] * 4))
+
+
+@pytest.mark.skipif(not any(b == "triton" for b, _ in FUSED), reason="needs Triton")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_gpu_backward_scaling_kernel(dtype):
+    """The in-place scaling GPU backwards use (run here through the Triton interpreter): a scale
+    of 1 leaves the gradient untouched without a pass over it, another scale multiplies."""
+    from marsops.triton.scale import scale_
+
+    device = [d for b, d in FUSED if b == "triton"][0]
+    x = torch.randn(3, 5, 1000, device=device).to(dtype)
+    kept = x.clone()
+    scale_(x, torch.ones((), device=device, dtype=dtype))
+    assert torch.equal(x, kept)
+    scale_(x, torch.full((), 2.5, device=device, dtype=dtype))
+    assert_close(x, (kept.float() * 2.5).to(dtype))

@@ -41,10 +41,21 @@ def test_end_to_end_writes_every_file_and_the_loss_falls(tmp_path):
     assert set(ckpt) >= {"model", "optimizer", "scheduler", "state", "rng"}
 
 
-def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
-    run(tmp_path, "--epochs", "3", "--name", "straight")
-    run(tmp_path, "--epochs", "2", "--name", "killed")  # as if killed after epoch 2
-    train.main(["--resume", str(tmp_path / "runs" / "killed"), "--epochs", "3", "--no-progress", "--threads", "1"])
+@pytest.fixture
+def restore_determinism():
+    """--deterministic changes process-wide torch settings; later tests get them back."""
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    yield
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2:]
+
+
+def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, restore_determinism):
+    run(tmp_path, "--epochs", "3", "--name", "straight", "--deterministic")
+    run(tmp_path, "--epochs", "2", "--name", "killed", "--deterministic")  # as if killed after epoch 2
+    train.main(["--resume", str(tmp_path / "runs" / "killed"), "--epochs", "3", "--no-progress", "--threads", "1",
+                "--deterministic"])
     a = checkpoint.load(tmp_path / "runs" / "straight" / "last.pt")
     b = checkpoint.load(tmp_path / "runs" / "killed" / "last.pt")
     assert a["state"] == b["state"]
@@ -111,9 +122,10 @@ def test_nan_loss_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
 
 def test_ddp_two_processes_gloo(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # gloo on CPU whatever the machine has (two processes on one GPU would need gloo too).
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "train.py"), *TINY, "--epochs", "1", "--cache", str(tmp_path / "cache"),
-           "--out", str(tmp_path / "runs"), "--name", "ddp"]
+           "--out", str(tmp_path / "runs"), "--name", "ddp", "--device", "cpu"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(read_metrics(tmp_path / "runs" / "ddp")) == 1

@@ -1,61 +1,90 @@
-"""Triton confusion matrix: one program per (sample, block of pixels); the argmax over classes
-of a [BLOCK_C, BLOCK_P] logits tile, a joint (true, predicted) histogram of the block, added to
-the int64 (C, C) output with integer atomics (exact, deterministic)."""
+"""Triton confusion matrix: one program per block of pixels of one sample (a flat 1-D grid); the
+argmax over classes of a [BLOCK_C, BLOCK_P] logits tile (streamed in chunks beyond MAX_TILE_C
+classes), then the (true, predicted) pairs are counted into the int64 (C, C) output with integer
+atomics: through a per-program histogram for up to MAX_HIST_C classes, directly beyond (the
+histogram would need C*C bins per program). Exact and deterministic."""
 import torch
 import triton
 import triton.language as tl
 
+MAX_TILE_C = 64
+MAX_HIST_C = 31  # C*C + 1 bins <= 1024
+
 
 @triton.jit
-def _confusion_kernel(x_ptr, y_ptr, hist_ptr, bad_ptr, C, P, ignore_index, FROM_LOGITS: tl.constexpr,
-                      HAS_IGNORE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_C: tl.constexpr,
-                      BLOCK_P: tl.constexpr, BINS: tl.constexpr):
-    pid_p = tl.program_id(0).to(tl.int64)
-    n = tl.program_id(1).to(tl.int64)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+def _argmax_tile(x, offs_c, BLOCK_C: tl.constexpr):
+    """torch.argmax over axis 0 of a tile: (index of the first max, or of the first NaN; the max,
+    NaN where a NaN was seen)."""
+    is_nan = x != x
+    first_nan = tl.min(tl.where(is_nan, offs_c[:, None], BLOCK_C), axis=0)
+    m = tl.max(tl.where(is_nan, -float("inf"), x), axis=0)
+    first_max = tl.min(tl.where(x == m[None, :], offs_c[:, None], BLOCK_C), axis=0)
+    has_nan = first_nan < BLOCK_C
+    return tl.where(has_nan, first_nan, first_max), tl.where(has_nan, float("nan"), m)
+
+
+@triton.jit
+def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, ignore_index,
+                      FROM_LOGITS: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKED: tl.constexpr, BINS: tl.constexpr):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // blocks_per_sample
+    offs_p = (pid - n * blocks_per_sample) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = offs_p < P
     t = tl.load(y_ptr + n * P + offs_p, mask=pmask, other=0).to(tl.int64)
     keep = pmask
     if HAS_IGNORE:
         keep = keep & (t != ignore_index)
     if FROM_LOGITS:
-        offs_c = tl.arange(0, BLOCK_C)
-        tile = n * C * P + offs_c[:, None] * P + offs_p[None, :]
-        x = tl.load(x_ptr + tile, mask=(offs_c[:, None] < C) & pmask[None, :], other=-float("inf"))
-        if UPCAST:
-            x = x.to(tl.float32)
-        # torch.argmax: the first maximum, and a NaN beats every number.
-        is_nan = x != x
-        first_nan = tl.min(tl.where(is_nan, offs_c[:, None], BLOCK_C), axis=0)
-        m = tl.max(tl.where(is_nan, -float("inf"), x), axis=0)
-        first_max = tl.min(tl.where(x == m[None, :], offs_c[:, None], BLOCK_C), axis=0)
-        pred = tl.where(first_nan < BLOCK_C, first_nan, first_max).to(tl.int64)
+        offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
+        base = n * C * P
+        if not CHUNKED:
+            x = tl.load(x_ptr + base + offs_c[:, None] * P + offs_p[None, :],
+                        mask=(offs_c[:, None] < C) & pmask[None, :], other=-float("inf")).to(ACC)
+            pred, _ = _argmax_tile(x, offs_c, BLOCK_C)
+        else:
+            pred = tl.zeros([BLOCK_P], tl.int64)
+            best = tl.full([BLOCK_P], -float("inf"), ACC)
+            for c0 in range(0, C, BLOCK_C):
+                cc = c0 + offs_c
+                x = tl.load(x_ptr + base + cc[:, None] * P + offs_p[None, :], mask=(cc[:, None] < C) & pmask[None, :],
+                            other=-float("inf")).to(ACC)
+                idx, m = _argmax_tile(x, offs_c, BLOCK_C)
+                # Earlier chunks win ties; a NaN seen before stays, a first NaN takes over.
+                take = (best == best) & ((m != m) | (m > best))
+                pred = tl.where(take, c0 + idx, pred)
+                best = tl.where(take, m, best)
+        pred = pred.to(tl.int64)
     else:
         pred = tl.load(x_ptr + n * P + offs_p, mask=pmask, other=0).to(tl.int64)
     bad_t = keep & ((t < 0) | (t >= C))
     bad_p = keep & (~bad_t) & ((pred < 0) | (pred >= C))
     ok = keep & (~bad_t) & (~bad_p)
-    bins = tl.where(ok, t * C + pred, BINS - 1)  # the last bin collects what is not counted
-    h = tl.histogram(bins.to(tl.int32), BINS)
-    offs_b = tl.arange(0, BINS)
-    tl.atomic_add(hist_ptr + offs_b, h.to(tl.int64), mask=offs_b < C * C)
-    flags = tl.max(bad_t.to(tl.int32), axis=0) + 2 * tl.max(bad_p.to(tl.int32), axis=0)
-    tl.store(bad_ptr + n * tl.num_programs(0) + pid_p, flags)
+    if BINS > 0:
+        bins = tl.where(ok, t * C + pred, BINS - 1)  # the last bin collects what is not counted
+        h = tl.histogram(bins.to(tl.int32), BINS)
+        offs_b = tl.arange(0, BINS)
+        tl.atomic_add(hist_ptr + offs_b, h.to(tl.int64), mask=(offs_b < C * C) & (h > 0))
+    else:
+        tl.atomic_add(hist_ptr + tl.where(ok, t * C + pred, 0), tl.full([BLOCK_P], 1, tl.int64), mask=ok)
+    tl.atomic_min(ok_ptr, 0, mask=tl.max(bad_t.to(tl.int32), axis=0) > 0)
+    tl.atomic_min(ok_ptr + 1, 0, mask=tl.max(bad_p.to(tl.int32), axis=0) > 0)
 
 
 def confusion_matrix(x, y, num_classes, ignore_index, from_logits):
-    """Launcher. x: logits (N, C, P) or labels (N, P); y (N, P); all contiguous.
-    Returns the int64 (C, C) matrix and per-program flags (1: bad target, 2: bad prediction)."""
+    """Launcher. x: logits (N, C, P) or labels (N, P); y (N, P); all contiguous. Returns the int64
+    (C, C) matrix and int32 flags [targets valid, predictions valid] (1: valid)."""
     N, P = y.shape
     C = num_classes
-    block_c = triton.next_power_of_2(C) if from_logits else 1
+    block_c = min(triton.next_power_of_2(C), MAX_TILE_C) if from_logits else 1
     block_p = min(triton.next_power_of_2(max(P, 1)), max(64, 8192 // block_c))
     hist = torch.zeros(C * C, device=y.device, dtype=torch.int64)
-    grid = (triton.cdiv(P, block_p), N)
-    flags = torch.zeros(grid[0] * grid[1], device=y.device, dtype=torch.int32)
+    ok = torch.ones(2, device=y.device, dtype=torch.int32)
     if N * P:
-        _confusion_kernel[grid](x, y, hist, flags, C, P, ignore_index if ignore_index is not None else 0,
-                                FROM_LOGITS=from_logits, HAS_IGNORE=ignore_index is not None,
-                                UPCAST=from_logits and x.dtype in (torch.float16, torch.bfloat16),
-                                BLOCK_C=block_c, BLOCK_P=block_p, BINS=triton.next_power_of_2(C * C + 1))
-    return hist.view(C, C), flags
+        blocks_per_sample = triton.cdiv(P, block_p)
+        _confusion_kernel[(N * blocks_per_sample,)](
+            x, y, hist, ok, C, P, blocks_per_sample, ignore_index if ignore_index is not None else 0,
+            FROM_LOGITS=from_logits, HAS_IGNORE=ignore_index is not None,
+            ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_P=block_p,
+            CHUNKED=from_logits and C > MAX_TILE_C, BINS=triton.next_power_of_2(C * C + 1) if C <= MAX_HIST_C else 0)
+    return hist.view(C, C), ok

@@ -1,5 +1,6 @@
 """Triton flips: each program handles BLOCK elements of the flattened (N*M*H*W) batch, reading
-each input element once."""
+each input element once. Indices are int64, and the four blocks of a flip4 batch are passed as
+four pointers (no k * total product in the kernel that could pass 2**31)."""
 import torch
 import triton
 import triton.language as tl
@@ -17,26 +18,26 @@ def _flip_offsets(i, H, W):
 
 
 @triton.jit
-def _flip4_kernel(x_ptr, out_ptr, total, H, W, BLOCK: tl.constexpr):
+def _flip4_kernel(x_ptr, out0, out1, out2, out3, total, H, W, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
     v = tl.load(x_ptr + i, mask=mask)
     same, lr, ud, both = _flip_offsets(i, H, W)
-    tl.store(out_ptr + same, v, mask=mask)
-    tl.store(out_ptr + total + lr, v, mask=mask)
-    tl.store(out_ptr + 2 * total + ud, v, mask=mask)
-    tl.store(out_ptr + 3 * total + both, v, mask=mask)
+    tl.store(out0 + same, v, mask=mask)
+    tl.store(out1 + lr, v, mask=mask)
+    tl.store(out2 + ud, v, mask=mask)
+    tl.store(out3 + both, v, mask=mask)
 
 
 @triton.jit
-def _flip4_sum_kernel(y_ptr, out_ptr, total, H, W, scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _flip4_sum_kernel(y0, y1, y2, y3, out_ptr, total, H, W, scale, ACC: tl.constexpr, BLOCK: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
     same, lr, ud, both = _flip_offsets(i, H, W)
-    s = tl.load(y_ptr + same, mask=mask).to(ACC)
-    s += tl.load(y_ptr + total + lr, mask=mask).to(ACC)
-    s += tl.load(y_ptr + 2 * total + ud, mask=mask).to(ACC)
-    s += tl.load(y_ptr + 3 * total + both, mask=mask).to(ACC)
+    s = tl.load(y0 + same, mask=mask).to(ACC)
+    s += tl.load(y1 + lr, mask=mask).to(ACC)
+    s += tl.load(y2 + ud, mask=mask).to(ACC)
+    s += tl.load(y3 + both, mask=mask).to(ACC)
     tl.store(out_ptr + i, (s * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -63,7 +64,8 @@ def flip4(x):
     out = torch.empty((4 * x.shape[0],) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
     total = x.numel()
     if total:
-        _flip4_kernel[(triton.cdiv(total, BLOCK),)](_as_bits(x), _as_bits(out), total, x.shape[-2], x.shape[-1],
+        blocks = _as_bits(out).view(4, total)
+        _flip4_kernel[(triton.cdiv(total, BLOCK),)](_as_bits(x), *blocks, total, x.shape[-2], x.shape[-1],
                                                     BLOCK=BLOCK)
     return out
 
@@ -74,8 +76,8 @@ def flip4_sum(y, scale):
     total = out.numel()
     if total:
         acc = tl.float64 if y.dtype == torch.float64 else tl.float32
-        _flip4_sum_kernel[(triton.cdiv(total, BLOCK),)](y, out, total, y.shape[-2], y.shape[-1], float(scale),
-                                                        ACC=acc, BLOCK=BLOCK)
+        _flip4_sum_kernel[(triton.cdiv(total, BLOCK),)](*y.view(4, total), out, total, y.shape[-2], y.shape[-1],
+                                                        float(scale), ACC=acc, BLOCK=BLOCK)
     return out
 
 

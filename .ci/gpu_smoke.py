@@ -1,0 +1,182 @@
+"""GPU smoke check: every op on the cuda and triton backends against the reference run on the same
+device, over the cases a first GPU run trips on: fp32 / fp16 / bf16 logits, int64 / int32 / uint8
+targets, ignore_index, every reduction, 2, 5, 19 and 150 classes (past 64 the Triton kernels
+stream classes in chunks; past 31 the confusion matrix counts with global atomics), one sample
+and a batch that fills the GPU, channels_last and sliced inputs, empty batches.
+
+    python .ci/gpu_smoke.py [--out results.json]     # on a GPU machine (.ci/gpu runs it)
+    python .ci/gpu_smoke.py --dry-run                # cpu + Triton interpreter, small sizes (CI)
+
+Prints one line per case and a summary; exits 1 if any case fails.
+"""
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+DRY = "--dry-run" in sys.argv
+if DRY:
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before marsops defines its Triton kernels
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import marsops  # noqa: E402
+from marsops import backend as _backend, reference  # noqa: E402
+from helpers import TOLERANCE  # noqa: E402
+
+FLOATS = [torch.float32, torch.float16, torch.bfloat16]
+TARGETS = [torch.int64, torch.int32, torch.uint8]
+CLASSES = [2, 5, 19, 150]
+
+
+def close(actual, expected, dtype, what):
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual.double(), expected.to(dtype).double(), rtol=rtol, atol=atol, equal_nan=True,
+                               msg=lambda m: f"{what}: {m}")
+
+
+def layout(x, kind):
+    """The same values as x, laid out as `kind` (contiguous, channels_last or a strided slice)."""
+    if kind == "channels_last" and x.dim() == 4:
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced":
+        return torch.stack([x, torch.zeros_like(x)], dim=-1).flatten(-2)[..., ::2]
+    return x
+
+
+def focal_case(backend, device, n, c, spatial, dtype, tdtype, reduction, kind="contiguous", gamma=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn((n, c) + spatial, generator=g) * 3).to(dtype)
+    ignore = 255 if tdtype == torch.uint8 else -100
+    target = torch.randint(0, c, (n,) + spatial, generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.2] = ignore
+    target = target.to(device=device, dtype=tdtype)
+    weight = torch.rand(c, generator=g).to(device)
+    x = layout(base.to(device), kind).requires_grad_()
+    loss = marsops.focal_loss(x, target, weight, gamma, ignore, reduction, backend=backend)
+    up = torch.linspace(-1, 2, loss.numel(), dtype=torch.float64).to(dtype).to(device).view(loss.shape)
+    (grad,) = torch.autograd.grad(loss, x, up)
+    ref_x = base.to(device).float().requires_grad_()
+    ref = reference.focal_loss(ref_x, target, weight, gamma, ignore, reduction)
+    (ref_grad,) = torch.autograd.grad(ref, ref_x, up.float())
+    assert loss.dtype == dtype and grad.shape == x.shape
+    close(loss.detach(), ref.detach(), dtype, "loss")
+    close(grad, ref_grad, dtype, "gradient")
+
+
+def confusion_case(backend, device, n, c, spatial, dtype, tdtype, kind="contiguous", from_labels=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn((n, c) + spatial, generator=g).round().to(dtype)  # rounded: ties
+    ignore = 255 if tdtype == torch.uint8 else -1
+    target = torch.randint(0, c, (n,) + spatial, generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.2] = ignore
+    target = target.to(device=device, dtype=tdtype)
+    x = layout(logits.to(device), kind)
+    if from_labels:
+        x = x.argmax(1).to(tdtype)
+    got = marsops.confusion_matrix(x, target, c, ignore, backend=backend)
+    expected = reference.confusion_matrix(x if from_labels else x.float(), target, c, ignore)
+    assert torch.equal(got, expected), f"counts differ by up to {(got - expected).abs().max().item()}"
+
+
+def flip_case(backend, device, shape, dtype, kind="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g) * 200).to(dtype).to(device)
+    x = layout(x, kind)
+    masks = torch.randint(0, 5, (shape[0],) + shape[-2:], generator=g).to(device)
+    got, got_masks = marsops.flip4(x, masks, backend=backend)
+    assert torch.equal(got, reference.flip4(x)) and torch.equal(got_masks, reference.flip4(masks))
+    flags = torch.randint(0, 4, (shape[0],), generator=g, dtype=torch.uint8).to(device)
+    op = getattr(torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))
+    assert torch.equal(op(x, flags), reference.flip_by_flags(x, flags))
+    if dtype.is_floating_point:
+        views = torch.randn((4 * shape[0],) + shape[1:], generator=g).to(dtype).to(device)
+        close(marsops.flip4_merge(views, backend=backend), reference.flip4_sum(views.float(), 0.25), dtype, "merge")
+
+
+def cases(backends, device):
+    """(name, thunk) for every check; dtypes and target dtypes rotate so that every value of each
+    appears with every class count without running the full product."""
+    big = (2, 19, 32, 64) if DRY else (64, 19, 256, 512)  # about 160 M logits: fills the GPU's SMs many times
+    reductions = marsops.focal.REDUCTIONS
+    for backend in backends:
+        for i, (c, reduction) in enumerate(itertools.product(CLASSES, reductions)):
+            dtype, tdtype = FLOATS[i % 3], TARGETS[(i // 3) % 3]
+            yield (f"focal {backend} C={c} {reduction} {dtype} target {tdtype}",
+                   lambda b=backend, c=c, r=reduction, d=dtype, t=tdtype: focal_case(b, device, 3, c, (7, 9), d, t, r))
+        for kind in ("channels_last", "sliced"):
+            yield (f"focal {backend} {kind}", lambda b=backend, k=kind: focal_case(
+                b, device, 2, 5, (8, 16), torch.float16, torch.int64, "mean", kind=k))
+        yield (f"focal {backend} N=1 gamma 2.7", lambda b=backend: focal_case(
+            b, device, 1, 5, (64, 128), torch.float32, torch.int64, "weighted_mean", gamma=2.7))
+        yield (f"focal {backend} large {big}", lambda b=backend: focal_case(
+            b, device, big[0], big[1], big[2:], torch.bfloat16, torch.uint8, "mean"))
+        for reduction in reductions:
+            yield (f"focal {backend} empty {reduction}", lambda b=backend, r=reduction: focal_case(
+                b, device, 0, 5, (4, 4), torch.float32, torch.int64, r))
+        for i, c in enumerate(CLASSES + [1000]):
+            dtype, tdtype = (FLOATS + [torch.float64])[i % 4], TARGETS[i % 3]
+            yield (f"confusion {backend} C={c} {dtype} target {tdtype}", lambda b=backend, c=c, d=dtype, t=tdtype:
+                   confusion_case(b, device, 3, c, (5, 11), d, t))
+            yield (f"confusion {backend} C={c} from labels", lambda b=backend, c=c, t=tdtype: confusion_case(
+                b, device, 3, c, (5, 11), torch.float32, t, from_labels=True))
+        for kind in ("channels_last", "sliced"):
+            yield (f"confusion {backend} {kind}", lambda b=backend, k=kind: confusion_case(
+                b, device, 2, 5, (8, 16), torch.bfloat16, torch.int32, kind=k))
+        yield (f"confusion {backend} large {big}", lambda b=backend: confusion_case(
+            b, device, big[0], big[1], big[2:], torch.float16, torch.uint8))
+        yield (f"confusion {backend} empty", lambda b=backend: confusion_case(
+            b, device, 0, 5, (4, 4), torch.float32, torch.int64))
+        for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool, torch.int64):
+            for shape in ((1, 1, 1, 5), (3, 2, 7, 9), (0, 3, 4, 4)):
+                yield (f"flips {backend} {dtype} {shape}", lambda b=backend, s=shape, d=dtype: flip_case(b, device, s, d))
+        for kind in ("channels_last", "sliced"):
+            yield (f"flips {backend} {kind}", lambda b=backend, k=kind: flip_case(
+                b, device, (4, 3, 16, 24), torch.float32, kind=k))
+        large_images = (8, 3, 64, 64) if DRY else (256, 3, 512, 512)
+        yield (f"flips {backend} large {large_images}", lambda b=backend: flip_case(
+            b, device, large_images, torch.float16))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="cpu and the Triton interpreter, small sizes")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    device = "cpu" if args.dry_run else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_smoke: no GPU visible (use --dry-run on CPU machines)")
+    wanted = ("cpu", "triton") if args.dry_run else ("cuda", "triton")
+    backends = [b for b in wanted if _backend.unavailable_reason(b, "focal_loss_forward", device) is None]
+    missing = sorted(set(wanted) - set(backends))
+    print(f"gpu_smoke on {device} ({torch.cuda.get_device_name() if device == 'cuda' else 'dry run'}), "
+          f"torch {torch.__version__}, backends {backends}" + (f", NOT AVAILABLE: {missing}" if missing else ""))
+    results = []
+    for name, check in cases(backends, device):
+        t0 = time.perf_counter()
+        try:
+            check()
+            status, detail = "ok", ""
+        except Exception as exc:  # noqa: BLE001  (every failure is reported, then the next case runs)
+            status, detail = "FAIL", f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            traceback.print_exc(limit=3)
+        seconds = time.perf_counter() - t0
+        results.append(dict(case=name, status=status, seconds=round(seconds, 3), detail=detail))
+        print(f"{status:4s} {seconds:7.2f}s  {name}  {detail}", flush=True)
+    failed = [r for r in results if r["status"] != "ok"]
+    print(f"gpu_smoke: {len(results) - len(failed)} of {len(results)} cases passed"
+          + (f"; failed: {[r['case'] for r in failed]}" if failed else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(device=device, torch=torch.__version__, backends=backends,
+                                                  missing=missing, results=results), indent=2) + "\n")
+    return 1 if failed or missing else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
