@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import marsops
 import model as models
@@ -71,6 +70,10 @@ def get_args_parser():
     g.add_argument("--name", help="run folder name (default: a timestamp)")
     g.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="capture the training step as one CUDA graph and replay it (GPU; full batches)")
+    g.add_argument("--check-every", type=int, default=50,
+                   help="read the device's non-finite-loss flag every this many steps (the step never syncs)")
     g.add_argument("--amp", action="store_true", help="bf16 autocast (GPU)")
     g.add_argument("--threads", type=int, help="CPU threads for torch")
     g.add_argument("--deterministic", action="store_true",
@@ -79,7 +82,8 @@ def get_args_parser():
     g = p.add_argument_group("other modes")
     g.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from last.pt")
     g.add_argument("--predict", metavar="RUN_DIR", help="predict the test set with RUN_DIR/best.pt")
-    g.add_argument("--tta", action="store_true", help="with --predict: flip test-time augmentation")
+    g.add_argument("--tta", action="store_true",
+                   help="flip test-time augmentation: of --predict's predictions, and of the validation score")
     g.add_argument("--tune", type=int, metavar="N", help="Optuna search of N trials")
     g.add_argument("--storage", help="Optuna storage URL shared by several machines (e.g. sqlite:///s.db)")
     g.add_argument("--study-name", default="marsops")
@@ -101,6 +105,10 @@ def parse_args(argv=None):
         errors.append("--lr, --epochs and --width must be positive")
     if args.gamma < 0:
         errors.append("--gamma must be >= 0")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        errors.append("--cuda-graph needs --device cuda")
+    if args.check_every < 1:
+        errors.append("--check-every must be >= 1")
     bad_paths = set(args.paths.split(",")) - set(models.PATHS)
     if bad_paths:
         errors.append(f"--paths: unknown {sorted(bad_paths)}; choose from {models.PATHS}")
@@ -182,9 +190,12 @@ def build(args, device, weights):
     if args.loss == "focal":
         criterion = marsops.FocalLoss(weights, gamma=args.gamma, backend=args.backend)
     else:
-        def criterion(logits, target):
-            return F.cross_entropy(logits, target.long(), weight=weights)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        criterion = loop.cross_entropy(weights)
+    if args.cuda_graph:  # replayed graphs read the learning rate from a tensor the scheduler updates
+        optimizer = torch.optim.AdamW(net.parameters(), lr=torch.tensor(args.lr, device=device),
+                                      weight_decay=args.weight_decay, capturable=True)
+    else:
+        optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=args.lr_factor,
                                                            patience=args.lr_patience)
     return net, criterion, optimizer, scheduler
@@ -225,12 +236,23 @@ def train(args, log=print):
     if args.compile:
         train_net = torch.compile(train_net)
     metrics_csv = run_dir / "metrics.csv"
-    columns = ["epoch", "train_loss", "val_loss", "val_miou", *IOU_COLUMNS, "pixel_accuracy", "lr", "seconds"]
+    columns = ["epoch", "train_loss", "train_miou", "val_loss", "val_miou", *IOU_COLUMNS, "pixel_accuracy", "lr",
+               "seconds"]
     if rank == 0 and not metrics_csv.exists():
         with open(metrics_csv, "w", newline="") as f:
             csv.writer(f).writerow(columns)
+    elif rank == 0:  # a run resumed keeps the columns it started with
+        with open(metrics_csv) as f:
+            columns = next(csv.reader(f))
     train_x, train_y = d["train"]
     val_x, val_y = d["val"]
+    # The training mIoU comes from the loss's own pass over the logits (focal_loss(confusion=...)).
+    train_metric = marsops.StreamingIoU(NUM_CLASSES, classes=SCORED_CLASSES, device=device, backend=args.backend)
+    step = loop.make_step(train_net, criterion, optimizer, device, args.amp, train_metric)
+    graphed = None
+    if args.cuda_graph and len(train_x) >= args.batch_size:
+        graphed = loop.CudaGraphStep(step, train_x[: args.batch_size].contiguous(memory_format=torch.channels_last),
+                                     train_y[: args.batch_size])
     progress = None
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
@@ -243,27 +265,34 @@ def train(args, log=print):
             shuffle = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on every rank
             if progress is not None:
                 progress.set_description(f"epoch {epoch}/{args.epochs}")
+            train_metric.reset()
             try:
-                train_loss = loop.train_one_epoch(train_net, criterion, optimizer, train_x, train_y, args.batch_size,
-                                                  shuffle, device, args.amp, rank, world, progress)
+                train_loss = loop.train_one_epoch(train_net, step, train_x, train_y, args.batch_size, shuffle, device,
+                                                  rank, world, progress, args.check_every, graphed)
             except loop.NonFiniteLoss as exc:
                 log(f"error: {exc} in epoch {epoch}; stopping. The last good checkpoint is {run_dir / 'last.pt'} "
                     f"(epoch {state['epoch']}); try a lower --lr.")
                 raise SystemExit(1)
+            if world > 1:
+                train_metric.sync()
+            train_miou = train_metric.compute().miou.item()
             val_loss, scores, matrix = loop.evaluate(net, criterion, val_x, val_y, args.batch_size, device,
-                                                     NUM_CLASSES, SCORED_CLASSES, args.amp, rank, world, args.backend)
+                                                     NUM_CLASSES, SCORED_CLASSES, args.amp, rank, world, args.backend,
+                                                     tta=args.tta)
             miou = scores.miou.item()
             scheduler.step(miou)
             state["epoch"] = epoch
             improved = miou > state["best_miou"]
             if improved:
                 state.update(best_miou=miou, best_epoch=epoch)
-            row = [epoch, f"{train_loss:.6f}", f"{val_loss:.6f}", f"{miou:.6f}",
-                   *[f"{v:.6f}" for v in scores.iou[1:].tolist()], f"{scores.pixel_accuracy.item():.6f}",
-                   f"{optimizer.param_groups[0]['lr']:.3g}", f"{time.perf_counter() - t0:.1f}"]
+            row = dict(epoch=epoch, train_loss=f"{train_loss:.6f}", train_miou=f"{train_miou:.6f}",
+                       val_loss=f"{val_loss:.6f}", val_miou=f"{miou:.6f}",
+                       **{c: f"{v:.6f}" for c, v in zip(IOU_COLUMNS, scores.iou[1:].tolist())},
+                       pixel_accuracy=f"{scores.pixel_accuracy.item():.6f}",
+                       lr=f"{float(optimizer.param_groups[0]['lr']):.3g}", seconds=f"{time.perf_counter() - t0:.1f}")
             if rank == 0:
                 with open(metrics_csv, "a", newline="") as f:
-                    csv.writer(f).writerow(row)
+                    csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
                 ckpt = dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                             state=dict(state), rng=checkpoint.rng_state(), matrix=matrix)
                 if improved:
@@ -273,7 +302,8 @@ def train(args, log=print):
                     progress.set_postfix(loss=f"{train_loss:.4f}", val_mIoU=f"{miou:.4f}",
                                          best=f"{state['best_miou']:.4f}")
                 else:
-                    log(f"epoch {epoch}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val mIoU {miou:.4f}")
+                    log(f"epoch {epoch}: train loss {train_loss:.4f}, train mIoU {train_miou:.4f}, val loss "
+                        f"{val_loss:.4f}, val mIoU {miou:.4f}")
             if epoch - state["best_epoch"] >= args.early_stop:
                 log(f"early stop: no better validation mIoU for {args.early_stop} epochs")
                 break
@@ -303,14 +333,15 @@ def finish(run_dir, net, val_x, val_y, args, device, log):
 def predict(args, log=print):
     run_dir = Path(args.predict)
     saved = json.loads((run_dir / "config.json").read_text())
-    cfg = argparse.Namespace(**{**saved, "data": args.data or saved.get("data"), "backend": args.backend})
+    cfg = argparse.Namespace(**{**vars(parse_args([])), **saved, "data": args.data or saved.get("data"),
+                                "backend": args.backend, "cuda_graph": False})
     device = device_for(args, 0)
     d = data.load(dataset_path(cfg, 0, 1), mask_dtype=torch.uint8)
     if d.test_images is None:
         sys.exit(f"error: {cfg.data or 'the data set'} has no test_set to predict")
     net, _, _, _ = build(cfg, device, torch.ones(NUM_CLASSES, device=device))
     net.load_state_dict(checkpoint.load(run_dir / "best.pt", map_location=device)["model"])
-    pred = loop.predict(net, d.test_images, args.batch_size, device, tta=args.tta, amp=args.amp)
+    pred = loop.predict(net, d.test_images, args.batch_size, device, tta=args.tta, amp=args.amp, backend=args.backend)
     data.write_submission(run_dir / "submission.csv", pred)
     import numpy as np
 
@@ -352,13 +383,21 @@ def main(argv=None):
             return tune(args)
         if args.resume:  # the run's own configuration, with --epochs and run options from this call
             saved = json.loads((Path(args.resume) / "config.json").read_text())
-            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend", "deterministic"}
-            args = argparse.Namespace(**{**saved, **{k: v for k, v in vars(args).items() if k in keep}})
+            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend", "deterministic", "cuda_graph",
+                    "check_every"}
+            defaults = vars(parse_args([]))  # options added since the run started
+            args = argparse.Namespace(**{**defaults, **saved, **{k: v for k, v in vars(args).items() if k in keep}})
         return train(args)
     except data.DataError as exc:
         sys.exit(f"error: {exc}")
     except FileNotFoundError as exc:
         sys.exit(f"error: {exc}")
+    finally:
+        # A process that exits with its process group alive can abort in gloo's threads.
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def main(argv=None):
                  ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("Flips (fp32 images + int64 masks)", flip,
                  ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"] + gpu),
-                ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB"])]
+                ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
+                                         "host syncs/step"])]
     for title, rows, cols in sections:
         lines += ["", f"**{title}**", "", harness.markdown_table(rows, cols).rstrip()]
     lines += ["", f"![speedups](benchmarks/results/speedups_{tag}.png)"]

@@ -1,6 +1,7 @@
-"""A whole training step of the recipe: flip4 of 32 images to a batch of 128, Multipath UNet
-forward + backward, focal loss, AdamW step and a StreamingIoU update, with marsops' kernels
-against the same step with the reference ops.
+"""A whole training step of the recipe, as train.py runs it (training/loop.py's make_step): flip4
+of 32 images to a batch of 128, Multipath UNet forward + backward, the focal loss counting the
+training confusion matrix in the same pass, and an AdamW step; marsops' kernels against the same
+step with the reference ops. Also counts the host reads (synchronisations on a GPU) per step.
 
     python -m benchmarks.bench_train_step [--quick] [--width 32]
 """
@@ -10,6 +11,7 @@ import torch
 
 import marsops
 import model as models
+from training import loop
 
 from . import harness
 
@@ -22,20 +24,32 @@ def make_step(backend, width, device):
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
     crit = marsops.FocalLoss(torch.tensor(REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
     metric = marsops.StreamingIoU(5, classes=[1, 2, 3, 4], device=device, backend=backend)
+    train_step = loop.make_step(net, crit, opt, device, metric=metric)
     g = torch.Generator().manual_seed(0)
     images = torch.rand(32, 1, 64, 128, generator=g).to(device)
     masks = torch.randint(0, 5, (32, 64, 128), generator=g).to(device)
 
     def step():
         x, y = marsops.flip4(images, masks, backend=backend)
-        logits = net(x.contiguous(memory_format=torch.channels_last))
-        loss = crit(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        metric.update(logits.detach(), y)
+        return train_step(x.contiguous(memory_format=torch.channels_last), y)
 
     return step
+
+
+def host_syncs_per_step(backend, width, device, steps=4):
+    """Host reads per step of train.py's epoch loop (the optimizer's host-side step counters not
+    counted), over `steps` steps."""
+    torch.manual_seed(0)
+    net = models.MultipathUNet(width=width).to(device, memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    crit = marsops.FocalLoss(torch.tensor(REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
+    metric = marsops.StreamingIoU(5, device=device, backend=backend)
+    step = loop.make_step(net, crit, opt, device, metric=metric)
+    images, masks = torch.rand(16 * steps, 1, 64, 128, device=device), torch.randint(0, 5, (16 * steps, 64, 128),
+                                                                                    device=device)
+    with harness.HostReads() as reads:
+        loop.train_one_epoch(net, step, images, masks, 16, torch.Generator().manual_seed(0), device)
+    return reads.device_reads() / steps
 
 
 def main(argv=None):
@@ -56,11 +70,13 @@ def main(argv=None):
             peak = harness.peak_extra_mb(step, device)
             label = "reference ops" if backend == "reference" else "marsops kernels (auto)"
             pair.append({"step": f"Multipath UNet w{width}, batch 128", "ops": label, "ms": med, "p20": p20,
-                         "p80": p80, "images/s": 128 / (med * 1e-3), "peak MB": peak})
+                         "p80": p80, "images/s": 128 / (med * 1e-3), "peak MB": peak,
+                         "host syncs/step": host_syncs_per_step(backend, width, device)})
         pair[0]["speedup"], pair[1]["speedup"] = 1.0, pair[0]["ms"] / pair[1]["ms"]
         rows += pair
     print(f"training step; device {device}")
-    print(harness.markdown_table(rows, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB"]))
+    print(harness.markdown_table(rows, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
+                                        "host syncs/step"]))
     print(f"saved {harness.save('train_step', device, rows, {'widths': widths})}")
     return rows
 

@@ -93,6 +93,35 @@ def measure(fn, device, repeats, **labels):
     return row
 
 
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts the calls that read a tensor's values into Python (item, bool, float, int, tolist,
+    numpy), by the call site outside torch: each is a host synchronisation when the tensor lives
+    on a GPU. (torch.optim's AdamW reads its step counters, which stay on the host in GPU
+    training too: those are not synchronisations.)"""
+
+    READS = {torch.Tensor.item, torch.Tensor.__bool__, torch.Tensor.__float__, torch.Tensor.__int__,
+             torch.Tensor.__index__, torch.Tensor.tolist, torch.Tensor.numpy}
+
+    def __init__(self):
+        super().__init__()
+        self.sites = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            import traceback
+
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+            site = f"{Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else "?"
+            if any("/torch/optim/" in f.filename for f in traceback.extract_stack()[:-1]):
+                site = "torch.optim (host-side step counters)"
+            self.sites[site] = self.sites.get(site, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+    def device_reads(self):
+        """Reads that are synchronisations in GPU training (all but the optimizer's counters)."""
+        return sum(n for site, n in self.sites.items() if not site.startswith("torch.optim"))
+
+
 def copy_bandwidth_gbs(device, mb=256):
     """Read+write bandwidth of a large tensor copy into existing memory, GB/s."""
     src = torch.empty(mb * 2**20 // 4, device=device).uniform_()

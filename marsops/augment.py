@@ -67,6 +67,41 @@ def flip4_merge(outputs: Tensor, backend: str = "auto") -> Tensor:
     return _op("flip4_sum", outputs, backend)(outputs, 0.25)
 
 
+def flip4_argmax(outputs: Tensor, softmax: bool = True, backend: str = "auto") -> Tensor:
+    """Flip test-time augmentation, as predictions: for model outputs (4N, C, *, H, W) of a flip4
+    batch, undo each flip, average the four views (their softmax, or the logits when softmax is
+    False) and take the argmax over classes: (N, *, H, W) int64 labels, equal to
+    ``flip4_merge(outputs.softmax(1)).argmax(1)`` but in one pass that never builds the softmax or
+    the merged (N, C, H, W) tensor. Computed in fp32; ties go to the first class, NaN wins.
+    ``StreamingIoU.update_flip4`` counts the same predictions against targets."""
+    pred, _ = flip4_argmax_op(outputs, None, None, softmax, True, backend)
+    return pred
+
+
+def flip4_argmax_op(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
+                    want_pred: bool, backend: str):
+    """(pred, counts) of the flip4_argmax op for `outputs` (checked here) and an optional target."""
+    op = "flip4_argmax"
+    _checks.check_tensor("outputs", outputs, op)
+    _checks.check_float("outputs", outputs, op)
+    if outputs.dim() < 4 or outputs.shape[0] % 4:
+        raise ValueError(f"marsops.flip4_argmax: expected flip4 outputs (4N, C, *, H, W), got shape "
+                         f"{tuple(outputs.shape)}")
+    if target is not None:
+        _checks.check_tensor("target", target, op)
+        _checks.check_integer("target", target, op)
+        expected = (outputs.shape[0] // 4,) + tuple(outputs.shape[2:])
+        if tuple(target.shape) != expected:
+            raise ValueError(f"marsops.flip4_argmax: target shape {tuple(target.shape)} does not match outputs shape "
+                             f"{tuple(outputs.shape)}; expected {expected}")
+        _checks.check_same_device(op, outputs=outputs, target=target)
+    chosen = _backend.resolve("flip4_argmax", outputs, backend)
+    if chosen == "reference":
+        return reference.flip4_argmax(outputs, target, ignore_index, softmax, want_pred)
+    fn = torch.ops.marsops.flip4_argmax_triton if chosen == "triton" else torch.ops.marsops.flip4_argmax
+    return fn(outputs, target, ignore_index, bool(softmax), bool(want_pred))
+
+
 def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5, p_v: float = 0.5,
                 generator: Optional[torch.Generator] = None, backend: str = "auto"):
     """Per-sample random flips, the same flip for a sample's image and mask, in one launch each.
@@ -110,6 +145,37 @@ def _flip4_sum_triton(y: Tensor, scale: float) -> Tensor:
 @torch.library.custom_op("marsops::flip_by_flags_triton", mutates_args=())
 def _flip_by_flags_triton(x: Tensor, flags: Tensor) -> Tensor:
     return _triton_module(x, "random_flip").flip_by_flags(x, flags)
+
+
+@torch.library.custom_op("marsops::flip4_argmax_triton", mutates_args=())
+def _flip4_argmax_triton(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
+                         want_pred: bool) -> tuple[Tensor, Tensor]:
+    _triton.require(outputs.device.type, "flip4_argmax")
+    from .triton.tta import flip4_argmax as launch
+
+    shape = tuple(outputs.shape)
+    four_n, C = shape[:2]
+    H, W = shape[-2:]
+    M = outputs[0, 0].numel() // (H * W) if outputs.numel() else 0
+    x = outputs.contiguous().view(four_n, C, M, H, W)
+    y = None if target is None else target.contiguous().view(four_n // 4, M, H, W)
+    pred, counts, ok = launch(x, y, ignore_index, softmax, want_pred)
+    if target is not None:
+        _checks.assert_ok(ok, "flip4_argmax", "target contains a label outside [0, C) and not ignore_index")
+    return (pred.view((four_n // 4,) + shape[2:]) if want_pred else pred), counts
+
+
+def _flip4_argmax_fake(outputs, target, ignore_index, softmax, want_pred):
+    num_classes = outputs.shape[1]
+    pred = outputs.new_empty(((outputs.shape[0] // 4,) + tuple(outputs.shape[2:])) if want_pred else (0,),
+                             dtype=torch.int64)
+    counts = outputs.new_empty((num_classes, num_classes) if target is not None else (0,), dtype=torch.int64)
+    return pred, counts
+
+
+torch.library.register_fake("marsops::flip4_argmax_triton")(_flip4_argmax_fake)
+if _extension._C is not None:
+    torch.library.register_fake("marsops::flip4_argmax")(_flip4_argmax_fake)
 
 
 def _register(suffix: str):

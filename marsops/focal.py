@@ -12,7 +12,8 @@ REDUCTIONS = reference.REDUCTIONS  # code = position: none 0, sum 1, mean 2, wei
 
 
 def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, gamma: float = 2.0,
-               ignore_index: int = -100, reduction: str = "mean", backend: str = "auto") -> Tensor:
+               ignore_index: int = -100, reduction: str = "mean", backend: str = "auto",
+               confusion=None) -> Tensor:
     """Softmax focal loss (Lin et al. 2017) for classification and segmentation.
 
     For each element i with target y_i != ignore_index and p_i = softmax(logits_i)[y_i]:
@@ -28,6 +29,10 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
             or "weighted_mean" (sum / sum of weight[y_i], torch's cross_entropy convention).
             When that denominator is 0 (all ignored), the loss and its gradient are 0.
         backend: "auto", "reference", "cpu", "cuda" or "triton" (see marsops.backends()).
+        confusion: an int64 (C, C) tensor on the logits' device, or a ``StreamingIoU``: the pass
+            also counts (label, argmax) pairs of the non-ignored pixels into it, with
+            ``confusion_matrix``'s rules (rows = true class, ties to the first class, NaN wins).
+            The logits are read once for the loss, its gradient and the metric.
 
     The fused kernels compute the gradient in the forward pass (one extra logits-sized buffer,
     kept until backward) and never build softmax or one-hot tensors. Labels outside [0, C) that
@@ -55,9 +60,12 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     if not gamma >= 0 or gamma == float("inf"):
         raise ValueError(f"marsops.focal_loss: gamma must be finite and >= 0, got {gamma}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
+    counts_into = _confusion_sink(confusion, logits.shape[1], ignore_index, logits.device)
 
     chosen = _backend.resolve("focal_loss_forward", logits, backend)
     if chosen == "reference":
+        if counts_into is not None:
+            counts_into.add_(reference.confusion_matrix(logits.detach(), target, logits.shape[1], ignore_index))
         return reference.focal_loss(logits, target, weight, gamma, ignore_index, reduction)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"marsops.focal_loss: weight requires grad, but the fused {chosen} kernels treat class "
@@ -68,8 +76,30 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
                         "the cpu / reference backend for float64")
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
-    loss, _ = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad)
+    loss, _, counts = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad,
+                         counts_into is not None)
+    if counts_into is not None:
+        counts_into.add_(counts)
     return loss
+
+
+def _confusion_sink(confusion, num_classes: int, ignore_index: int, device) -> Optional[Tensor]:
+    """The int64 (C, C) tensor a pass's confusion counts are added to, or None."""
+    if confusion is None:
+        return None
+    if isinstance(confusion, Tensor):
+        if confusion.dtype != torch.int64 or tuple(confusion.shape) != (num_classes, num_classes):
+            raise ValueError(f"marsops.focal_loss: confusion must be an int64 ({num_classes}, {num_classes}) tensor, "
+                             f"got {confusion.dtype} {tuple(confusion.shape)}")
+        if confusion.device != device:
+            raise ValueError(f"marsops.focal_loss: confusion is on {confusion.device}, the logits on {device}")
+        return confusion
+    from .metrics import StreamingIoU
+
+    if isinstance(confusion, StreamingIoU):
+        return confusion.counts_for(num_classes, ignore_index, device)
+    raise TypeError(f"marsops.focal_loss: confusion must be an int64 tensor or a StreamingIoU, got "
+                    f"{type(confusion).__name__}")
 
 
 class FocalLoss(nn.Module):
@@ -81,8 +111,9 @@ class FocalLoss(nn.Module):
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
         self.gamma, self.ignore_index, self.reduction, self.backend = gamma, ignore_index, reduction, backend
 
-    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
-        return focal_loss(logits, target, self.weight, self.gamma, self.ignore_index, self.reduction, self.backend)
+    def forward(self, logits: Tensor, target: Tensor, confusion=None) -> Tensor:
+        return focal_loss(logits, target, self.weight, self.gamma, self.ignore_index, self.reduction, self.backend,
+                          confusion)
 
     def extra_repr(self) -> str:
         return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
@@ -92,7 +123,8 @@ class FocalLoss(nn.Module):
 
 @torch.library.custom_op("marsops::focal_loss_forward_triton", mutates_args=())
 def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float,
-                               ignore_index: int, reduction: int, compute_grad: bool) -> tuple[Tensor, Tensor]:
+                               ignore_index: int, reduction: int, compute_grad: bool,
+                               count_confusion: bool) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.focal import focal_loss_forward
 
     _triton.require(logits.device.type, "focal_loss")
@@ -100,25 +132,29 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     P = target[0].numel() if N else 0
     x = logits.contiguous().view(N, C, P)
     y = target.contiguous().view(N, P)
-    loss, grad, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad)
+    loss, grad, counts, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad,
+                                                count_confusion)
     _checks.assert_ok(ok, "focal_loss", "target contains a label outside [0, C) that is not ignore_index")
-    return (loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad)
+    return ((loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad),
+            counts)
 
 
-def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad):
+def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion):
     torch._check(target.shape[0] == logits.shape[0])
     loss = logits.new_empty(target.shape if reduction == 0 else ())
     grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
-    return loss, grad
+    num_classes = logits.shape[1]
+    counts = logits.new_empty((num_classes, num_classes) if count_confusion else (0,), dtype=torch.int64)
+    return loss, grad, counts
 
 
 def _setup_context(ctx, inputs, output):
     ctx.reduction = inputs[5]
     ctx.has_grad = inputs[6]  # compute_grad: the forward wrote the gradient
     ctx.save_for_backward(output[1])
-    # The second output (the saved gradient) gets no gradient: without these, autograd would
-    # allocate and zero a logits-sized tensor for it in every backward.
-    ctx.mark_non_differentiable(output[1])
+    # The saved gradient and the counts get no gradient: without these, autograd would allocate
+    # and zero a logits-sized tensor for the gradient in every backward.
+    ctx.mark_non_differentiable(output[1], output[2])
     ctx.set_materialize_grads(False)
 
 
@@ -134,8 +170,8 @@ def _graph_is_kept() -> bool:
     return True if keep is None else keep()
 
 
-def _backward(ctx, grad_loss, _unused):
-    nothing = (None,) * 6
+def _backward(ctx, grad_loss, _grad, _counts):
+    nothing = (None,) * 7
     if grad_loss is None:  # the loss did not reach what was differentiated
         return (None,) + nothing
     if torch.is_grad_enabled():

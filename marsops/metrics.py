@@ -137,12 +137,39 @@ class StreamingIoU:
 
     def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
         m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
-        if self.local.device != m.device:
-            if self.local.any():
-                raise ValueError(f"StreamingIoU: counts live on {self.local.device}, got inputs on {m.device}")
-            self.local = self.local.to(m.device)
+        self._to_device(m.device)
         self.local += m
         self._synced = None
+
+    def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True) -> None:
+        """Counts flip test-time-augmented predictions: outputs (4N, C, *, H, W) of a flip4 batch
+        (marsops.flip4 of the images), target (N, *, H, W). Each flip is undone, the four views
+        averaged (softmax by default) and the argmax counted, in one pass (marsops.flip4_argmax)."""
+        from .augment import flip4_argmax_op
+
+        if outputs.dim() >= 2 and outputs.shape[1] != self.num_classes:
+            raise ValueError(f"StreamingIoU.update_flip4: outputs have {outputs.shape[1]} classes, the metric "
+                             f"{self.num_classes}")
+        _, counts = flip4_argmax_op(outputs, target, self.ignore_index, softmax, False, self.backend)
+        self._to_device(counts.device)
+        self.local += counts
+        self._synced = None
+
+    def counts_for(self, num_classes: int, ignore_index: int, device) -> Tensor:
+        """The local counts, for another op (focal_loss(confusion=...)) to add a pass's counts to."""
+        if num_classes != self.num_classes:
+            raise ValueError(f"StreamingIoU: counts for {num_classes} classes, the metric has {self.num_classes}")
+        if self.ignore_index is not None and self.ignore_index != ignore_index:
+            raise ValueError(f"StreamingIoU: the metric ignores label {self.ignore_index}, the loss {ignore_index}")
+        self._to_device(device)
+        self._synced = None
+        return self.local
+
+    def _to_device(self, device) -> None:
+        if self.local.device != torch.device(device):
+            if self.local.any():
+                raise ValueError(f"StreamingIoU: counts live on {self.local.device}, got inputs on {device}")
+            self.local = self.local.to(device)
 
     def compute(self) -> IoUResult:
         return scores(self.matrix, self.classes)

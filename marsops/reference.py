@@ -72,3 +72,16 @@ def flip_by_flags(x, flags):
     ud = (flags & 2).bool().view(-1, *([1] * (x.dim() - 1)))
     x = torch.where(lr, x.flip(-1), x)
     return torch.where(ud, x.flip(-2), x)
+
+
+def flip4_argmax(outputs, target, ignore_index, softmax, want_pred):
+    """Flip TTA evaluated: argmax over classes of the four views of a flip4 batch, each flipped back
+    and averaged (their softmax, or the logits), computed in fp32 as the kernels do. Returns
+    (pred (N, *, H, W) int64 or empty, int64 (C, C) counts against target or empty)."""
+    x = outputs.float()
+    merged = flip4_sum(x.softmax(1) if softmax else x, 1.0)
+    pred = merged.argmax(1)
+    num_classes = outputs.shape[1]
+    empty = torch.empty(0, dtype=torch.int64, device=outputs.device)
+    counts = empty if target is None else confusion_matrix(pred, target, num_classes, ignore_index)
+    return (pred if want_pred else empty), counts

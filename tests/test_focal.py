@@ -225,9 +225,9 @@ def test_compiled_op_checks_its_own_inputs():
     """The C++ op validates too, for callers of torch.ops.marsops directly."""
     op = torch.ops.marsops.focal_loss_forward
     with pytest.raises(RuntimeError, match="does not match"):
-        op(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), None, 2.0, -100, 2, False)
+        op(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), None, 2.0, -100, 2, False, False)
     with pytest.raises(RuntimeError, match="gamma"):
-        op(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None, -2.0, -100, 2, False)
+        op(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None, -2.0, -100, 2, False, False)
 
 
 def test_empty_batch():
@@ -271,8 +271,8 @@ def _opcheck_samples(device):
     w = torch.rand(5, generator=g).to(device)
     for reduction in range(4):
         for compute_grad in (False, True):
-            yield (x.clone().requires_grad_(compute_grad), t, w, 0.5, -100, reduction, compute_grad)
-    yield (x.clone().requires_grad_(), t, None, 2.0, 1, 0, True)
+            yield (x.clone().requires_grad_(compute_grad), t, w, 0.5, -100, reduction, compute_grad, False)
+    yield (x.clone().requires_grad_(), t, None, 2.0, 1, 0, True, False)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))

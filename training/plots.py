@@ -29,10 +29,12 @@ def curves(metrics_csv, path):
     axes[0].set_title("loss")
     axes[0].legend()
     axes[1].plot(epoch, [float(r["val_miou"]) for r in rows], label="mIoU (classes 1-4)", color="k")
+    if "train_miou" in rows[0]:  # counted by the training loss's own pass
+        axes[1].plot(epoch, [float(r["train_miou"]) for r in rows], label="training mIoU", color="k", ls="--")
     for name in CLASS_NAMES[1:]:
         key = f"iou_{name.replace(' ', '_')}"
         axes[1].plot(epoch, [float(r[key]) for r in rows], label=name, alpha=0.6)
-    axes[1].set_title("validation IoU")
+    axes[1].set_title("IoU (validation per class)")
     axes[1].legend(fontsize=7)
     axes[2].semilogy(epoch, [float(r["lr"]) for r in rows])
     axes[2].set_title("learning rate")

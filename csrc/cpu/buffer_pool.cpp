@@ -3,7 +3,6 @@
 #include <torch/csrc/stable/c/shim.h>
 #include <torch/csrc/stable/macros.h>
 
-#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -12,11 +11,17 @@ namespace {
 
 constexpr size_t kPoolMinBytes = size_t{1} << 20;
 constexpr size_t kCachedBuffers = 8;  // idle buffers kept; more are freed
-constexpr size_t kAlignment = 64;
+
+// Memory from torch's own allocator (so its accounting and profiler see it), handed out as tensors
+// over it whose deleter brings it back here instead of freeing it.
+struct Block {
+  Tensor memory;  // uint8, `bytes` long
+  size_t bytes;
+};
 
 struct Pool {
   std::mutex mutex;
-  std::multimap<size_t, void*> idle;  // capacity -> memory no tensor uses
+  std::multimap<size_t, Block*> idle;
 };
 
 // Never destroyed: tensors may be freed (and call back here) while the process exits.
@@ -25,28 +30,35 @@ Pool& pool() {
   return *p;
 }
 
-void give_back(void* data, void* capacity) {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lock(p.mutex);
-  if (p.idle.size() >= kCachedBuffers) {
-    std::free(p.idle.begin()->second);  // drop the smallest
-    p.idle.erase(p.idle.begin());
-  }
-  p.idle.emplace(reinterpret_cast<size_t>(capacity), data);
-}
-
-void* take(size_t capacity) {
+void give_back(void* /*data*/, void* ctx) {
+  Block* block = static_cast<Block*>(ctx);
+  Block* dropped = nullptr;
   {
     Pool& p = pool();
     std::lock_guard<std::mutex> lock(p.mutex);
-    auto it = p.idle.find(capacity);
+    if (p.idle.size() >= kCachedBuffers) {  // drop the smallest
+      dropped = p.idle.begin()->second;
+      p.idle.erase(p.idle.begin());
+    }
+    p.idle.emplace(block->bytes, block);
+  }
+  delete dropped;  // outside the lock: frees its memory through torch
+}
+
+Block* take(size_t bytes) {
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    auto it = p.idle.find(bytes);
     if (it != p.idle.end()) {
-      void* data = it->second;
+      Block* block = it->second;
       p.idle.erase(it);
-      return data;
+      return block;
     }
   }
-  return std::aligned_alloc(kAlignment, capacity);
+  return new Block{st::empty({static_cast<int64_t>(bytes)}, ScalarType::Byte, std::nullopt,
+                             st::Device(torch::headeronly::DeviceType::CPU)),
+                   bytes};
 }
 
 // The signature of torch_from_blob (torch 2.11); called instead where the running torch lacks it.
@@ -72,28 +84,31 @@ Tensor pooled_empty(const std::vector<int64_t>& sizes, ScalarType dtype) {
   for (int64_t s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * element_size(dtype);
   const auto cpu = st::Device(torch::headeronly::DeviceType::CPU);
-  if (nbytes < kPoolMinBytes) return st::empty(sizes, dtype, std::nullopt, cpu);
-  const size_t capacity = (nbytes + kAlignment - 1) / kAlignment * kAlignment;
-  void* data = take(capacity);
-  MARSOPS_CHECK(data != nullptr, "marsops: out of memory allocating ", capacity, " bytes");
+  if (nbytes < kPoolMinBytes || aoti_torch_abi_version() < TORCH_VERSION_2_11_0) {
+    return st::empty(sizes, dtype, std::nullopt, cpu);  // small, or torch 2.10: no deleters, so no cache
+  }
+  Block* block = take(nbytes);
   const int64_t bytes = static_cast<int64_t>(nbytes), one = 1;
   AtenTensorHandle handle = nullptr;
   const AOTITorchError err = TORCH_DYNAMIC_VERSION_CALL(
-      TORCH_VERSION_2_11_0, torch_from_blob, from_blob_unavailable, data, 1, &bytes, &one, 0,
-      aoti_torch_dtype_uint8(), aoti_torch_device_type_cpu(), -1, &handle, aoti_torch_layout_strided(), nullptr, 0,
-      &give_back, reinterpret_cast<void*>(capacity));
-  if (err != TORCH_SUCCESS) {  // torch 2.10: no deleters, so no cache
-    std::free(data);
+      TORCH_VERSION_2_11_0, torch_from_blob, from_blob_unavailable, block->memory.mutable_data_ptr(), 1, &bytes, &one,
+      0, aoti_torch_dtype_uint8(), aoti_torch_device_type_cpu(), -1, &handle, aoti_torch_layout_strided(), nullptr, 0,
+      &give_back, block);
+  if (err != TORCH_SUCCESS) {
+    delete block;
     return st::empty(sizes, dtype, std::nullopt, cpu);
   }
   return st::view(st::view(Tensor(handle), dtype), sizes);
 }
 
 void empty_pool() {
-  Pool& p = pool();
-  std::lock_guard<std::mutex> lock(p.mutex);
-  for (auto& [capacity, data] : p.idle) std::free(data);
-  p.idle.clear();
+  std::multimap<size_t, Block*> dropped;
+  {
+    Pool& p = pool();
+    std::lock_guard<std::mutex> lock(p.mutex);
+    dropped.swap(p.idle);
+  }
+  for (auto& [bytes, block] : dropped) delete block;
 }
 
 STABLE_TORCH_LIBRARY_IMPL(marsops, CompositeExplicitAutograd, m) { m.impl("empty_cache", TORCH_BOX(&empty_pool)); }

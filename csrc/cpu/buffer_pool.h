@@ -3,9 +3,10 @@
 // A fresh multi-MB allocation is fresh pages from the kernel (glibc maps anything over 32 MB
 // anew every time), and faulting those in costs more than the kernels themselves: ~10 ms for a
 // 42 MB gradient on a 2-core machine, against 0.9 ms to overwrite memory already mapped. So
-// large outputs are tensors over memory of our own: when torch frees such a tensor, its memory
-// comes back here (a deleter) and the next output of that size reuses it, faulted in already.
-// That needs torch_from_blob with a deleter (torch >= 2.11); on torch 2.10 outputs are plain.
+// large outputs are tensors over memory this cache holds (allocated by torch, so its accounting
+// sees it): when torch frees such a tensor, a deleter brings the memory back here, and the next
+// output of that size reuses it, faulted in already. That needs torch_from_blob with a deleter
+// (torch >= 2.11); on torch 2.10 outputs are plain tensors.
 #pragma once
 #include "../stable.h"
 

@@ -1,6 +1,7 @@
 // CPU implementation of marsops::focal_loss_forward: validates, runs the SIMD kernel of this
 // CPU's capability over fixed-size chunks in parallel, and folds the reduction.
 #include <algorithm>
+#include <mutex>
 
 #include "../focal_common.h"
 #include "buffer_pool.h"
@@ -67,9 +68,10 @@ double denominator(const FocalStats& st, int64_t reduction) {
   return 1.0;
 }
 
-std::tuple<Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_in, const Tensor& target_in,
-                                                  const std::optional<Tensor>& weight, double gamma,
-                                                  int64_t ignore_index, int64_t reduction, bool compute_grad) {
+std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_in, const Tensor& target_in,
+                                                          const std::optional<Tensor>& weight, double gamma,
+                                                          int64_t ignore_index, int64_t reduction, bool compute_grad,
+                                                          bool count_confusion) {
   const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction);
   const ScalarType dtype = logits_in.scalar_type();
   const ScalarType compute = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
@@ -108,13 +110,25 @@ std::tuple<Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_in, const
   if (reduction == kNone) a.loss_none = loss.mutable_data_ptr();
   if (compute_grad) a.grad = grad.mutable_data_ptr();
 
+  Tensor confusion = empty_on(logits_in, count_confusion ? std::vector<int64_t>{s.C, s.C} : std::vector<int64_t>{0},
+                              ScalarType::Long);
+  if (count_confusion) st::zero_(confusion);
+
   const int64_t total = s.N * s.P;
   const int64_t num_chunks = (total + kChunk - 1) / kChunk;
   std::vector<FocalStats> parts(num_chunks);
   const auto& kernels = simd_kernels();
+  std::mutex mutex;
   st::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<int64_t> hist(count_confusion ? s.C * s.C : 0, 0);  // private counts, merged below
     for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      parts[chunk] = kernels.focal(a, chunk * kChunk, std::min(total, (chunk + 1) * kChunk));
+      parts[chunk] = kernels.focal(a, chunk * kChunk, std::min(total, (chunk + 1) * kChunk),
+                                   count_confusion ? hist.data() : nullptr);
+    }
+    if (count_confusion) {
+      std::lock_guard<std::mutex> lock(mutex);
+      int64_t* counts = confusion.mutable_data_ptr<int64_t>();
+      for (int64_t j = 0; j < s.C * s.C; ++j) counts[j] += hist[j];
     }
   });
   FocalStats stats;
@@ -124,7 +138,7 @@ std::tuple<Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_in, const
     const double d = denominator(stats, reduction);
     st::fill_(loss, reduction == kSum ? stats.loss_sum : (d > 0 ? stats.loss_sum / d : 0.0));
   }
-  return {loss, grad};
+  return {loss, grad, confusion};
 }
 
 }  // namespace

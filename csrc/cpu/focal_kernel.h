@@ -55,8 +55,9 @@ struct FocalKernel {
   }
 
   // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
-  template <typename V>
-  inline V block(int64_t n, int64_t p, FocalStats& st) const {
+  // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist.
+  template <bool COUNT, typename V>
+  inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
     constexpr int L = Lanes<V>::n;
     const in_t* xn = x + n * C * P + p;
     acc_t cls_buf[L], wt_buf[L];
@@ -65,7 +66,22 @@ struct FocalKernel {
     const V wt = load_as<V, acc_t, acc_t>(wt_buf);
 
     V m = load_as<V, acc_t>(xn);
-    for (int64_t c = 1; c < C; ++c) m = v_max(m, load_as<V, acc_t>(xn + c * P));
+    V best = m, pred(0);
+    for (int64_t c = 1; c < C; ++c) {
+      const V xc = load_as<V, acc_t>(xn + c * P);
+      m = v_max(m, xc);
+      if constexpr (COUNT) {  // torch.argmax: the first maximum; a NaN beats every number
+        const auto take = (xc > best) | ((xc != xc) & (best == best));
+        best = v_where(take, xc, best);
+        pred = v_where(take, V(static_cast<acc_t>(c)), pred);
+      }
+    }
+    if constexpr (COUNT) {
+      acc_t pred_buf[L];
+      store_as<V, acc_t>(pred, pred_buf);
+      for (int i = 0; i < L; ++i)
+        if (cls_buf[i] >= 0) hist[static_cast<int64_t>(cls_buf[i]) * C + static_cast<int64_t>(pred_buf[i])] += 1;
+    }
     V s(0), other(0), xt(0), et(0);
     for (int64_t c = 0; c < C; ++c) {
       const V xc = load_as<V, acc_t>(xn + c * P);
@@ -99,21 +115,22 @@ struct FocalKernel {
   }
 
   // Pixels [p0, p1) of sample n.
-  FocalStats segment(int64_t n, int64_t p0, int64_t p1) const {
+  template <bool COUNT>
+  FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
     FocalStats st;
     Vec vloss(0);
     acc_t sloss = 0;
     int64_t p = p0;
-    for (; p + Vec::size() <= p1; p += Vec::size()) vloss = vloss + block<Vec>(n, p, st);
-    for (; p < p1; ++p) sloss += block<acc_t>(n, p, st);
+    for (; p + Vec::size() <= p1; p += Vec::size()) vloss = vloss + block<COUNT, Vec>(n, p, st, hist);
+    for (; p < p1; ++p) sloss += block<COUNT, acc_t>(n, p, st, hist);
     st.loss_sum = static_cast<double>(v_sum(vloss)) + static_cast<double>(sloss);
     return st;
   }
 };
 
 template <typename in_t, typename tgt_t>
-FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end) {
+FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
   using acc = compute_t<in_t>;
   std::vector<acc> scratch(a.C * Vectorized<acc>::size());
   const FocalKernel<in_t, acc, tgt_t> kernel{
@@ -121,15 +138,17 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end) {
       a.C, a.P, static_cast<acc>(a.gamma), a.ignore_index, static_cast<acc>(a.grad_scale),
       static_cast<in_t*>(a.loss_none), static_cast<in_t*>(a.grad), scratch.data()};
   FocalStats st;
-  for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) { st.merge(kernel.segment(n, p0, p1)); });
+  for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
+    st.merge(hist ? kernel.template segment<true>(n, p0, p1, hist) : kernel.template segment<false>(n, p0, p1, hist));
+  });
   return st;
 }
 
-inline FocalStats focal_range(const FocalArgs& a, int64_t begin, int64_t end) {
+inline FocalStats focal_range(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
   FocalStats out;
   with_floating(a.logits_dtype, [&](auto x_tag) {
     with_integral(a.target_dtype, [&](auto y_tag) {
-      out = focal_range_typed<decltype(x_tag), decltype(y_tag)>(a, begin, end);
+      out = focal_range_typed<decltype(x_tag), decltype(y_tag)>(a, begin, end, hist);
     });
   });
   return out;

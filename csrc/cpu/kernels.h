@@ -64,7 +64,9 @@ struct ConfusionFlags {
 // (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
   const char* name;
-  FocalStats (*focal)(const FocalArgs&, int64_t begin, int64_t end);
+  // With hist (C * C int64, or nullptr) it also counts (true class, argmax) pairs of the
+  // non-ignored pixels: the confusion matrix in the same pass, by confusion's argmax rules.
+  FocalStats (*focal)(const FocalArgs&, int64_t begin, int64_t end, int64_t* hist);
   // Adds counts to hist (C * C, row = true class, column = predicted class).
   void (*confusion)(const ConfusionArgs&, int64_t begin, int64_t end, int64_t* hist, ConfusionFlags& flags);
 };

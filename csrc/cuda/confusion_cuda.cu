@@ -10,8 +10,6 @@
 namespace marsops::cuda {
 namespace {
 
-constexpr int64_t kMaxSharedBins = 8192;  // 32 KB of unsigned counters per block
-
 template <typename x_t, typename tgt_t, bool FROM_LOGITS>
 __global__ void confusion_kernel(const x_t* __restrict__ x, const tgt_t* __restrict__ y, int64_t total, int64_t C,
                                  int64_t P, bool has_ignore, int64_t ignore_index, bool use_shared,

@@ -14,6 +14,7 @@
 namespace marsops::cuda {
 
 constexpr int kThreads = 256;
+constexpr int64_t kMaxSharedBins = 8192;  // confusion counts per block in shared memory: 32 KB
 
 // The stream torch is using on the tensor's device: every kernel launches there.
 inline cudaStream_t current_stream(const Tensor& t) {

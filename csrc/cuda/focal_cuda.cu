@@ -56,13 +56,20 @@ __global__ void target_stats_kernel(const tgt_t* __restrict__ y, const float* __
   if (threadIdx.x == 0) *scale = d > 0 ? static_cast<float>(1.0 / d) : 0.0f;
 }
 
+// hist: the (C, C) int64 output of the confusion counts, or nullptr. With shared_bins, each block
+// counts into shared memory first (C * C <= kMaxSharedBins) and adds its counts at the end.
 template <typename in_t, typename tgt_t>
 __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __restrict__ y,
                                      const float* __restrict__ w, int64_t total, int64_t C, int64_t P, float gamma,
                                      int64_t ignore_index, const float* __restrict__ grad_scale, int64_t reduction,
                                      in_t* __restrict__ loss_out, in_t* __restrict__ grad, double* __restrict__ partial,
-                                     unsigned int* counter) {
+                                     unsigned int* counter, unsigned long long* __restrict__ hist, bool shared_bins) {
   __shared__ double shared[32];
+  extern __shared__ unsigned int bins[];
+  if (hist && shared_bins) {
+    for (int64_t j = threadIdx.x; j < C * C; j += blockDim.x) bins[j] = 0;
+    __syncthreads();
+  }
   double loss_sum = 0, count = 0, wsum = 0;
   const float scale = grad_scale ? *grad_scale : 1.0f;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
@@ -71,8 +78,23 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     const int64_t t = read_label(y, i, C, ignore_index);
     const bool valid = t >= 0;
     const float wt = valid ? (w ? w[t] : 1.0f) : 0.0f;
-    float m = -INFINITY;
-    for (int64_t c = 0; c < C; ++c) m = fmaxf(m, static_cast<float>(xp[c * P]));
+    float m = -INFINITY, best = 0;
+    int64_t pred = 0;
+    for (int64_t c = 0; c < C; ++c) {
+      const float v = static_cast<float>(xp[c * P]);
+      m = fmaxf(m, v);
+      if (c == 0 || v > best || (v != v && best == best)) {  // argmax: first maximum; NaN wins, as torch
+        best = v;
+        pred = c;
+      }
+    }
+    if (hist && valid) {
+      if (shared_bins) {
+        atomicAdd(&bins[t * C + pred], 1u);
+      } else {
+        atomicAdd(&hist[t * C + pred], 1ull);
+      }
+    }
     float s = 0, other = 0, xt = 0, et = 0;
     for (int64_t c = 0; c < C; ++c) {
       const float xc = static_cast<float>(xp[c * P]);
@@ -102,6 +124,11 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     count += valid;
     wsum += wt;
   }
+  if (hist && shared_bins) {
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < C * C; j += blockDim.x)
+      if (bins[j]) atomicAdd(&hist[j], static_cast<unsigned long long>(bins[j]));
+  }
   if (reduction == kNone) return;
   loss_sum = block_sum(loss_sum, shared);
   count = block_sum(count, shared);
@@ -117,9 +144,10 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
   if (threadIdx.x == 0) *loss_out = static_cast<in_t>(reduction == kSum ? total_loss : (d > 0 ? total_loss / d : 0.0));
 }
 
-std::tuple<Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, const Tensor& target_in,
-                                                   const std::optional<Tensor>& weight, double gamma,
-                                                   int64_t ignore_index, int64_t reduction, bool compute_grad) {
+std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, const Tensor& target_in,
+                                                           const std::optional<Tensor>& weight, double gamma,
+                                                           int64_t ignore_index, int64_t reduction, bool compute_grad,
+                                                           bool count_confusion) {
   MARSOPS_CHECK(logits_in.scalar_type() != ScalarType::Double, "marsops.focal_loss: the CUDA kernel computes in "
                 "fp32; float64 logits are supported by the cpu and reference backends");
   const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction);
@@ -127,12 +155,17 @@ std::tuple<Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, cons
   const ScalarType dtype = logits_in.scalar_type();
   Tensor loss = empty_loss(logits_in, target_in, reduction);
   Tensor grad = empty_on(logits_in, compute_grad ? sizes_of(logits_in) : std::vector<int64_t>{0}, dtype);
+  Tensor confusion = empty_on(logits_in, count_confusion ? std::vector<int64_t>{s.C, s.C} : std::vector<int64_t>{0},
+                              ScalarType::Long);
+  const cudaStream_t stream = current_stream(logits_in);
+  if (count_confusion) {
+    STD_CUDA_CHECK(cudaMemsetAsync(confusion.mutable_data_ptr(), 0, s.C * s.C * sizeof(int64_t), stream));
+  }
   const int64_t total = s.N * s.P;
   if (total == 0) {
     if (reduction != kNone) st::fill_(loss, 0.0);
-    return {loss, grad};
+    return {loss, grad, confusion};
   }
-  const cudaStream_t stream = current_stream(logits_in);
   Tensor w;  // kept alive until the kernels ran
   if (weight.has_value()) w = st::contiguous(st::to(*weight, ScalarType::Float));
   const float* w_ptr = w.defined() ? w.const_data_ptr<float>() : nullptr;
@@ -160,15 +193,18 @@ std::tuple<Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, cons
     dispatch_floating(dtype, "marsops.focal_loss", [&](auto x_tag) {
       using in_t = decltype(x_tag);
       if constexpr (!std::is_same_v<in_t, double>) {
-        focal_forward_kernel<in_t, tgt_t><<<blocks, kThreads, 0, stream>>>(
+        const bool shared_bins = count_confusion && s.C * s.C <= kMaxSharedBins;
+        focal_forward_kernel<in_t, tgt_t><<<blocks, kThreads, shared_bins ? s.C * s.C * sizeof(unsigned int) : 0,
+                                            stream>>>(
             s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, static_cast<float>(gamma), ignore_index,
             prepass ? scale : nullptr, reduction, static_cast<in_t*>(loss.mutable_data_ptr()),
-            compute_grad ? static_cast<in_t*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters);
+            compute_grad ? static_cast<in_t*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
+            count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr, shared_bins);
         STD_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
   });
-  return {loss, grad};
+  return {loss, grad, confusion};
 }
 
 }  // namespace

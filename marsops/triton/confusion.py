@@ -1,26 +1,15 @@
 """Triton confusion matrix: one program per block of pixels of one sample (a flat 1-D grid); the
 argmax over classes of a [BLOCK_C, BLOCK_P] logits tile (streamed in chunks beyond MAX_TILE_C
 classes), then the (true, predicted) pairs are counted into the int64 (C, C) output with integer
-atomics: through a per-program histogram for up to MAX_HIST_C classes, directly beyond (the
-histogram would need C*C bins per program). Exact and deterministic."""
+atomics (counting.py: a per-program histogram for few classes, direct atomics beyond). Exact and
+deterministic."""
 import torch
 import triton
 import triton.language as tl
 
+from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
+
 MAX_TILE_C = 64
-MAX_HIST_C = 31  # C*C + 1 bins <= 1024
-
-
-@triton.jit
-def _argmax_tile(x, offs_c, BLOCK_C: tl.constexpr):
-    """torch.argmax over axis 0 of a tile: (index of the first max, or of the first NaN; the max,
-    NaN where a NaN was seen)."""
-    is_nan = x != x
-    first_nan = tl.min(tl.where(is_nan, offs_c[:, None], BLOCK_C), axis=0)
-    m = tl.max(tl.where(is_nan, -float("inf"), x), axis=0)
-    first_max = tl.min(tl.where(x == m[None, :], offs_c[:, None], BLOCK_C), axis=0)
-    has_nan = first_nan < BLOCK_C
-    return tl.where(has_nan, first_nan, first_max), tl.where(has_nan, float("nan"), m)
 
 
 @triton.jit
@@ -41,7 +30,7 @@ def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, i
         if not CHUNKED:
             x = tl.load(x_ptr + base + offs_c[:, None] * P + offs_p[None, :],
                         mask=(offs_c[:, None] < C) & pmask[None, :], other=-float("inf")).to(ACC)
-            pred, _ = _argmax_tile(x, offs_c, BLOCK_C)
+            pred, _ = argmax_tile(x, offs_c, BLOCK_C)
         else:
             pred = tl.zeros([BLOCK_P], tl.int64)
             best = tl.full([BLOCK_P], -float("inf"), ACC)
@@ -49,24 +38,15 @@ def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, i
                 cc = c0 + offs_c
                 x = tl.load(x_ptr + base + cc[:, None] * P + offs_p[None, :], mask=(cc[:, None] < C) & pmask[None, :],
                             other=-float("inf")).to(ACC)
-                idx, m = _argmax_tile(x, offs_c, BLOCK_C)
-                # Earlier chunks win ties; a NaN seen before stays, a first NaN takes over.
-                take = (best == best) & ((m != m) | (m > best))
-                pred = tl.where(take, c0 + idx, pred)
-                best = tl.where(take, m, best)
+                idx, m = argmax_tile(x, offs_c, BLOCK_C)
+                pred, best = combine_argmax(pred, best, c0 + idx, m)
         pred = pred.to(tl.int64)
     else:
         pred = tl.load(x_ptr + n * P + offs_p, mask=pmask, other=0).to(tl.int64)
     bad_t = keep & ((t < 0) | (t >= C))
     bad_p = keep & (~bad_t) & ((pred < 0) | (pred >= C))
     ok = keep & (~bad_t) & (~bad_p)
-    if BINS > 0:
-        bins = tl.where(ok, t * C + pred, BINS - 1)  # the last bin collects what is not counted
-        h = tl.histogram(bins.to(tl.int32), BINS)
-        offs_b = tl.arange(0, BINS)
-        tl.atomic_add(hist_ptr + offs_b, h.to(tl.int64), mask=(offs_b < C * C) & (h > 0))
-    else:
-        tl.atomic_add(hist_ptr + tl.where(ok, t * C + pred, 0), tl.full([BLOCK_P], 1, tl.int64), mask=ok)
+    count_pairs(hist_ptr, t, pred, ok, C, BLOCK_P, BINS)
     tl.atomic_min(ok_ptr, 0, mask=tl.max(bad_t.to(tl.int32), axis=0) > 0)
     tl.atomic_min(ok_ptr + 1, 0, mask=tl.max(bad_p.to(tl.int32), axis=0) > 0)
 
@@ -86,5 +66,5 @@ def confusion_matrix(x, y, num_classes, ignore_index, from_logits):
             x, y, hist, ok, C, P, blocks_per_sample, ignore_index if ignore_index is not None else 0,
             FROM_LOGITS=from_logits, HAS_IGNORE=ignore_index is not None,
             ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_P=block_p,
-            CHUNKED=from_logits and C > MAX_TILE_C, BINS=triton.next_power_of_2(C * C + 1) if C <= MAX_HIST_C else 0)
+            CHUNKED=from_logits and C > MAX_TILE_C, BINS=hist_bins(C))
     return hist.view(C, C), ok

@@ -1,5 +1,5 @@
-"""Triton focal loss: one program per block of pixels of one sample (a flat 1-D grid), loss and
-gradient from one read of the logits. Up to MAX_TILE_C classes are held as one
+"""Triton focal loss: one program per block of pixels of one sample (a flat 1-D grid), loss,
+gradient and (optionally) the confusion counts from one read of the logits. Up to MAX_TILE_C classes are held as one
 [BLOCK_C, BLOCK_P] tile; more are streamed in chunks with an online softmax (two reads).
 
 Every program writes its partial sums; the program that finishes last (an atomic counter) adds
@@ -10,6 +10,8 @@ import struct
 import torch
 import triton
 import triton.language as tl
+
+from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
 
 # Which q**gamma formula the kernel compiles in (a constexpr, so the others cost nothing).
 GAMMA_ZERO, GAMMA_HALF, GAMMA_ONE, GAMMA_TWO, GAMMA_OTHER = range(5)
@@ -112,10 +114,10 @@ def _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND: tl.constexpr)
 
 @triton.jit
 def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, partial_ptr, ok_ptr, counter_ptr,
-                          C, P, blocks_per_sample, gamma, ignore_index, REDUCTION: tl.constexpr,
+                          hist_ptr, C, P, blocks_per_sample, gamma, ignore_index, REDUCTION: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SCALE: tl.constexpr, STORE_GRAD: tl.constexpr,
                           GAMMA_KIND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
-                          CHUNKED: tl.constexpr, REDUCE: tl.constexpr):
+                          CHUNKED: tl.constexpr, REDUCE: tl.constexpr, COUNT: tl.constexpr, BINS: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     n = pid // blocks_per_sample
     offs_p = (pid - n * blocks_per_sample) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -136,12 +138,16 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
         xt = tl.sum(tl.where(is_t, x, 0.0), axis=0)
         et = tl.sum(tl.where(is_t, e, 0.0), axis=0)
         other = tl.sum(tl.where(is_t, 0.0, e), axis=0)
+        if COUNT:
+            pred, _ = argmax_tile(x, offs_c, BLOCK_C)
     else:
         # Online softmax over chunks of classes: running max m, sum s and the non-target sum.
         m = tl.full([BLOCK_P], -float("inf"), tl.float32)
         s = tl.zeros([BLOCK_P], tl.float32)
         other = tl.zeros([BLOCK_P], tl.float32)
         xt = tl.zeros([BLOCK_P], tl.float32)
+        pred = tl.zeros([BLOCK_P], tl.int64)
+        best = tl.full([BLOCK_P], -float("inf"), tl.float32)
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + offs_c
             tile_mask = (cc[:, None] < C) & pmask[None, :]
@@ -156,10 +162,15 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
             other = other * alpha + tl.sum(tl.where(is_t, 0.0, e), axis=0)
             xt += tl.sum(tl.where(is_t, x, 0.0), axis=0)
             m = m_new
+            if COUNT:
+                idx, mc = argmax_tile(x, offs_c, BLOCK_C)
+                pred, best = combine_argmax(pred, best, c0 + idx, mc)
         m = tl.where(pmask, m, 0.0)
         s = tl.where(pmask, s, 1.0)
         et = tl.exp(xt - m)
     loss, coef = _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND)
+    if COUNT:
+        count_pairs(hist_ptr, cls, pred.to(tl.int64), valid, C, BLOCK_P, BINS)
 
     if REDUCTION == 0:
         tl.store(loss_ptr + n * P + offs_p, loss.to(loss_ptr.dtype.element_ty), mask=pmask)
@@ -210,19 +221,21 @@ def block_sizes(C: int, P: int):
     return block_c, block_p, C > MAX_TILE_C
 
 
-def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, compute_grad):
-    """Launcher. logits (N, C, P) and target (N, P) contiguous. Returns (loss, grad, ok): ok is an
-    int32 device scalar, 0 when a label lies outside [0, C) and is not ignore_index."""
+def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion):
+    """Launcher. logits (N, C, P) and target (N, P) contiguous. Returns (loss, grad, confusion, ok):
+    confusion the int64 (C, C) counts (or empty), ok an int32 device scalar, 0 when a label lies
+    outside [0, C) and is not ignore_index."""
     N, C, P = logits.shape
     dev = logits.device
     block_c, block_p, chunked = block_sizes(C, P)
     w = weight.to(device=dev, dtype=torch.float32).contiguous() if weight is not None else logits  # dummy ptr
     loss = torch.empty((N, P) if reduction == 0 else (), device=dev, dtype=logits.dtype)
     grad = torch.empty_like(logits) if compute_grad else torch.empty(0, device=dev, dtype=logits.dtype)
+    confusion = torch.zeros((C, C) if count_confusion else (0,), device=dev, dtype=torch.int64)
     if N * P == 0:
         if reduction != 0:
             loss.zero_()
-        return loss, grad, torch.ones((), device=dev, dtype=torch.int32)
+        return loss, grad, confusion, torch.ones((), device=dev, dtype=torch.int32)
     ok = torch.empty((), device=dev, dtype=torch.int32)  # written by the last program
     counters = torch.zeros(2, device=dev, dtype=torch.int32)
     scale = None
@@ -239,8 +252,8 @@ def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, c
     programs = N * blocks_per_sample
     partial = torch.empty((programs, STATS), device=dev, dtype=torch.float64)
     _focal_forward_kernel[(programs,)](
-        logits, target, w, scale if scale is not None else w, loss, grad, partial, ok, counters, C, P,
+        logits, target, w, scale if scale is not None else w, loss, grad, partial, ok, counters, confusion, C, P,
         blocks_per_sample, float(gamma), ignore_index, REDUCTION=reduction, HAS_WEIGHT=weight is not None,
         HAS_SCALE=scale is not None, STORE_GRAD=compute_grad, GAMMA_KIND=gamma_kind(gamma), BLOCK_C=block_c,
-        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK)
-    return loss, grad, ok
+        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion, BINS=hist_bins(C))
+    return loss, grad, confusion, ok
