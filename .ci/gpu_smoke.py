@@ -91,13 +91,30 @@ def flip_case(backend, device, shape, dtype, kind="contiguous", seed=0):
     x = layout(x, kind)
     masks = torch.randint(0, 5, (shape[0],) + shape[-2:], generator=g).to(device)
     got, got_masks = marsops.flip4(x, masks, backend=backend)
-    assert torch.equal(got, reference.flip4(x)) and torch.equal(got_masks, reference.flip4(masks))
-    flags = torch.randint(0, 4, (shape[0],), generator=g, dtype=torch.uint8).to(device)
+    flip4_views = [0, 1, 2, 3]
+    assert torch.equal(got, reference.flip_views(x, flip4_views)) and torch.equal(
+        got_masks, reference.flip_views(masks, flip4_views))
+    flags = torch.randint(0, 16, (shape[0],), generator=g, dtype=torch.uint8).to(device)
     op = getattr(torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))
-    assert torch.equal(op(x, flags), reference.flip_by_flags(x, flags))
+    assert torch.equal(op(x, flags, False), reference.flip_by_flags(x, flags))
     if dtype.is_floating_point:
         views = torch.randn((4 * shape[0],) + shape[1:], generator=g).to(dtype).to(device)
-        close(marsops.flip4_merge(views, backend=backend), reference.flip4_sum(views.float(), 0.25), dtype, "merge")
+        close(marsops.flip4_merge(views, backend=backend), reference.flip_views_sum(views.float(), flip4_views,
+                                                                                    scale=0.25), dtype, "merge")
+    if shape[-1] == shape[-2]:  # the dihedral views of squares
+        sq, sq_masks = marsops.d4(x, masks, backend=backend)
+        d4_views = list(marsops.augment.D4_VIEWS)
+        assert torch.equal(sq, reference.flip_views(x, d4_views))
+        assert torch.equal(sq_masks, reference.flip_views(masks, d4_views))
+
+
+def volume_case(backend, device, shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g) * 200).to(dtype).to(device)
+    masks = torch.randint(0, 5, (shape[0],) + shape[2:], generator=g).to(device)
+    views = list(range(8))
+    got, got_masks = marsops.flip4(x, masks, dims=(-3, -2, -1), backend=backend)
+    assert torch.equal(got, reference.flip_views(x, views)) and torch.equal(got_masks, reference.flip_views(masks, views))
 
 
 def cases(backends, device):
@@ -134,7 +151,8 @@ def cases(backends, device):
         yield (f"confusion {backend} empty", lambda b=backend: confusion_case(
             b, device, 0, 5, (4, 4), torch.float32, torch.int64))
         for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool, torch.int64):
-            for shape in ((1, 1, 1, 5), (3, 2, 7, 9), (0, 3, 4, 4)):
+            yield (f"volume flips {backend} {dtype}", lambda b=backend, d=dtype: volume_case(b, device, (2, 3, 4, 5, 6), d))
+            for shape in ((1, 1, 1, 5), (3, 2, 7, 9), (0, 3, 4, 4), (2, 3, 6, 6)):
                 yield (f"flips {backend} {dtype} {shape}", lambda b=backend, s=shape, d=dtype: flip_case(b, device, s, d))
         for kind in ("channels_last", "sliced"):
             yield (f"flips {backend} {kind}", lambda b=backend, k=kind: flip_case(

@@ -59,7 +59,7 @@ def tta_candidates(device, c):
         cm.add_(eager_confusion(merged, t, c))
 
     fns = {"eager: softmax, torch.flip, mean, argmax, bincount": eager}
-    for b in kernel_backends(device, "flip4_argmax"):
+    for b in kernel_backends(device, "views_argmax"):
         fns[f"marsops {b}: flip4_merge + argmax + confusion_matrix"] = lambda y, t, cm, b=b: cm.add_(
             marsops.confusion_matrix(marsops.flip4_merge(y.softmax(1), backend=b).argmax(1), t, c, backend=b))
         metric = marsops.StreamingIoU(c, device=device, backend=b)

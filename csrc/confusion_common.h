@@ -4,11 +4,13 @@
 
 namespace marsops {
 
-// Logits (N, C, P) or predicted labels (N, P), and target (N, P), all contiguous.
+// Logits (N, C, P) or, when class_last, (N, P, C) (channels_last logits, read in place), or
+// predicted labels (N, P); target (N, P); all contiguous.
 struct ConfusionShapes {
   Tensor input, target;
   bool from_logits;
   int64_t N, C, P;
+  bool class_last;
 };
 
 inline ConfusionShapes confusion_shapes(const Tensor& input, const Tensor& target, int64_t num_classes) {
@@ -28,7 +30,11 @@ inline ConfusionShapes confusion_shapes(const Tensor& input, const Tensor& targe
     MARSOPS_CHECK(match, "marsops.confusion_matrix: logits shape ", shape_str(input), " does not match target shape ",
                   shape_str(target), " and num_classes ", num_classes,
                   " (expected (N, num_classes, *target.shape[1:]))");
-    return {st::view(st::contiguous(input), {N, num_classes, P}), target_flat, true, N, num_classes, P};
+    if (is_class_last(input)) {
+      return {st::view(st::permute(input, classes_to_last(input.dim())), {N, P, num_classes}), target_flat, true, N,
+              num_classes, P, true};
+    }
+    return {st::view(st::contiguous(input), {N, num_classes, P}), target_flat, true, N, num_classes, P, false};
   }
   MARSOPS_CHECK(is_integral(input.scalar_type()), "marsops.confusion_matrix: predictions must be integer labels or "
                 "floating-point logits, got ", dtype_str(input.scalar_type()));
@@ -36,7 +42,7 @@ inline ConfusionShapes confusion_shapes(const Tensor& input, const Tensor& targe
   for (int64_t d = 0; match && d < target.dim(); ++d) match = input.size(d) == target.size(d);
   MARSOPS_CHECK(match, "marsops.confusion_matrix: predicted labels shape ", shape_str(input),
                 " does not match target shape ", shape_str(target));
-  return {st::view(st::contiguous(input), {N, P}), target_flat, false, N, num_classes, P};
+  return {st::view(st::contiguous(input), {N, P}), target_flat, false, N, num_classes, P, false};
 }
 
 }  // namespace marsops

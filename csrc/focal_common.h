@@ -8,10 +8,12 @@ namespace marsops {
 
 enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2, kWeightedMean = 3 };
 
-// Logits viewed as (N, C, P) and target as (N, P), both contiguous.
+// Logits viewed as (N, C, P) contiguous, or as (N, P, C) contiguous when class_last (channels_last
+// logits, read in place); target as (N, P) contiguous.
 struct FocalShapes {
   Tensor logits, target;
   int64_t N, C, P;
+  bool class_last;
 };
 
 inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
@@ -42,7 +44,18 @@ inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, cons
                   " but logits are on ", device_str(logits));
   }
   const int64_t P = N == 0 ? 0 : logits.numel() / (N * C);
-  return {st::view(st::contiguous(logits), {N, C, P}), st::view(st::contiguous(target), {N, P}), N, C, P};
+  const Tensor y = st::view(st::contiguous(target), {N, P});
+  if (is_class_last(logits)) return {st::view(st::permute(logits, classes_to_last(logits.dim())), {N, P, C}), y, N, C, P, true};
+  return {st::view(st::contiguous(logits), {N, C, P}), y, N, C, P, false};
+}
+
+// The gradient, uninitialised, in the logits' layout (class-last stays class-last), allocated by
+// `alloc(sizes, dtype)` as a contiguous tensor.
+template <typename Alloc>
+Tensor empty_gradient(const Tensor& logits, bool class_last, Alloc alloc) {
+  if (!class_last) return alloc(sizes_of(logits), logits.scalar_type());
+  std::vector<int64_t> last = sizes_of(st::permute(logits, classes_to_last(logits.dim())));
+  return st::permute(alloc(last, logits.scalar_type()), classes_to_second(logits.dim()));
 }
 
 // The per-pixel loss has the target's shape; reduced losses are 0-dim.

@@ -23,19 +23,21 @@ STABLE_TORCH_LIBRARY(marsops, m) {
   // input: logits (N, C, *) (argmax fused) or predicted labels (N, *); returns int64 (C, C) counts,
   // rows = true class, columns = predicted class; pixels whose target is ignore_index are skipped.
   m.def("confusion_matrix(Tensor input, Tensor target, int num_classes, int? ignore_index) -> Tensor");
-  // x (N, *, H, W) -> (4N, *, H, W): [as is; left-right; up-down; both], each a block of N samples.
-  m.def("flip4(Tensor x) -> Tensor");
-  // The adjoint of flip4: y (4N, *, H, W) -> scale * (sum of the four blocks, each flipped back).
-  m.def("flip4_sum(Tensor y, float scale) -> Tensor");
-  // Per-sample flips: flags (N,) uint8, bit 0 = left-right, bit 1 = up-down.
-  m.def("flip_by_flags(Tensor x, Tensor flags) -> Tensor");
-  // Flip test-time augmentation, evaluated: from model outputs (4N, C, H, W) of a flip4 batch,
-  // undo each flip, average the four views (their softmax when `softmax`, else the logits) and
-  // take the argmax, never building the merged (N, C, H, W) tensor. Returns (pred, confusion):
-  // pred (N, H, W) int64 when want_pred, else empty; confusion the int64 (C, C) counts against
-  // target (N, H, W) when given, else empty.
-  m.def("flip4_argmax(Tensor outputs, Tensor? target, int? ignore_index, bool softmax, bool want_pred) -> "
-        "(Tensor, Tensor)");
+  // The flip ops take views (csrc/views.h): codes with bit 0 reversing W, bit 1 H, bit 2 D (volume:
+  // x is (N, *, D, H, W)), bit 3 transposing H and W (square). flip4 is views [0, 1, 2, 3].
+  // x (N, *) -> (K*N, *): block k holds every sample under view k.
+  m.def("flip_views(Tensor x, int[] views, bool volume) -> Tensor");
+  // The adjoint: y (K*N, *) -> scale * (sum of the K blocks, each mapped back by its view).
+  m.def("flip_views_sum(Tensor y, int[] views, bool volume, float scale) -> Tensor");
+  // Per-sample views: flags (N,) uint8 view codes (bits a sample cannot use are ignored).
+  m.def("flip_by_flags(Tensor x, Tensor flags, bool volume) -> Tensor");
+  // Test-time augmentation, evaluated: from model outputs (K*N, C, [D,] H, W) of a flip_views
+  // batch, read in place, undo each view, average the K views (their softmax when `softmax`, else
+  // the logits) and take the argmax, never building the merged (N, C, ...) tensor. Returns (pred,
+  // confusion): pred (N, [D,] H, W) int64 when want_pred, else empty; confusion the int64 (C, C)
+  // counts against target (N, [D,] H, W) when given, else empty.
+  m.def("views_argmax(Tensor outputs, Tensor? target, int? ignore_index, bool softmax, bool want_pred, "
+        "int[] views, bool volume) -> (Tensor, Tensor)");
   // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");
 }

@@ -118,6 +118,37 @@ inline Tensor empty_on(const Tensor& like, const std::vector<int64_t>& sizes, Sc
   return st::empty(sizes, dtype, std::nullopt, like.device());
 }
 
+// Whether logits (N, C, *spatial) lie in memory as the contiguous (N, *spatial, C): channels_last
+// (NHWC, NDHWC) and its relatives; the ops read them in place. Size-1 dimensions are ignored, as
+// torch's own contiguity checks do.
+inline bool is_class_last(const Tensor& t) {
+  if (t.dim() < 3 || t.is_contiguous()) return false;
+  std::vector<int64_t> inner_to_outer = {1};
+  for (int64_t d = t.dim() - 1; d >= 2; --d) inner_to_outer.push_back(d);
+  inner_to_outer.push_back(0);
+  int64_t expected = 1;
+  for (int64_t d : inner_to_outer) {
+    if (t.size(d) != 1 && t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  return true;
+}
+
+// The permutation (0, 2, ..., dim-1, 1) that views class-last logits as contiguous
+// (N, *spatial, C), and its inverse.
+inline std::vector<int64_t> classes_to_last(int64_t dim) {
+  std::vector<int64_t> order = {0};
+  for (int64_t d = 2; d < dim; ++d) order.push_back(d);
+  order.push_back(1);
+  return order;
+}
+
+inline std::vector<int64_t> classes_to_second(int64_t dim) {
+  std::vector<int64_t> order = {0, dim - 1};
+  for (int64_t d = 1; d < dim - 1; ++d) order.push_back(d);
+  return order;
+}
+
 inline std::vector<int64_t> sizes_of(const Tensor& t) {
   std::vector<int64_t> s(t.dim());
   for (int64_t d = 0; d < t.dim(); ++d) s[d] = t.size(d);

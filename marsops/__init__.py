@@ -1,12 +1,11 @@
 """marsops: fused CPU / CUDA / Triton kernels for semantic-segmentation training."""
-from .augment import flip4, flip4_argmax, flip4_merge, random_flip
+from .augment import d4, d4_argmax, d4_merge, flip4, flip4_argmax, flip4_merge, random_flip
 from .backend import backends, empty_cache
 from .focal import FocalLoss, focal_loss
 from .metrics import IoUResult, StreamingIoU, confusion_matrix, scores
 
 __all__ = [
-    "FocalLoss", "IoUResult", "StreamingIoU", "backends", "confusion_matrix", "empty_cache", "flip4", "flip4_argmax",
-    "flip4_merge", "focal_loss",
-    "random_flip", "scores",
+    "FocalLoss", "IoUResult", "StreamingIoU", "backends", "confusion_matrix", "d4", "d4_argmax", "d4_merge",
+    "empty_cache", "flip4", "flip4_argmax", "flip4_merge", "focal_loss", "random_flip", "scores",
 ]
 __version__ = "0.1.0"

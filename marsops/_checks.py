@@ -1,4 +1,5 @@
 """Argument checks shared by the public ops, with messages that say what was expected."""
+import contextlib
 import operator
 
 import torch
@@ -28,10 +29,19 @@ def as_float(name: str, value, op: str) -> float:
     """value as a Python float (numpy and 0-dim tensors accepted)."""
     if isinstance(value, (bool, str, bytes)):
         raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}")
+    if isinstance(value, torch.Tensor) and value.requires_grad:
+        raise ValueError(f"marsops.{op}: {name} is a constant of the op and gets no gradient; pass a number, not a "
+                         "tensor that requires grad")
     try:
         return float(value)
     except (TypeError, ValueError):
         raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}") from None
+
+
+def is_class_last(t: torch.Tensor) -> bool:
+    """Whether logits (N, C, *spatial) lie in memory as the contiguous (N, *spatial, C): channels_last
+    and its relatives, which the kernels read in place (the C++ side: csrc/stable.h)."""
+    return t.dim() >= 3 and not t.is_contiguous() and t.movedim(1, -1).is_contiguous()
 
 
 def check_same_device(op: str, **tensors):
@@ -60,3 +70,34 @@ def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
             raise ValueError(f"marsops.{op}: {message}")
     else:
         torch._assert_async(ok, f"marsops.{op}: {message}")
+
+
+def refuse_unsupported_autograd(op: str, *tensors) -> None:
+    """The compiled and Triton ops have reverse-mode autograd only: forward-mode AD (jvp, jacfwd)
+    and torch.func transforms would otherwise see zero or wrong derivatives, so they are refused."""
+    import torch.autograd.forward_ad as forward_ad
+
+    if torch.compiler.is_compiling():  # dynamo traces plain tensors (and cannot trace these checks)
+        return
+    for t in tensors:
+        if t is None:
+            continue
+        if torch._C._functorch.is_functorch_wrapped_tensor(t):
+            raise RuntimeError(f"marsops.{op}: torch.func transforms (grad, vmap, jvp, jacrev, ...) are not "
+                               "supported by the fused kernels; use backend='reference'")
+        if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
+            raise RuntimeError(f"marsops.{op}: forward-mode AD is not supported by the fused kernels; use "
+                               "backend='reference'")
+
+
+@contextlib.contextmanager
+def label_errors_as_value_errors():
+    """The compiled CPU kernels report a label outside [0, C) as a RuntimeError (the stable ABI
+    carries no exception type); re-raised as the ValueError every other backend raises."""
+    try:
+        yield
+    except RuntimeError as exc:
+        message = str(exc)
+        if message.startswith("marsops.") and "outside [0," in message:
+            raise ValueError(message) from None
+        raise

@@ -1,8 +1,11 @@
-"""On-device flip augmentation of image + mask batches, and flip test-time augmentation.
+"""On-device flip augmentation of image + mask batches (images and volumes), and flip / dihedral
+test-time augmentation.
 
-Flip names: "left-right" (horizontal) reverses W, "up-down" (vertical) reverses H.
+Flip names: "left-right" (horizontal) reverses W, "up-down" (vertical) reverses H, "depth"
+reverses D of volumes (N, *, D, H, W). Every op here is one kernel built on views (csrc/views.h):
+a view is a code, bit 0 reversing W, bit 1 H, bit 2 D, bit 3 transposing H and W (square images).
 """
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -10,25 +13,44 @@ from torch import Tensor
 from . import _checks, _extension, backend as _backend, reference
 from . import triton as _triton
 
-LEFT_RIGHT, UP_DOWN = 1, 2  # bits of the per-sample flags
+LEFT_RIGHT, UP_DOWN, DEPTH, TRANSPOSE = 1, 2, 4, 8  # bits of a view code / of the per-sample flags
 FLIP4_ORDER = ("as is", "left-right", "up-down", "both")
+D4_VIEWS = (0, 1, 2, 3, 8, 9, 10, 11)  # the 8 symmetries of a square: flips, then with a transpose
+_BIT_OF_DIM = {-1: LEFT_RIGHT, -2: UP_DOWN, -3: DEPTH}
 
 
-def _check_pair(images: Tensor, masks: Optional[Tensor], op: str):
+def flip_views_for(dims: Sequence[int]) -> Tuple[int, ...]:
+    """The views of flip4(dims=...): every subset of the flipped dims, in binary order over the dims
+    from the last (for (-2, -1): as is, left-right, up-down, both)."""
+    try:
+        bits = [_BIT_OF_DIM[int(d)] for d in sorted(set(dims), reverse=True)]
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"marsops.flip4: dims must be a non-empty subset of (-3, -2, -1), got {dims!r}") from None
+    if not bits or len(bits) != len(tuple(dims)):
+        raise ValueError(f"marsops.flip4: dims must be a non-empty subset of (-3, -2, -1), got {dims!r}")
+    return tuple(sum(b for j, b in enumerate(bits) if k >> j & 1) for k in range(2 ** len(bits)))
+
+
+def _check_pair(images: Tensor, masks: Optional[Tensor], op: str, volume: bool):
     _checks.check_tensor("images", images, op)
+    _checks.refuse_unsupported_autograd(op, images)
     if images.is_complex():
         raise TypeError(f"marsops.{op}: complex images are not supported; flips take real floating, integer and "
                         f"bool dtypes, got {images.dtype}")
-    if images.dim() not in (3, 4):
-        raise ValueError(f"marsops.{op}: images must be (N, H, W) or (N, C, H, W), got shape {tuple(images.shape)}")
+    need = 4 if volume else 3
+    if images.dim() < need:
+        raise ValueError(f"marsops.{op}: images must be (N, *, {'D, ' if volume else ''}H, W), got shape "
+                         f"{tuple(images.shape)}")
     if masks is None:
         return
     _checks.check_tensor("masks", masks, op)
     _checks.check_integer("masks", masks, op)
-    expected = (images.shape[0],) + tuple(images.shape[-2:])
-    if tuple(masks.shape) != expected:
+    trailing = masks.dim() - 1
+    expected = (images.shape[0],) + tuple(images.shape[images.dim() - trailing:])
+    if masks.dim() < need or masks.dim() > images.dim() or tuple(masks.shape) != expected:
         raise ValueError(f"marsops.{op}: masks shape {tuple(masks.shape)} does not match images shape "
-                         f"{tuple(images.shape)}; expected {expected}")
+                         f"{tuple(images.shape)}: masks are (N, {'D, ' if volume else ''}H, W) or (N, *, H, W) "
+                         "with the images' trailing sizes")
     _checks.check_same_device(op, images=images, masks=masks)
 
 
@@ -42,84 +64,141 @@ def _op(name: str, x: Tensor, backend: str):
     return getattr(torch.ops.marsops, name)
 
 
-def flip4(images: Tensor, masks: Optional[Tensor] = None, backend: str = "auto") -> Tuple[Tensor, Optional[Tensor]]:
-    """The report's four-way expansion: (N, ...) -> (4N, ...) holding every sample as is,
-    flipped left-right, flipped up-down and both, in that order, as four blocks of N:
-    ``out[k * N + i] = flip_k(x[i])``. One kernel per tensor reads each input element once.
-
-    Images of any real dtype (float, integer, bool; complex is refused) are differentiable
-    through the flips when floating; masks keep their integer dtype. Returns (images, masks); masks is None when not given.
-    """
-    _check_pair(images, masks, "flip4")
-    out_images = _op("flip4", images, backend)(images)
-    out_masks = None if masks is None else _op("flip4", masks, backend)(masks)
+def _expand(images, masks, views, volume, backend, op):
+    _check_pair(images, masks, op, volume)
+    views = list(views)
+    out_images = _op("flip_views", images, backend)(images, views, volume)
+    out_masks = None if masks is None else _op("flip_views", masks, backend)(masks, views, volume)
     return out_images, out_masks
 
 
-def flip4_merge(outputs: Tensor, backend: str = "auto") -> Tensor:
-    """Test-time augmentation: for model outputs (4N, C, H, W) of a flip4 batch, undo each flip
-    and average the four views back to (N, C, H, W), in one pass."""
-    _checks.check_tensor("outputs", outputs, "flip4_merge")
-    _checks.check_float("outputs", outputs, "flip4_merge")
-    if outputs.dim() < 3 or outputs.shape[0] % 4:
-        raise ValueError(f"marsops.flip4_merge: expected a (4N, ..., H, W) flip4 batch, got shape "
+def flip4(images: Tensor, masks: Optional[Tensor] = None, dims: Sequence[int] = (-2, -1),
+          backend: str = "auto") -> Tuple[Tensor, Optional[Tensor]]:
+    """The report's four-way expansion: (N, ...) -> (4N, ...) holding every sample as is,
+    flipped left-right, flipped up-down and both, in that order, as four blocks of N:
+    ``out[k * N + i] = flip_k(x[i])``. One kernel per tensor.
+
+    dims: the flipped dims, a subset of (-3, -2, -1); with -3 the images are volumes
+    (N, *, D, H, W) and the expansion is 2**len(dims)-fold (8 views with the depth flip), in
+    binary order over the dims from the last (``flip_views_for(dims)``).
+
+    Images of any real dtype (float, integer, bool; complex is refused) are differentiable
+    through the flips when floating; masks (N, [D,] H, W) keep their integer dtype. Returns
+    (images, masks); masks is None when not given.
+    """
+    return _expand(images, masks, flip_views_for(dims), -3 in dims, backend, "flip4")
+
+
+def d4(images: Tensor, masks: Optional[Tensor] = None, backend: str = "auto") -> Tuple[Tensor, Optional[Tensor]]:
+    """The dihedral expansion of square images (H == W): (N, ...) -> (8N, ...), the 8 symmetries of
+    the square (the identity, 3 flips, then the transpose and its 3 flips: D4_VIEWS), as blocks of
+    N, in one kernel per tensor. Same image / mask and autograd rules as flip4."""
+    _checks.check_tensor("images", images, "d4")
+    if images.dim() >= 2 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"marsops.d4: needs square images (H == W), got shape {tuple(images.shape)}")
+    return _expand(images, masks, D4_VIEWS, False, backend, "d4")
+
+
+def _merge(outputs: Tensor, views, volume: bool, backend: str, op: str) -> Tensor:
+    _checks.check_tensor("outputs", outputs, op)
+    _checks.check_float("outputs", outputs, op)
+    _checks.refuse_unsupported_autograd(op, outputs)
+    K = len(views)
+    if outputs.dim() < (4 if volume else 3) or outputs.shape[0] % K:
+        raise ValueError(f"marsops.{op}: expected the outputs of a {K}-view batch ({K}N, ..., H, W), got shape "
                          f"{tuple(outputs.shape)}")
-    return _op("flip4_sum", outputs, backend)(outputs, 0.25)
+    return _op("flip_views_sum", outputs, backend)(outputs, list(views), volume, 1.0 / K)
 
 
-def flip4_argmax(outputs: Tensor, softmax: bool = True, backend: str = "auto") -> Tensor:
-    """Flip test-time augmentation, as predictions: for model outputs (4N, C, *, H, W) of a flip4
-    batch, undo each flip, average the four views (their softmax, or the logits when softmax is
-    False) and take the argmax over classes: (N, *, H, W) int64 labels, equal to
-    ``flip4_merge(outputs.softmax(1)).argmax(1)`` but in one pass that never builds the softmax or
-    the merged (N, C, H, W) tensor. Computed in fp32; ties go to the first class, NaN wins.
-    ``StreamingIoU.update_flip4`` counts the same predictions against targets."""
-    pred, _ = flip4_argmax_op(outputs, None, None, softmax, True, backend)
+def flip4_merge(outputs: Tensor, dims: Sequence[int] = (-2, -1), backend: str = "auto") -> Tensor:
+    """Test-time augmentation: for model outputs (4N, C, H, W) of a flip4 batch, undo each flip
+    and average the four views back to (N, C, H, W), in one pass. dims as in flip4."""
+    return _merge(outputs, flip_views_for(dims), -3 in dims, backend, "flip4_merge")
+
+
+def d4_merge(outputs: Tensor, backend: str = "auto") -> Tensor:
+    """Test-time augmentation: for model outputs (8N, C, H, W) of a d4 batch, undo each symmetry
+    and average the eight views back to (N, C, H, W), in one pass."""
+    if outputs.dim() >= 2 and outputs.shape[-1] != outputs.shape[-2]:
+        raise ValueError(f"marsops.d4_merge: needs square outputs (H == W), got shape {tuple(outputs.shape)}")
+    return _merge(outputs, D4_VIEWS, False, backend, "d4_merge")
+
+
+def flip4_argmax(outputs: Tensor, softmax: bool = True, dims: Sequence[int] = (-2, -1), backend: str = "auto") -> Tensor:
+    """Flip test-time augmentation, as predictions: for model outputs (4N, C, H, W) of a flip4
+    batch (8N, C, D, H, W with dims=(-3, -2, -1)), undo each flip, average the views (their
+    softmax, or the logits when softmax is False) and take the argmax over classes: (N, [D,] H, W)
+    int64 labels, equal to ``flip4_merge(outputs.softmax(1)).argmax(1)`` but in one pass that never
+    builds the softmax or the merged tensor. Outputs are read in place (channels_last included);
+    computed in fp32; ties go to the first class, NaN wins. ``StreamingIoU.update_flip4`` counts
+    the same predictions against targets."""
+    pred, _ = views_argmax_op(outputs, None, None, softmax, True, flip_views_for(dims), -3 in dims, backend)
     return pred
 
 
-def flip4_argmax_op(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
-                    want_pred: bool, backend: str):
-    """(pred, counts) of the flip4_argmax op for `outputs` (checked here) and an optional target."""
+def d4_argmax(outputs: Tensor, softmax: bool = True, backend: str = "auto") -> Tensor:
+    """Dihedral test-time augmentation, as predictions: flip4_argmax for the outputs (8N, C, H, W)
+    of a d4 batch of square images."""
+    pred, _ = views_argmax_op(outputs, None, None, softmax, True, D4_VIEWS, False, backend)
+    return pred
+
+
+def views_argmax_op(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
+                    want_pred: bool, views, volume: bool, backend: str):
+    """(pred, counts) of the views_argmax op for `outputs` (checked here) and an optional target."""
     op = "flip4_argmax"
     _checks.check_tensor("outputs", outputs, op)
     _checks.check_float("outputs", outputs, op)
-    if outputs.dim() < 4 or outputs.shape[0] % 4:
-        raise ValueError(f"marsops.flip4_argmax: expected flip4 outputs (4N, C, *, H, W), got shape "
-                         f"{tuple(outputs.shape)}")
+    K = len(views)
+    if outputs.dim() not in ((5,) if volume else (4, 5)) or outputs.shape[0] % K:
+        raise ValueError(f"marsops.flip4_argmax: expected the outputs of a {K}-view batch ({K}N, C, "
+                         f"{'D, ' if volume else '[D, ]'}H, W), got shape {tuple(outputs.shape)}")
+    if outputs.shape[1] < 1:
+        raise ValueError("marsops.flip4_argmax: outputs need at least one class")
+    if any(code & TRANSPOSE for code in views) and outputs.shape[-1] != outputs.shape[-2]:
+        raise ValueError(f"marsops.d4_argmax: needs square outputs (H == W), got shape {tuple(outputs.shape)}")
     if target is not None:
         _checks.check_tensor("target", target, op)
         _checks.check_integer("target", target, op)
-        expected = (outputs.shape[0] // 4,) + tuple(outputs.shape[2:])
+        expected = (outputs.shape[0] // K,) + tuple(outputs.shape[2:])
         if tuple(target.shape) != expected:
             raise ValueError(f"marsops.flip4_argmax: target shape {tuple(target.shape)} does not match outputs shape "
                              f"{tuple(outputs.shape)}; expected {expected}")
         _checks.check_same_device(op, outputs=outputs, target=target)
-    chosen = _backend.resolve("flip4_argmax", outputs, backend)
+    chosen = _backend.resolve("views_argmax", outputs, backend)
     if chosen == "reference":
-        return reference.flip4_argmax(outputs, target, ignore_index, softmax, want_pred)
-    fn = torch.ops.marsops.flip4_argmax_triton if chosen == "triton" else torch.ops.marsops.flip4_argmax
-    return fn(outputs, target, ignore_index, bool(softmax), bool(want_pred))
+        return reference.views_argmax(outputs, target, ignore_index, softmax, want_pred, list(views), volume)
+    fn = torch.ops.marsops.views_argmax_triton if chosen == "triton" else torch.ops.marsops.views_argmax
+    with _checks.label_errors_as_value_errors():
+        return fn(outputs, target, ignore_index, bool(softmax), bool(want_pred), list(views), volume)
 
 
 def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5, p_v: float = 0.5,
-                generator: Optional[torch.Generator] = None, backend: str = "auto"):
+                generator: Optional[torch.Generator] = None, backend: str = "auto", p_d: float = 0.0,
+                p_t: float = 0.0):
     """Per-sample random flips, the same flip for a sample's image and mask, in one launch each.
 
-    p_h: probability of a left-right (horizontal) flip; p_v: of an up-down (vertical) flip. The
-    decisions are drawn on the images' device (from `generator`, which must live there, for
-    reproducible draws). Returns (images, masks, flips) with flips an (N, 2) bool tensor of
-    [left-right, up-down] per sample; masks is None when not given.
+    p_h: probability of a left-right (horizontal) flip; p_v: of an up-down (vertical) flip; p_d:
+    of a depth flip (volumes (N, *, D, H, W): dim -3); p_t: of a transpose of H and W (square
+    images: with p_h = p_v = p_t = 0.5 every dihedral symmetry is equally likely). The decisions
+    are drawn on the images' device (from `generator`, which must live there, for reproducible
+    draws). Returns (images, masks, flips) with flips an (N, 4) bool tensor of [left-right,
+    up-down, depth, transpose] per sample; masks is None when not given.
     """
-    _check_pair(images, masks, "random_flip")
-    for name, p in (("p_h", p_h), ("p_v", p_v)):
+    volume = p_d > 0
+    _check_pair(images, masks, "random_flip", volume)
+    for name, p in (("p_h", p_h), ("p_v", p_v), ("p_d", p_d), ("p_t", p_t)):
         if not 0.0 <= p <= 1.0:
             raise ValueError(f"marsops.random_flip: {name} must be in [0, 1], got {p}")
-    draws = torch.rand(images.shape[0], 2, device=images.device, generator=generator)
-    flips = torch.stack([draws[:, 0] < p_h, draws[:, 1] < p_v], dim=1)  # Python floats: no host-to-device copy
-    flags = (flips[:, 0].to(torch.uint8) * LEFT_RIGHT) | (flips[:, 1].to(torch.uint8) * UP_DOWN)
-    out_images = _op("flip_by_flags", images, backend)(images, flags)
-    out_masks = None if masks is None else _op("flip_by_flags", masks, backend)(masks, flags)
+    if p_t > 0 and images.shape[-1] != images.shape[-2]:
+        raise ValueError(f"marsops.random_flip: p_t > 0 needs square images (H == W), got shape {tuple(images.shape)}")
+    draws = torch.rand(images.shape[0], 4, device=images.device, generator=generator)
+    # Python floats, compared on the device: no host-to-device copy, no synchronisation.
+    flips = torch.stack([draws[:, 0] < p_h, draws[:, 1] < p_v, draws[:, 2] < p_d, draws[:, 3] < p_t], dim=1)
+    f = flips.to(torch.uint8)
+    flags = f[:, 0] * LEFT_RIGHT | f[:, 1] * UP_DOWN | f[:, 2] * DEPTH | f[:, 3] * TRANSPOSE
+    out_images = _op("flip_by_flags", images, backend)(images, flags, volume)
+    out_masks = None if masks is None else _op("flip_by_flags", masks, backend)(masks, flags, volume)
     return out_images, out_masks, flips
 
 
@@ -132,89 +211,87 @@ def _triton_module(x: Tensor, op: str):
     return flip
 
 
-@torch.library.custom_op("marsops::flip4_triton", mutates_args=())
-def _flip4_triton(x: Tensor) -> Tensor:
-    return _triton_module(x, "flip4").flip4(x)
+@torch.library.custom_op("marsops::flip_views_triton", mutates_args=())
+def _flip_views_triton(x: Tensor, views: list[int], volume: bool) -> Tensor:
+    return _triton_module(x, "flip4").flip_views(x, views, volume)
 
 
-@torch.library.custom_op("marsops::flip4_sum_triton", mutates_args=())
-def _flip4_sum_triton(y: Tensor, scale: float) -> Tensor:
-    return _triton_module(y, "flip4_merge").flip4_sum(y, scale)
+@torch.library.custom_op("marsops::flip_views_sum_triton", mutates_args=())
+def _flip_views_sum_triton(y: Tensor, views: list[int], volume: bool, scale: float) -> Tensor:
+    return _triton_module(y, "flip4_merge").flip_views_sum(y, views, volume, scale)
 
 
 @torch.library.custom_op("marsops::flip_by_flags_triton", mutates_args=())
-def _flip_by_flags_triton(x: Tensor, flags: Tensor) -> Tensor:
-    return _triton_module(x, "random_flip").flip_by_flags(x, flags)
+def _flip_by_flags_triton(x: Tensor, flags: Tensor, volume: bool) -> Tensor:
+    return _triton_module(x, "random_flip").flip_by_flags(x, flags, volume)
 
 
-@torch.library.custom_op("marsops::flip4_argmax_triton", mutates_args=())
-def _flip4_argmax_triton(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
-                         want_pred: bool) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op("marsops::views_argmax_triton", mutates_args=())
+def _views_argmax_triton(outputs: Tensor, target: Optional[Tensor], ignore_index: Optional[int], softmax: bool,
+                         want_pred: bool, views: list[int], volume: bool) -> tuple[Tensor, Tensor]:
     _triton.require(outputs.device.type, "flip4_argmax")
-    from .triton.tta import flip4_argmax as launch
+    from .triton.tta import views_argmax as launch
 
-    shape = tuple(outputs.shape)
-    four_n, C = shape[:2]
-    H, W = shape[-2:]
-    M = outputs[0, 0].numel() // (H * W) if outputs.numel() else 0
-    x = outputs.contiguous().view(four_n, C, M, H, W)
-    y = None if target is None else target.contiguous().view(four_n // 4, M, H, W)
-    pred, counts, ok = launch(x, y, ignore_index, softmax, want_pred)
+    pred, counts, ok = launch(outputs, target, ignore_index, softmax, want_pred, views, volume)
     if target is not None:
         _checks.assert_ok(ok, "flip4_argmax", "target contains a label outside [0, C) and not ignore_index")
-    return (pred.view((four_n // 4,) + shape[2:]) if want_pred else pred), counts
+    return pred, counts
 
 
-def _flip4_argmax_fake(outputs, target, ignore_index, softmax, want_pred):
+def _views_argmax_fake(outputs, target, ignore_index, softmax, want_pred, views, volume):
     num_classes = outputs.shape[1]
-    pred = outputs.new_empty(((outputs.shape[0] // 4,) + tuple(outputs.shape[2:])) if want_pred else (0,),
+    pred = outputs.new_empty(((outputs.shape[0] // len(views),) + tuple(outputs.shape[2:])) if want_pred else (0,),
                              dtype=torch.int64)
     counts = outputs.new_empty((num_classes, num_classes) if target is not None else (0,), dtype=torch.int64)
     return pred, counts
 
 
-torch.library.register_fake("marsops::flip4_argmax_triton")(_flip4_argmax_fake)
+torch.library.register_fake("marsops::views_argmax_triton")(_views_argmax_fake)
 if _extension._C is not None:
-    torch.library.register_fake("marsops::flip4_argmax")(_flip4_argmax_fake)
+    torch.library.register_fake("marsops::views_argmax")(_views_argmax_fake)
 
 
 def _register(suffix: str):
     ops = torch.ops.marsops
-    flip4_op, sum_op, flags_op = (getattr(ops, n + suffix) for n in ("flip4", "flip4_sum", "flip_by_flags"))
+    views_op, sum_op, flags_op = (getattr(ops, n + suffix) for n in ("flip_views", "flip_views_sum", "flip_by_flags"))
 
-    def flip4_fake(x):
-        return x.new_empty((4 * x.shape[0],) + tuple(x.shape[1:]))
+    def views_fake(x, views, volume):
+        return x.new_empty((len(views) * x.shape[0],) + tuple(x.shape[1:]))
 
-    def sum_fake(y, scale):
-        torch._check(y.shape[0] % 4 == 0)
-        return y.new_empty((y.shape[0] // 4,) + tuple(y.shape[1:]))
+    def sum_fake(y, views, volume, scale):
+        torch._check(y.shape[0] % len(views) == 0)
+        return y.new_empty((y.shape[0] // len(views),) + tuple(y.shape[1:]))
 
-    def flags_fake(x, flags):
+    def flags_fake(x, flags, volume):
         torch._check(flags.shape[0] == x.shape[0])
         return torch.empty_like(x, memory_format=torch.contiguous_format)
 
-    def flip4_setup(ctx, inputs, output):
-        pass
+    def views_setup(ctx, inputs, output):
+        ctx.views, ctx.volume = inputs[1], inputs[2]
 
     def sum_setup(ctx, inputs, output):
-        ctx.scale = inputs[1]
+        ctx.views, ctx.volume, ctx.scale = inputs[1], inputs[2], inputs[3]
 
     def flags_setup(ctx, inputs, output):
+        ctx.volume = inputs[2]
         ctx.save_for_backward(inputs[1])
 
-    # Each flip is its own adjoint partner: flip4 <-> flip4_sum, and a per-sample flip undoes itself.
-    def flip4_backward(ctx, g):
-        return sum_op(g, 1.0)
+    # Each view op is the other's adjoint: flip_views <-> flip_views_sum; a per-sample view is
+    # undone by its inverse (a flip by itself; under a transpose the H and W flips swap).
+    def views_backward(ctx, g):
+        return sum_op(g, ctx.views, ctx.volume, 1.0), None, None
 
     def sum_backward(ctx, g):
-        return flip4_op(g) * ctx.scale, None
+        return views_op(g, ctx.views, ctx.volume) * ctx.scale, None, None, None
 
     def flags_backward(ctx, g):
         (flags,) = ctx.saved_tensors
-        return flags_op(g, flags), None
+        transposed = (flags & TRANSPOSE) != 0
+        swapped = (flags & (DEPTH | TRANSPOSE)) | ((flags & LEFT_RIGHT) << 1) | ((flags & UP_DOWN) >> 1)
+        return flags_op(g, torch.where(transposed, swapped, flags), ctx.volume), None, None
 
-    for base, fake, setup, backward in (("flip4", flip4_fake, flip4_setup, flip4_backward),
-                                        ("flip4_sum", sum_fake, sum_setup, sum_backward),
+    for base, fake, setup, backward in (("flip_views", views_fake, views_setup, views_backward),
+                                        ("flip_views_sum", sum_fake, sum_setup, sum_backward),
                                         ("flip_by_flags", flags_fake, flags_setup, flags_backward)):
         torch.library.register_fake(f"marsops::{base}{suffix}")(fake)
         torch.library.register_autograd(f"marsops::{base}{suffix}", backward, setup_context=setup)

@@ -43,14 +43,16 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     _checks.check_tensor("target", target, op)
     _checks.check_float("logits", logits, op)
     _checks.check_integer("target", target, op)
-    if logits.dim() < 2:
-        raise ValueError(f"marsops.focal_loss: logits must be (N, C) or (N, C, *spatial), got shape {tuple(logits.shape)}")
+    if logits.dim() < 2 or logits.shape[1] < 1:
+        raise ValueError(f"marsops.focal_loss: logits must be (N, C) or (N, C, *spatial) with C >= 1, got shape "
+                         f"{tuple(logits.shape)}")
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(f"marsops.focal_loss: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {expected}")
     if weight is not None:
         _checks.check_tensor("weight", weight, op)
+        _checks.check_float("weight", weight, op)
         if weight.shape != (logits.shape[1],):
             raise ValueError(f"marsops.focal_loss: weight must have shape ({logits.shape[1]},), got {tuple(weight.shape)}")
     _checks.check_same_device(op, logits=logits, target=target, weight=weight)
@@ -63,6 +65,8 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     counts_into = _confusion_sink(confusion, logits.shape[1], ignore_index, logits.device)
 
     chosen = _backend.resolve("focal_loss_forward", logits, backend)
+    if chosen != "reference":
+        _checks.refuse_unsupported_autograd(op, logits)
     if chosen == "reference":
         if counts_into is not None:
             counts_into.add_(reference.confusion_matrix(logits.detach(), target, logits.shape[1], ignore_index))
@@ -76,8 +80,9 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
                         "the cpu / reference backend for float64")
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
-    loss, _, counts = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad,
-                         counts_into is not None)
+    with _checks.label_errors_as_value_errors():
+        loss, _, counts = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad,
+                             counts_into is not None)
     if counts_into is not None:
         counts_into.add_(counts)
     return loss
@@ -130,10 +135,11 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     _triton.require(logits.device.type, "focal_loss")
     N, C = logits.shape[:2]
     P = target[0].numel() if N else 0
-    x = logits.contiguous().view(N, C, P)
+    class_last = _checks.is_class_last(logits)  # read in place; the kernel takes the strides
+    x = logits if class_last else logits.contiguous().view(N, C, P)
     y = target.contiguous().view(N, P)
     loss, grad, counts, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad,
-                                                count_confusion)
+                                                count_confusion, class_last)
     _checks.assert_ok(ok, "focal_loss", "target contains a label outside [0, C) that is not ignore_index")
     return ((loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad),
             counts)
@@ -142,10 +148,17 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
 def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion):
     torch._check(target.shape[0] == logits.shape[0])
     loss = logits.new_empty(target.shape if reduction == 0 else ())
-    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    grad = _empty_gradient(logits) if compute_grad else logits.new_empty(0)
     num_classes = logits.shape[1]
     counts = logits.new_empty((num_classes, num_classes) if count_confusion else (0,), dtype=torch.int64)
     return loss, grad, counts
+
+
+def _empty_gradient(logits):
+    """The gradient's layout: the logits' own when they are class-last (channels_last), else contiguous."""
+    if _checks.is_class_last(logits):
+        return torch.empty_like(logits.movedim(1, -1), memory_format=torch.contiguous_format).movedim(-1, 1)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):

@@ -49,7 +49,8 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
     if chosen == "reference":
         return reference.confusion_matrix(pred_or_logits, target, num_classes, ignore_index)
     fn = torch.ops.marsops.confusion_matrix_triton if chosen == "triton" else torch.ops.marsops.confusion_matrix
-    return fn(pred_or_logits, target, num_classes, ignore_index)
+    with _checks.label_errors_as_value_errors():
+        return fn(pred_or_logits, target, num_classes, ignore_index)
 
 
 @torch.library.custom_op("marsops::confusion_matrix_triton", mutates_args=())
@@ -60,8 +61,9 @@ def _confusion_matrix_triton(input: Tensor, target: Tensor, num_classes: int, ig
     N = target.shape[0]
     P = target[0].numel() if N else 0
     from_logits = input.is_floating_point()
-    x = input.contiguous().view((N, num_classes, P) if from_logits else (N, P))
-    hist, ok = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits)
+    class_last = from_logits and _checks.is_class_last(input)  # read in place; the kernel takes the strides
+    x = input if class_last else input.contiguous().view((N, num_classes, P) if from_logits else (N, P))
+    hist, ok = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits, class_last)
     _checks.assert_ok(ok[0], "confusion_matrix", "target contains a label outside [0, num_classes) and not ignore_index")
     _checks.assert_ok(ok[1], "confusion_matrix", "predictions contain a label outside [0, num_classes)")
     return hist
@@ -141,16 +143,29 @@ class StreamingIoU:
         self.local += m
         self._synced = None
 
-    def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True) -> None:
-        """Counts flip test-time-augmented predictions: outputs (4N, C, *, H, W) of a flip4 batch
-        (marsops.flip4 of the images), target (N, *, H, W). Each flip is undone, the four views
-        averaged (softmax by default) and the argmax counted, in one pass (marsops.flip4_argmax)."""
-        from .augment import flip4_argmax_op
+    def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True, dims=(-2, -1)) -> None:
+        """Counts flip test-time-augmented predictions: outputs (4N, C, H, W) of a flip4 batch
+        (marsops.flip4 of the images; 8N, C, D, H, W with dims=(-3, -2, -1)), target (N, [D,] H, W).
+        Each flip is undone, the views averaged (softmax by default) and the argmax counted, in one
+        pass (marsops.flip4_argmax)."""
+        from .augment import flip_views_for
+
+        self._update_views(outputs, target, softmax, flip_views_for(dims), -3 in dims)
+
+    def update_d4(self, outputs: Tensor, target: Tensor, softmax: bool = True) -> None:
+        """Counts dihedral test-time-augmented predictions: outputs (8N, C, H, W) of a d4 batch of
+        square images, target (N, H, W); one pass (marsops.d4_argmax)."""
+        from .augment import D4_VIEWS
+
+        self._update_views(outputs, target, softmax, D4_VIEWS, False)
+
+    def _update_views(self, outputs, target, softmax, views, volume) -> None:
+        from .augment import views_argmax_op
 
         if outputs.dim() >= 2 and outputs.shape[1] != self.num_classes:
-            raise ValueError(f"StreamingIoU.update_flip4: outputs have {outputs.shape[1]} classes, the metric "
+            raise ValueError(f"StreamingIoU: outputs have {outputs.shape[1]} classes, the metric "
                              f"{self.num_classes}")
-        _, counts = flip4_argmax_op(outputs, target, self.ignore_index, softmax, False, self.backend)
+        _, counts = views_argmax_op(outputs, target, self.ignore_index, softmax, False, views, volume, self.backend)
         self._to_device(counts.device)
         self.local += counts
         self._synced = None

@@ -55,31 +55,52 @@ def confusion_matrix(input, target, num_classes, ignore_index=None):
     return torch.bincount(t * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
 
 
-def flip4(x):
-    """(N, *, H, W) -> (4N, *, H, W): [as is; left-right; up-down; both], each a block of N."""
-    return torch.cat([x, x.flip(-1), x.flip(-2), x.flip(-2, -1)])
+def apply_view(x, code):
+    """x (..., [D,] H, W) under view `code` (csrc/views.h): transposed (bit 3), then its W (bit 0), H
+    (bit 1) and D (bit 2) axes reversed."""
+    if code & 8:
+        x = x.transpose(-2, -1)
+    dims = [d for d, bit in ((-3, 4), (-2, 2), (-1, 1)) if code & bit]
+    return x.flip(dims) if dims else x
 
 
-def flip4_sum(y, scale):
-    """The adjoint of flip4: scale * sum of the four blocks of y, each flipped back."""
-    a, b, c, d = y.to(torch.promote_types(y.dtype, torch.float32)).chunk(4)
-    return ((a + b.flip(-1) + c.flip(-2) + d.flip(-2, -1)) * scale).to(y.dtype)
+def inverse_view(code):
+    """The view that undoes `code`: flips undo themselves; under a transpose H and W flips swap."""
+    return code if not code & 8 else (code & 12) | ((code & 1) << 1) | ((code & 2) >> 1)
 
 
-def flip_by_flags(x, flags):
-    """Per-sample flips: flags (N,) uint8, bit 0 = left-right, bit 1 = up-down."""
-    lr = (flags & 1).bool().view(-1, *([1] * (x.dim() - 1)))
-    ud = (flags & 2).bool().view(-1, *([1] * (x.dim() - 1)))
-    x = torch.where(lr, x.flip(-1), x)
-    return torch.where(ud, x.flip(-2), x)
+def flip_views(x, views, volume=False):
+    """(N, ...) -> (K*N, ...): block k holds every sample under views[k]."""
+    return torch.cat([apply_view(x, code) for code in views])
 
 
-def flip4_argmax(outputs, target, ignore_index, softmax, want_pred):
-    """Flip TTA evaluated: argmax over classes of the four views of a flip4 batch, each flipped back
-    and averaged (their softmax, or the logits), computed in fp32 as the kernels do. Returns
-    (pred (N, *, H, W) int64 or empty, int64 (C, C) counts against target or empty)."""
+def flip_views_sum(y, views, volume=False, scale=1.0):
+    """The adjoint of flip_views: scale * the sum of the K blocks of y, each mapped back."""
+    blocks = y.to(torch.promote_types(y.dtype, torch.float32)).chunk(len(views))
+    total = apply_view(blocks[0], inverse_view(views[0]))
+    for block, code in zip(blocks[1:], views[1:]):
+        total = total + apply_view(block, inverse_view(code))
+    return (total * scale).to(y.dtype)
+
+
+def flip_by_flags(x, flags, volume=False):
+    """Per-sample views: flags (N,) uint8 view codes (bits a sample cannot use are ignored)."""
+    square = x.shape[-1] == x.shape[-2]
+    allowed = 1 | 2 | (4 if volume else 0) | (8 if square else 0)
+    codes = (flags.to(torch.int64) & allowed).view(-1, *([1] * (x.dim() - 1)))
+    out = x.clone()
+    for code in range(1, 16):  # every possible view, selected per sample on the device (no host read)
+        if code & allowed == code:
+            out = torch.where(codes == code, apply_view(x, code), out)
+    return out
+
+
+def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volume=False):
+    """Test-time augmentation evaluated: argmax over classes of the K views of a flip_views batch,
+    each mapped back and averaged (their softmax, or the logits), computed in fp32 as the kernels
+    do. Returns (pred (N, [D,] H, W) int64 or empty, int64 (C, C) counts against target or empty)."""
     x = outputs.float()
-    merged = flip4_sum(x.softmax(1) if softmax else x, 1.0)
+    merged = flip_views_sum(x.softmax(1) if softmax else x, views, volume)
     pred = merged.argmax(1)
     num_classes = outputs.shape[1]
     empty = torch.empty(0, dtype=torch.int64, device=outputs.device)

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 import marsops
 from helpers import backend_ids, kernel_backends
 
-BACKENDS = kernel_backends("flip4")
+BACKENDS = kernel_backends("flip_views")
 ALL = [("reference", "cpu")] + BACKENDS
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8]
 
@@ -68,10 +68,11 @@ def test_random_flip_matches_torch_flip_and_keeps_pairs(backend, device, pair, s
     images, masks = (t.to(device) for t in pair)
     gen = torch.Generator(device=device).manual_seed(seed)
     out_images, out_masks, flips = marsops.random_flip(images, masks, p_h, p_v, generator=gen, backend=backend)
-    assert flips.shape == (images.shape[0], 2) and flips.dtype == torch.bool
+    assert flips.shape == (images.shape[0], 4) and flips.dtype == torch.bool
+    assert not flips[:, 2:].any()  # no depth flips or transposes asked for
     if p_h in (0.0, 1.0):
         assert bool((flips[:, 0] == bool(p_h)).all())
-    for i, (lr, ud) in enumerate(flips.tolist()):
+    for i, (lr, ud, _, _) in enumerate(flips.tolist()):
         dims = [d for d, on in ((-1, lr), (-2, ud)) if on]
         expected_image = pair[0][i].flip(dims) if dims else pair[0][i]
         expected_mask = pair[1][i].flip(dims) if dims else pair[1][i]
@@ -92,7 +93,7 @@ def test_masks_built_from_images_still_match_after_random_flip(backend, device):
     out_images, out_masks, flips = marsops.random_flip(images, masks, generator=torch.Generator(device).manual_seed(3),
                                                        backend=backend)
     assert torch.equal(out_masks, (out_images[:, 0] > 0.5).to(torch.int64))
-    assert flips.any() and not flips.all()
+    assert flips[:, :2].any() and not flips[:, :2].all()
 
 
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
@@ -102,7 +103,7 @@ def test_gradients_flow_through_flips(backend, device):
            lambda x: marsops.flip4_merge(torch.cat([x, x * 2, x * 3, x * 4]), backend=backend),
            lambda x: marsops.random_flip(x, generator=torch.Generator(device).manual_seed(1), backend=backend)[0]]
     for fn in fns:
-        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradcheck(fn, (x,), fast_mode=True)
 
 
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
@@ -117,7 +118,7 @@ def test_bool_and_odd_shapes(backend, device):
     (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), torch.zeros(2, 4, 6, dtype=torch.long)), "does not match"),
     (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), torch.zeros(2, 4, 5)), "integer"),
     (lambda: marsops.flip4(torch.rand(2, 4, 5), torch.zeros(2, 4, 5, dtype=torch.long, device="meta")), "one device"),
-    (lambda: marsops.flip4_merge(torch.rand(6, 2, 4, 5)), "flip4 batch"),
+    (lambda: marsops.flip4_merge(torch.rand(6, 2, 4, 5)), "4-view batch"),
     (lambda: marsops.flip4_merge(torch.zeros(4, 2, 4, 5, dtype=torch.long)), "floating"),
     (lambda: marsops.random_flip(torch.rand(2, 4, 5), p_h=1.5), "p_h"),
 ])
@@ -129,10 +130,15 @@ def test_bad_arguments_raise_clear_errors(call, match):
 def _opcheck_samples(device):
     x = torch.randn(2, 3, 4, 5, device=device)
     flags = torch.tensor([1, 2], dtype=torch.uint8, device=device)
-    yield "flip4", (x.clone().requires_grad_(),)
-    yield "flip4", (torch.randint(0, 5, (2, 4, 5), device=device),)
-    yield "flip4_sum", (torch.randn(8, 3, 4, 5, device=device, requires_grad=True), 0.25)
-    yield "flip_by_flags", (x.clone().requires_grad_(), flags)
+    yield "flip_views", (x.clone().requires_grad_(), [0, 1, 2, 3], False)
+    yield "flip_views", (torch.randint(0, 5, (2, 4, 5), device=device), [0, 3], False)
+    yield "flip_views", (torch.randn(2, 3, 4, 5, 5, device=device, requires_grad=True), list(range(8)), True)
+    yield "flip_views", (torch.randn(2, 3, 5, 5, device=device, requires_grad=True), [0, 9, 10, 11], False)
+    yield "flip_views_sum", (torch.randn(8, 3, 4, 5, device=device, requires_grad=True), [0, 1, 2, 3], False, 0.25)
+    yield "flip_views_sum", (torch.randn(8, 2, 5, 5, device=device, requires_grad=True), [0, 8, 9, 11], False, 0.25)
+    yield "flip_by_flags", (x.clone().requires_grad_(), flags, False)
+    yield "flip_by_flags", (torch.randn(2, 3, 5, 5, device=device, requires_grad=True),
+                            torch.tensor([9, 14], dtype=torch.uint8, device=device), True)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
@@ -172,12 +178,112 @@ def test_index_math_past_2_to_the_31(backend, device):
     x[:, :2].random_(0, 255)
     x[:, -2:].random_(0, 255)
     flags = torch.tensor([3, 1], dtype=torch.uint8, device=device)
-    out = getattr(torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))(x, flags)
+    out = getattr(torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))(x, flags, False)
     assert torch.equal(out[1, -1], x[1, -1].flip(-1))  # left-right only
     assert torch.equal(out[0, -1], x[0, 0].flip(-1))   # both: the first row, reversed, ends up last
     assert torch.equal(out[0, 0], x[0, -1].flip(-1))
     del out
     if device == "cuda":  # flip4 writes 4 blocks: k * total passes 2**31 already at total > 2**31 / 3
         y = x.view(-1)[: 2**31 // 3 + 4096].view(1, 1, -1)
-        y4 = getattr(torch.ops.marsops, "flip4" + ("_triton" if backend == "triton" else ""))(y)
+        y4 = getattr(torch.ops.marsops, "flip_views" + ("_triton" if backend == "triton" else ""))(y, [0, 1, 2, 3],
+                                                                                                  False)
         assert torch.equal(y4[3, 0, -8:], y[0, 0, :8].flip(-1))
+
+
+
+# ---- volumes, dihedral symmetries ---------------------------------------------------------------
+
+def torch_view(x, code):
+    """An oracle for a view, from torch.rot90 / torch.flip: transpose first (bit 3), then flips."""
+    if code & 8:
+        x = x.transpose(-2, -1)
+    dims = [d for d, bit in ((-3, 4), (-2, 2), (-1, 1)) if code & bit]
+    return x.flip(dims) if dims else x
+
+
+def test_the_d4_views_are_the_eight_symmetries_of_the_square():
+    x = torch.arange(9.0).view(1, 1, 3, 3)
+    rotations = [torch.rot90(x, k, (-2, -1)) for k in range(4)]
+    symmetries = rotations + [r.transpose(-2, -1) for r in rotations]
+    views = [torch_view(x, code) for code in marsops.augment.D4_VIEWS]
+    assert all(any(torch.equal(v, s) for s in symmetries) for v in views)
+    assert all(any(torch.equal(v, s) for v in views) for s in symmetries)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("dims", [(-3, -2, -1), (-3,), (-3, -1), (-1,), (-2, -1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8, torch.bool, torch.float16])
+def test_volume_flips_match_torch_flip(backend, device, dims, dtype):
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(2, 3, 4, 5, 6, generator=g) * 100).to(dtype)  # (N, C, D, H, W)
+    masks = torch.randint(0, 5, (2, 4, 5, 6), generator=g)  # (N, D, H, W)
+    views = marsops.augment.flip_views_for(dims)
+    assert len(views) == 2 ** len(dims)
+    out_images, out_masks = marsops.flip4(images.to(device), masks.to(device), dims=dims, backend=backend)
+    assert torch.equal(out_images.cpu(), torch.cat([torch_view(images, c) for c in views]))
+    assert torch.equal(out_masks.cpu(), torch.cat([torch_view(masks, c) for c in views]))
+    if dtype.is_floating_point:
+        merged = marsops.flip4_merge(out_images.float(), dims=dims, backend=backend)
+        torch.testing.assert_close(merged.cpu(), images.float())
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("shape", [(3, 2, 5, 5), (2, 4, 4), (1, 1, 1, 1)])
+def test_d4_matches_torch_and_merges_back(backend, device, shape):
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(shape, generator=g)
+    masks = torch.randint(0, 5, (shape[0],) + shape[-2:], generator=g)
+    out, out_masks = marsops.d4(images.to(device), masks.to(device), backend=backend)
+    expected = torch.cat([torch_view(images, c) for c in marsops.augment.D4_VIEWS])
+    assert torch.equal(out.cpu(), expected)
+    assert torch.equal(out_masks.cpu(), torch.cat([torch_view(masks, c) for c in marsops.augment.D4_VIEWS]))
+    torch.testing.assert_close(marsops.d4_merge(out, backend=backend).cpu(), images)
+    # distinct views: the merge is the mean of each view mapped back
+    views = torch.randn((8 * shape[0],) + shape[1:], generator=g, dtype=torch.float64)
+    back = [torch_view(v, marsops.reference.inverse_view(c)) for v, c in zip(views.chunk(8), marsops.augment.D4_VIEWS)]
+    torch.testing.assert_close(marsops.d4_merge(views.to(device), backend=backend).cpu(), sum(back) / 8)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_gradients_flow_through_views(backend, device):
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64, device=device, requires_grad=True)
+    vol = torch.randn(2, 1, 3, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    fns = [(lambda x: marsops.d4(x, backend=backend)[0], x),
+           (lambda x: marsops.d4_merge(torch.cat([x * (k + 1) for k in range(8)]), backend=backend), x),
+           (lambda x: marsops.random_flip(x, p_h=0.5, p_v=0.5, p_t=0.5, backend=backend,
+                                          generator=torch.Generator(device).manual_seed(2))[0], x),
+           (lambda v: marsops.flip4(v, dims=(-3, -2, -1), backend=backend)[0], vol),
+           (lambda v: marsops.random_flip(v, p_d=0.5, generator=torch.Generator(device).manual_seed(3),
+                                          backend=backend)[0], vol)]
+    for fn, arg in fns:
+        assert torch.autograd.gradcheck(fn, (arg,), fast_mode=True)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_random_views_of_volumes_and_squares(backend, device):
+    g = torch.Generator().manual_seed(4)
+    vol = torch.randn(16, 2, 3, 4, 4, generator=g)
+    masks = torch.randint(0, 5, (16, 3, 4, 4), generator=g)
+    out, out_masks, flips = marsops.random_flip(vol.to(device), masks.to(device), p_d=0.5, p_t=0.5,
+                                                generator=torch.Generator(device).manual_seed(5), backend=backend)
+    assert flips[:, 2].any() and flips[:, 3].any() and not flips[:, 2].all()
+    for i, (lr, ud, depth, tr) in enumerate(flips.tolist()):
+        code = lr * 1 | ud * 2 | depth * 4 | tr * 8
+        assert torch.equal(out[i].cpu(), torch_view(vol[i], code))
+        assert torch.equal(out_masks[i].cpu(), torch_view(masks[i], code))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: marsops.d4(torch.rand(2, 1, 4, 5)), ValueError, "square"),
+    (lambda: marsops.d4_merge(torch.rand(8, 1, 4, 5)), ValueError, "square"),
+    (lambda: marsops.flip4(torch.rand(2, 4, 5), dims=(-3, -1)), ValueError, "D, H, W"),
+    (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), dims=(0, -1)), ValueError, "subset"),
+    (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), dims=(-1, -1)), ValueError, "subset"),
+    (lambda: marsops.flip4(torch.rand(2, 1, 4, 5), dims=()), ValueError, "subset"),
+    (lambda: marsops.random_flip(torch.rand(2, 1, 4, 5), p_t=0.5), ValueError, "square"),
+    (lambda: marsops.random_flip(torch.rand(2, 4, 5), p_d=0.5), ValueError, "D, H, W"),
+    (lambda: marsops.flip4_merge(torch.rand(6, 1, 3, 4, 5), dims=(-3, -2, -1)), ValueError, "8-view"),
+])
+def test_bad_view_arguments(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

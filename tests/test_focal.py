@@ -362,3 +362,34 @@ def test_many_classes(backend, device, num_classes):
         ref_loss, ref_grad = reference_run(case, torch.float32)
         assert_close(loss, ref_loss)
         assert_close(grad, ref_grad)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d", "class_minor_1d"])
+def test_channels_last_logits_are_read_in_place(backend, device, layout):
+    """NHWC / NDHWC logits (classes contiguous per pixel) are read as they are, and the gradient
+    comes back in the logits' memory format, for the convolution backward that wants it."""
+    g = torch.Generator().manual_seed(0)
+    shape = {"channels_last": (3, 5, 6, 7), "channels_last_3d": (2, 4, 3, 5, 6), "class_minor_1d": (3, 7, 10)}[layout]
+    base = torch.randn(shape, generator=g)
+    if layout == "class_minor_1d":
+        x = base.movedim(1, -1).contiguous().movedim(-1, 1)
+    else:
+        x = base.contiguous(memory_format=getattr(torch, layout))
+    target = torch.randint(0, shape[1], (shape[0],) + shape[2:], generator=g)
+    target.view(-1)[::4] = -100
+    for reduction in ("none", "mean"):
+        leaf = x.to(device).detach().requires_grad_()
+        cm = torch.zeros(shape[1], shape[1], dtype=torch.int64, device=device)
+        loss = marsops.focal_loss(leaf, target.to(device), gamma=0.5, reduction=reduction, backend=backend,
+                                  confusion=cm)
+        loss.sum().backward()
+        ref = base.clone().requires_grad_()
+        reference.focal_loss(ref, target, gamma=0.5, reduction=reduction).sum().backward()
+        assert_close(loss, reference.focal_loss(base, target, gamma=0.5, reduction=reduction))
+        assert_close(leaf.grad, ref.grad)
+        assert leaf.grad.stride() == leaf.stride(), (leaf.grad.stride(), leaf.stride())
+        assert torch.equal(cm.cpu(), reference.confusion_matrix(base, target, shape[1], -100))
+        op = torch.ops.marsops.focal_loss_forward_triton if backend == "triton" else torch.ops.marsops.focal_loss_forward
+        torch.library.opcheck(op, (leaf.detach().clone().requires_grad_(), target.to(device), None, 0.5, -100,
+                                   marsops.focal.REDUCTIONS.index(reduction), True, True))

@@ -11,7 +11,7 @@ from marsops import reference
 from helpers import assert_close, assert_label_error, backend_ids, kernel_backends
 
 FOCAL = [("reference", "cpu")] + kernel_backends("focal_loss_forward")
-TTA = [("reference", "cpu")] + kernel_backends("flip4_argmax")
+TTA = [("reference", "cpu")] + kernel_backends("views_argmax")
 
 
 def numpy_confusion(pred, target, num_classes, ignore_index):
@@ -204,7 +204,7 @@ def test_flip4_argmax_matches_torch(backend, device, case, softmax):
     # differently from torch's, which can only move an argmax whose top two are that close.
     decided = (margin > 1e-5) | (not softmax)
     assert torch.equal(pred[decided], expected[decided])
-    ref_pred, _ = reference.flip4_argmax(outputs, None, None, softmax, True)
+    ref_pred, _ = reference.views_argmax(outputs, None, None, softmax, True, [0, 1, 2, 3])
     assert torch.equal(pred[decided], ref_pred[decided])
     metric = marsops.StreamingIoU(outputs.shape[1], ignore_index=-1, backend=backend)
     metric.update_flip4(outputs.to(device), target.to(device), softmax=softmax)
@@ -225,7 +225,7 @@ def test_flip4_argmax_undoes_flip4(backend, device):
 
 @pytest.mark.parametrize("backend,device", TTA, ids=backend_ids(TTA))
 def test_flip4_argmax_bad_inputs(backend, device):
-    with pytest.raises(ValueError, match="flip4 outputs"):
+    with pytest.raises(ValueError, match="4-view batch"):
         marsops.flip4_argmax(torch.randn(6, 5, 4, 4, device=device), backend=backend)
     with pytest.raises(TypeError, match="floating"):
         marsops.flip4_argmax(torch.zeros(4, 5, 4, 4, dtype=torch.long, device=device), backend=backend)
@@ -239,3 +239,33 @@ def test_flip4_argmax_bad_inputs(backend, device):
     assert_label_error(device, f"metric = marsops.StreamingIoU(5, backend='{backend}')\n"
                        f"t = torch.zeros(1, 4, 4, dtype=torch.long, device='{device}')\nt[0, 1, 1] = 9\n"
                        f"metric.update_flip4(torch.randn(4, 5, 4, 4, device='{device}'), t)", "outside")
+
+
+@pytest.mark.parametrize("backend,device", TTA, ids=backend_ids(TTA))
+@pytest.mark.parametrize("softmax", [True, False])
+def test_d4_and_volume_tta_and_channels_last_outputs(backend, device, softmax):
+    """The dihedral views of squares and the 8 flips of volumes, evaluated in one pass; outputs in
+    channels_last are read in place."""
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 5, 6, 6, generator=g)
+    views, _ = marsops.d4(logits)
+    expected = logits.argmax(1)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = views.contiguous(memory_format=layout).to(device)
+        assert torch.equal(marsops.d4_argmax(out, softmax=softmax, backend=backend).cpu(), expected)
+    # distinct views against the merge's oracle
+    noisy = torch.randn(8 * 2, 4, 5, 5, generator=g)
+    oracle = marsops.d4_merge(noisy.softmax(1) if softmax else noisy, backend="reference").argmax(1)
+    pred = marsops.d4_argmax(noisy.to(device).contiguous(memory_format=torch.channels_last), softmax=softmax,
+                             backend=backend).cpu()
+    assert (pred == oracle).float().mean() > 0.99  # the same up to near-ties of the softmax's last bit
+    metric = marsops.StreamingIoU(4, backend=backend)
+    target = torch.randint(0, 4, (2, 5, 5), generator=g)
+    metric.update_d4(noisy.to(device), target.to(device), softmax=softmax)
+    np.testing.assert_array_equal(metric.local.cpu().numpy(), numpy_confusion(pred, target, 4, -999))
+    volume = torch.randn(2, 3, 4, 5, 6, generator=g)
+    vol_views, _ = marsops.flip4(volume, dims=(-3, -2, -1))
+    for layout in (torch.contiguous_format, torch.channels_last_3d):
+        got = marsops.flip4_argmax(vol_views.contiguous(memory_format=layout).to(device), softmax=softmax,
+                                   dims=(-3, -2, -1), backend=backend)
+        assert torch.equal(got.cpu(), volume.argmax(1))

@@ -93,6 +93,20 @@ def test_many_classes_match_numpy_oracle(backend, device, num_classes):
 
 
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.channels_last_3d])
+def test_channels_last_logits(backend, device, memory_format):
+    """NHWC / NDHWC logits are counted in place, with torch.argmax's tie and NaN rules."""
+    g = torch.Generator().manual_seed(0)
+    shape = (3, 6, 5, 7) if memory_format == torch.channels_last else (2, 6, 3, 4, 5)
+    logits = torch.randn(shape, generator=g).round()
+    logits.view(-1)[::11] = float("nan")
+    target = torch.randint(0, 6, (shape[0],) + shape[2:], generator=g)
+    x = logits.contiguous(memory_format=memory_format).to(device)
+    got = marsops.confusion_matrix(x, target.to(device), 6, backend=backend)
+    np.testing.assert_array_equal(got.cpu().numpy(), numpy_confusion(logits.argmax(1), target, 6, None))
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
 def test_out_of_range_labels_raise(backend, device):
     setup = (f"logits = torch.randn(2, 3, 4, device='{device}')\n"
              f"target = torch.zeros(2, 4, dtype=torch.long, device='{device}')\ntarget[1, 1] = 3\n")

@@ -18,9 +18,9 @@ Tensor confusion_matrix_cpu(const Tensor& input, const Tensor& target, int64_t n
   st::zero_(out);
   const int64_t total = s.N * s.P;
   if (total == 0) return out;
-  const ConfusionArgs a{s.input.const_data_ptr(), s.input.scalar_type(), s.from_logits, s.target.const_data_ptr(),
-                        s.target.scalar_type(), s.N, num_classes, s.P, ignore_index.has_value(),
-                        ignore_index.value_or(0)};
+  const ConfusionArgs a{s.input.const_data_ptr(), s.input.scalar_type(), s.from_logits, s.class_last,
+                        s.target.const_data_ptr(), s.target.scalar_type(), s.N, num_classes, s.P,
+                        ignore_index.has_value(), ignore_index.value_or(0)};
   int64_t* counts = out.mutable_data_ptr<int64_t>();
   ConfusionFlags flags;
   std::mutex mutex;

@@ -78,6 +78,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
   FocalArgs a{};
   a.logits = s.logits.const_data_ptr();
   a.logits_dtype = dtype;
+  a.class_last = s.class_last;
   a.target = s.target.const_data_ptr();
   a.target_dtype = s.target.scalar_type();
   a.N = s.N;
@@ -106,7 +107,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
     a.grad_scale = d > 0 ? 1.0 / d : 0.0;  // nothing counted: zero loss, zero gradient
   }
   Tensor loss = empty_loss(logits_in, target_in, reduction);
-  Tensor grad = compute_grad ? pooled_empty(sizes_of(logits_in), dtype) : empty_on(logits_in, {0}, dtype);
+  Tensor grad = compute_grad ? empty_gradient(logits_in, s.class_last, pooled_empty) : empty_on(logits_in, {0}, dtype);
   if (reduction == kNone) a.loss_none = loss.mutable_data_ptr();
   if (compute_grad) a.grad = grad.mutable_data_ptr();
 

@@ -1,7 +1,9 @@
 // The SIMD focal-loss forward (+ fused gradient) kernel, built once per CPU capability.
 //
-// Layout (N, C, P): for a fixed class the pixels are contiguous, so one SIMD register holds the
-// same class of L neighbouring pixels and every per-pixel formula is evaluated L pixels at a time.
+// One SIMD register holds the same class of L neighbouring pixels, and every per-pixel formula is
+// evaluated L pixels at a time. Layout (N, C, P) (contiguous NCHW): those L values are contiguous
+// and loaded directly. Class-last layout (N, P, C) (channels_last): a block's L x C values are one
+// contiguous run, transposed once into a [C][L] tile; the gradient goes back the same way.
 #pragma once
 #include "simd.h"
 
@@ -37,6 +39,7 @@ struct FocalKernel {
   in_t* loss_none;  // nullptr: reduced
   in_t* grad;       // nullptr: no gradient
   acc_t* exps;      // scratch: C * lanes
+  acc_t* tile;      // scratch: C * lanes (class-last layout)
 
   // Reads labels of `n` pixels, validating them; ignored / invalid ones get class -1, weight 0.
   template <int n>
@@ -56,19 +59,28 @@ struct FocalKernel {
 
   // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
   // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist.
-  template <bool COUNT, typename V>
+  template <bool COUNT, bool CLASS_LAST, typename V>
   inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
     constexpr int L = Lanes<V>::n;
-    const in_t* xn = x + n * C * P + p;
     acc_t cls_buf[L], wt_buf[L];
     read_labels<L>(n * P + p, cls_buf, wt_buf, st);
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const V wt = load_as<V, acc_t, acc_t>(wt_buf);
 
-    V m = load_as<V, acc_t>(xn);
+    const in_t* xn = x + n * C * P + (CLASS_LAST ? p * C : p);
+    if constexpr (CLASS_LAST) gather_tile<L>(xn, C, tile);
+    auto logits = [&](int64_t c) {
+      if constexpr (CLASS_LAST) {
+        return load_as<V, acc_t, acc_t>(tile + c * L);
+      } else {
+        return load_as<V, acc_t>(xn + c * P);
+      }
+    };
+
+    V m = logits(0);
     V best = m, pred(0);
     for (int64_t c = 1; c < C; ++c) {
-      const V xc = load_as<V, acc_t>(xn + c * P);
+      const V xc = logits(c);
       m = v_max(m, xc);
       if constexpr (COUNT) {  // torch.argmax: the first maximum; a NaN beats every number
         const auto take = (xc > best) | ((xc != xc) & (best == best));
@@ -84,7 +96,7 @@ struct FocalKernel {
     }
     V s(0), other(0), xt(0), et(0);
     for (int64_t c = 0; c < C; ++c) {
-      const V xc = load_as<V, acc_t>(xn + c * P);
+      const V xc = logits(c);
       const V e = v_exp(xc - m);
       store_as<V, acc_t>(e, exps + c * L);
       const auto is_t = cls == V(static_cast<acc_t>(c));
@@ -104,26 +116,32 @@ struct FocalKernel {
     if (loss_none) store_as<V, acc_t>(loss, loss_none + n * P + p);
     if (grad) {
       const V cs = coef * V(grad_scale);
-      in_t* gn = grad + n * C * P + p;
+      in_t* gn = grad + n * C * P + (CLASS_LAST ? p * C : p);
       for (int64_t c = 0; c < C; ++c) {
         const V pc = load_as<V, acc_t, acc_t>(exps + c * L) * inv_s;
         const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
-        store_as<V, acc_t>(v_where(valid, cs * (delta - pc), V(0)), gn + c * P);
+        const V g = v_where(valid, cs * (delta - pc), V(0));
+        if constexpr (CLASS_LAST) {
+          store_as<V, acc_t>(g, tile + c * L);
+        } else {
+          store_as<V, acc_t>(g, gn + c * P);
+        }
       }
+      if constexpr (CLASS_LAST) scatter_tile<L>(tile, C, gn);
     }
     return loss;
   }
 
   // Pixels [p0, p1) of sample n.
-  template <bool COUNT>
+  template <bool COUNT, bool CLASS_LAST>
   FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
     FocalStats st;
     Vec vloss(0);
     acc_t sloss = 0;
     int64_t p = p0;
-    for (; p + Vec::size() <= p1; p += Vec::size()) vloss = vloss + block<COUNT, Vec>(n, p, st, hist);
-    for (; p < p1; ++p) sloss += block<COUNT, acc_t>(n, p, st, hist);
+    for (; p + Vec::size() <= p1; p += Vec::size()) vloss = vloss + block<COUNT, CLASS_LAST, Vec>(n, p, st, hist);
+    for (; p < p1; ++p) sloss += block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist);
     st.loss_sum = static_cast<double>(v_sum(vloss)) + static_cast<double>(sloss);
     return st;
   }
@@ -132,14 +150,21 @@ struct FocalKernel {
 template <typename in_t, typename tgt_t>
 FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
   using acc = compute_t<in_t>;
-  std::vector<acc> scratch(a.C * Vectorized<acc>::size());
+  const int64_t lanes = Vectorized<acc>::size();
+  std::vector<acc> scratch(2 * a.C * lanes);
   const FocalKernel<in_t, acc, tgt_t> kernel{
       static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), static_cast<const acc*>(a.weight),
       a.C, a.P, static_cast<acc>(a.gamma), a.ignore_index, static_cast<acc>(a.grad_scale),
-      static_cast<in_t*>(a.loss_none), static_cast<in_t*>(a.grad), scratch.data()};
+      static_cast<in_t*>(a.loss_none), static_cast<in_t*>(a.grad), scratch.data(), scratch.data() + a.C * lanes};
   FocalStats st;
   for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
-    st.merge(hist ? kernel.template segment<true>(n, p0, p1, hist) : kernel.template segment<false>(n, p0, p1, hist));
+    if (a.class_last) {
+      st.merge(hist ? kernel.template segment<true, true>(n, p0, p1, hist)
+                    : kernel.template segment<false, true>(n, p0, p1, hist));
+    } else {
+      st.merge(hist ? kernel.template segment<true, false>(n, p0, p1, hist)
+                    : kernel.template segment<false, false>(n, p0, p1, hist));
+    }
   });
   return st;
 }

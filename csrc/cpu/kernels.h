@@ -11,8 +11,9 @@ namespace marsops::cpu {
 using torch::headeronly::ScalarType;
 
 struct FocalArgs {
-  const void* logits;        // (N, C, P) contiguous, logits_dtype (float32/float64/float16/bfloat16)
+  const void* logits;        // (N, C, P) contiguous, or (N, P, C) contiguous when class_last; float dtypes
   ScalarType logits_dtype;
+  bool class_last;           // channels_last logits, read in place; the gradient is written the same way
   const void* target;        // (N, P) contiguous, any integer dtype
   ScalarType target_dtype;
   const void* weight;        // (C,) in the compute type (double for float64 logits, else float), or nullptr
@@ -21,7 +22,7 @@ struct FocalArgs {
   int64_t ignore_index;
   double grad_scale;         // folded into the gradient (1 / denominator of the mean reductions)
   void* loss_none;           // (N, P) per-pixel loss in logits_dtype, or nullptr when reduced
-  void* grad;                // (N, C, P) dloss/dlogits in logits_dtype, or nullptr
+  void* grad;                // dloss/dlogits in logits_dtype and layout, or nullptr
 };
 
 struct FocalStats {
@@ -42,9 +43,10 @@ struct FocalStats {
 };
 
 struct ConfusionArgs {
-  const void* input;  // logits (N, C, P) floating (argmax fused), or predicted labels (N, P) integer
+  const void* input;  // logits (N, C, P) or class_last (N, P, C), floating (argmax fused); or labels (N, P)
   ScalarType input_dtype;
   bool from_logits;
+  bool class_last;
   const void* target;  // (N, P) integer
   ScalarType target_dtype;
   int64_t N, C, P;

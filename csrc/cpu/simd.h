@@ -103,6 +103,22 @@ inline V load_as(const in_t* p) {
   }
 }
 
+// Class-last logits (N, P, C): the C values of each of L pixels are one contiguous run of L * C.
+// Transposes them into a [C][L] tile of the compute type, and back for the gradient: about one
+// cycle per element, against one vector load per L elements in NCHW (hardware gathers, scatters
+// and per-C unrolled copies measured no faster here).
+template <int L, typename acc_t, typename in_t>
+inline void gather_tile(const in_t* __restrict__ src, int64_t C, acc_t* __restrict__ tile) {
+  for (int64_t c = 0; c < C; ++c)
+    for (int i = 0; i < L; ++i) tile[c * L + i] = static_cast<acc_t>(src[i * C + c]);
+}
+
+template <int L, typename acc_t, typename out_t>
+inline void scatter_tile(const acc_t* __restrict__ tile, int64_t C, out_t* __restrict__ dst) {
+  for (int i = 0; i < L; ++i)  // contiguous writes; the tile's strided reads stay in L1
+    for (int64_t c = 0; c < C; ++c) dst[i * C + c] = static_cast<out_t>(tile[c * L + i]);
+}
+
 template <typename V, typename acc_t, typename out_t>
 inline void store_as(const V& v, out_t* p) {
   if constexpr (Lanes<V>::n == 1) {

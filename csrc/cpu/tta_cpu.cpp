@@ -1,5 +1,6 @@
-// CPU implementation of marsops::flip4_argmax: rows of output pixels in parallel, each pixel's
-// four views read in place (tta_common.h), predictions and private confusion counts per task.
+// CPU implementation of marsops::views_argmax: rows of output pixels in parallel, each pixel's K
+// views read in place through the outputs' strides (tta_common.h), predictions and private
+// confusion counts per task.
 #include <mutex>
 
 #include "../tta_checks.h"
@@ -9,16 +10,17 @@ namespace {
 
 constexpr int64_t kRowsPerTask = 16;
 
-std::tuple<Tensor, Tensor> flip4_argmax_cpu(const Tensor& outputs, const std::optional<Tensor>& target,
-                                            std::optional<int64_t> ignore_index, bool softmax, bool want_pred) {
-  const auto s = flip4_argmax_shapes(outputs, target);
-  const Flip4Geometry g = s.g;
-  Tensor pred = empty_on(outputs, want_pred ? flip4_pred_shape(outputs) : std::vector<int64_t>{0}, ScalarType::Long);
+std::tuple<Tensor, Tensor> views_argmax_cpu(const Tensor& outputs, const std::optional<Tensor>& target,
+                                            std::optional<int64_t> ignore_index, bool softmax, bool want_pred,
+                                            std::vector<int64_t> views, bool volume) {
+  const auto s = views_argmax_shapes(outputs, target, views, volume);
+  const ViewsGeometry g = s.g;
+  Tensor pred = empty_on(outputs, want_pred ? views_pred_shape(outputs, g) : std::vector<int64_t>{0}, ScalarType::Long);
   const bool count = target.has_value();
   Tensor confusion = empty_on(outputs, count ? std::vector<int64_t>{g.C, g.C} : std::vector<int64_t>{0},
                               ScalarType::Long);
   if (count) st::zero_(confusion);
-  const int64_t rows = g.N * g.M * g.H;
+  const int64_t rows = g.N * g.D * g.H;
   int64_t* pred_out = want_pred ? pred.mutable_data_ptr<int64_t>() : nullptr;
   int64_t* counts = count ? confusion.mutable_data_ptr<int64_t>() : nullptr;
   bool bad = false;
@@ -35,11 +37,12 @@ std::tuple<Tensor, Tensor> flip4_argmax_cpu(const Tensor& outputs, const std::op
         bool local_bad = false;
         int64_t local_label = 0;
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t h = r % g.H, m = (r / g.H) % g.M, n = r / (g.H * g.M);
+          const int64_t h = r % g.H, d = (r / g.H) % g.D, n = r / (g.H * g.D);
           for (int64_t w = 0; w < g.W; ++w) {
             const int64_t pix = r * g.W + w;
-            const int64_t p = flip4_argmax_pixel(
-                [&](int k, int64_t c) { return static_cast<float>(y[g.at(k, n, c, m, h, w)]); }, g.C, softmax);
+            const int64_t p = views_argmax_pixel(
+                [&](int k, int64_t c) { return static_cast<float>(y[g.at(k, n, c, d, h, w)]); }, g.views.count, g.C,
+                softmax);
             if (pred_out) pred_out[pix] = p;
             if (!count) continue;
             const int64_t t = static_cast<int64_t>(labels[pix]);
@@ -75,6 +78,6 @@ std::tuple<Tensor, Tensor> flip4_argmax_cpu(const Tensor& outputs, const std::op
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(marsops, CPU, m) { m.impl("flip4_argmax", TORCH_BOX(&flip4_argmax_cpu)); }
+STABLE_TORCH_LIBRARY_IMPL(marsops, CPU, m) { m.impl("views_argmax", TORCH_BOX(&views_argmax_cpu)); }
 
 }  // namespace marsops::cpu

@@ -12,7 +12,8 @@ namespace {
 
 template <typename x_t, typename tgt_t, bool FROM_LOGITS>
 __global__ void confusion_kernel(const x_t* __restrict__ x, const tgt_t* __restrict__ y, int64_t total, int64_t C,
-                                 int64_t P, bool has_ignore, int64_t ignore_index, bool use_shared,
+                                 int64_t P, int64_t pixel_stride, int64_t class_stride, bool has_ignore,
+                                 int64_t ignore_index, bool use_shared,
                                  unsigned long long* __restrict__ hist) {
   extern __shared__ unsigned int bins[];
   if (use_shared) {
@@ -28,10 +29,10 @@ __global__ void confusion_kernel(const x_t* __restrict__ x, const tgt_t* __restr
     if constexpr (FROM_LOGITS) {
       using acc = acc_t<x_t>;
       const int64_t n = i / P, p = i - n * P;
-      const x_t* xp = x + n * C * P + p;
+      const x_t* xp = x + n * C * P + p * pixel_stride;
       acc best = static_cast<acc>(xp[0]);
       for (int64_t c = 1; c < C; ++c) {
-        const acc v = static_cast<acc>(xp[c * P]);
+        const acc v = static_cast<acc>(xp[c * class_stride]);
         if (v > best || (v != v && best == best)) {  // first maximum; NaN wins, as torch.argmax
           best = v;
           pred = c;
@@ -61,7 +62,8 @@ void launch(const ConfusionShapes& s, const Tensor& out, std::optional<int64_t> 
   const bool use_shared = C * C <= kMaxSharedBins;
   const size_t shared_bytes = use_shared ? C * C * sizeof(unsigned int) : 0;
   confusion_kernel<x_t, tgt_t, FROM_LOGITS><<<grid_size(out, total), kThreads, shared_bytes, stream>>>(
-      s.input.const_data_ptr<x_t>(), s.target.const_data_ptr<tgt_t>(), total, C, s.P, ignore_index.has_value(),
+      s.input.const_data_ptr<x_t>(), s.target.const_data_ptr<tgt_t>(), total, C, s.P, s.class_last ? C : 1,
+      s.class_last ? 1 : s.P, ignore_index.has_value(),
       ignore_index.value_or(0), use_shared, static_cast<unsigned long long*>(out.mutable_data_ptr()));
   STD_CUDA_KERNEL_LAUNCH_CHECK();
 }

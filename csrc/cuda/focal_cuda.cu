@@ -1,5 +1,6 @@
-// CUDA implementation of marsops::focal_loss_forward: one thread per pixel (grid-stride), the
-// class loop reads the logits of a pixel with stride P, so a warp's loads are coalesced. The
+// CUDA implementation of marsops::focal_loss_forward: one thread per pixel (grid-stride). In NCHW
+// the class loop reads a pixel's logits with stride P, so a warp's loads are coalesced; in
+// channels_last (class-last) a pixel's classes are contiguous and a warp reads one contiguous run. The
 // loss and the gradient come out of the same pass. Per-block partial sums are reduced by the
 // block that finishes last, in a fixed order (deterministic), so a call is one memset and one
 // kernel (two with the label pre-pass of the mean reductions), and nothing waits for the host.
@@ -60,7 +61,8 @@ __global__ void target_stats_kernel(const tgt_t* __restrict__ y, const float* __
 // counts into shared memory first (C * C <= kMaxSharedBins) and adds its counts at the end.
 template <typename in_t, typename tgt_t>
 __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __restrict__ y,
-                                     const float* __restrict__ w, int64_t total, int64_t C, int64_t P, float gamma,
+                                     const float* __restrict__ w, int64_t total, int64_t C, int64_t P,
+                                     int64_t pixel_stride, int64_t class_stride, float gamma,
                                      int64_t ignore_index, const float* __restrict__ grad_scale, int64_t reduction,
                                      in_t* __restrict__ loss_out, in_t* __restrict__ grad, double* __restrict__ partial,
                                      unsigned int* counter, unsigned long long* __restrict__ hist, bool shared_bins) {
@@ -74,14 +76,14 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
   const float scale = grad_scale ? *grad_scale : 1.0f;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t n = i / P, p = i - n * P;
-    const in_t* xp = x + n * C * P + p;
+    const in_t* xp = x + n * C * P + p * pixel_stride;
     const int64_t t = read_label(y, i, C, ignore_index);
     const bool valid = t >= 0;
     const float wt = valid ? (w ? w[t] : 1.0f) : 0.0f;
     float m = -INFINITY, best = 0;
     int64_t pred = 0;
     for (int64_t c = 0; c < C; ++c) {
-      const float v = static_cast<float>(xp[c * P]);
+      const float v = static_cast<float>(xp[c * class_stride]);
       m = fmaxf(m, v);
       if (c == 0 || v > best || (v != v && best == best)) {  // argmax: first maximum; NaN wins, as torch
         best = v;
@@ -97,7 +99,7 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     }
     float s = 0, other = 0, xt = 0, et = 0;
     for (int64_t c = 0; c < C; ++c) {
-      const float xc = static_cast<float>(xp[c * P]);
+      const float xc = static_cast<float>(xp[c * class_stride]);
       const float e = expf(xc - m);
       s += e;
       if (c == t) {
@@ -113,11 +115,11 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     if (reduction == kNone) loss_out[i] = static_cast<in_t>(loss);
     if (grad) {
       const float cs = coef * scale;
-      in_t* gp = grad + n * C * P + p;
+      in_t* gp = grad + n * C * P + p * pixel_stride;
       for (int64_t c = 0; c < C; ++c) {
-        const float pc = expf(static_cast<float>(xp[c * P]) - m) * inv_s;
+        const float pc = expf(static_cast<float>(xp[c * class_stride]) - m) * inv_s;
         // Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
-        gp[c * P] = static_cast<in_t>(valid ? cs * ((c == t ? 1.0f : 0.0f) - pc) : 0.0f);
+        gp[c * class_stride] = static_cast<in_t>(valid ? cs * ((c == t ? 1.0f : 0.0f) - pc) : 0.0f);
       }
     }
     loss_sum += loss;
@@ -154,7 +156,8 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
   const st::accelerator::DeviceGuard guard(logits_in.get_device_index());
   const ScalarType dtype = logits_in.scalar_type();
   Tensor loss = empty_loss(logits_in, target_in, reduction);
-  Tensor grad = empty_on(logits_in, compute_grad ? sizes_of(logits_in) : std::vector<int64_t>{0}, dtype);
+  auto device_empty = [&](const std::vector<int64_t>& sizes, ScalarType t) { return empty_on(logits_in, sizes, t); };
+  Tensor grad = compute_grad ? empty_gradient(logits_in, s.class_last, device_empty) : empty_on(logits_in, {0}, dtype);
   Tensor confusion = empty_on(logits_in, count_confusion ? std::vector<int64_t>{s.C, s.C} : std::vector<int64_t>{0},
                               ScalarType::Long);
   const cudaStream_t stream = current_stream(logits_in);
@@ -196,7 +199,8 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
         const bool shared_bins = count_confusion && s.C * s.C <= kMaxSharedBins;
         focal_forward_kernel<in_t, tgt_t><<<blocks, kThreads, shared_bins ? s.C * s.C * sizeof(unsigned int) : 0,
                                             stream>>>(
-            s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, static_cast<float>(gamma), ignore_index,
+            s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, s.class_last ? s.C : 1,
+            s.class_last ? 1 : s.P, static_cast<float>(gamma), ignore_index,
             prepass ? scale : nullptr, reduction, static_cast<in_t*>(loss.mutable_data_ptr()),
             compute_grad ? static_cast<in_t*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
             count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr, shared_bins);

@@ -13,7 +13,8 @@ MAX_TILE_C = 64
 
 
 @triton.jit
-def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, ignore_index,
+def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, pixel_stride, class_stride, blocks_per_sample,
+                      ignore_index,
                       FROM_LOGITS: tl.constexpr, HAS_IGNORE: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, CHUNKED: tl.constexpr, BINS: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
@@ -28,7 +29,7 @@ def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, i
         offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
         base = n * C * P
         if not CHUNKED:
-            x = tl.load(x_ptr + base + offs_c[:, None] * P + offs_p[None, :],
+            x = tl.load(x_ptr + base + offs_c[:, None] * class_stride + offs_p[None, :] * pixel_stride,
                         mask=(offs_c[:, None] < C) & pmask[None, :], other=-float("inf")).to(ACC)
             pred, _ = argmax_tile(x, offs_c, BLOCK_C)
         else:
@@ -36,7 +37,8 @@ def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, i
             best = tl.full([BLOCK_P], -float("inf"), ACC)
             for c0 in range(0, C, BLOCK_C):
                 cc = c0 + offs_c
-                x = tl.load(x_ptr + base + cc[:, None] * P + offs_p[None, :], mask=(cc[:, None] < C) & pmask[None, :],
+                x = tl.load(x_ptr + base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride,
+                            mask=(cc[:, None] < C) & pmask[None, :],
                             other=-float("inf")).to(ACC)
                 idx, m = argmax_tile(x, offs_c, BLOCK_C)
                 pred, best = combine_argmax(pred, best, c0 + idx, m)
@@ -51,9 +53,10 @@ def _confusion_kernel(x_ptr, y_ptr, hist_ptr, ok_ptr, C, P, blocks_per_sample, i
     tl.atomic_min(ok_ptr + 1, 0, mask=tl.max(bad_p.to(tl.int32), axis=0) > 0)
 
 
-def confusion_matrix(x, y, num_classes, ignore_index, from_logits):
-    """Launcher. x: logits (N, C, P) or labels (N, P); y (N, P); all contiguous. Returns the int64
-    (C, C) matrix and int32 flags [targets valid, predictions valid] (1: valid)."""
+def confusion_matrix(x, y, num_classes, ignore_index, from_logits, class_last=False):
+    """Launcher. x: logits (N, C, P) contiguous or laid out as (N, P, C) when class_last (read in
+    place), or labels (N, P); y (N, P) contiguous. Returns the int64 (C, C) matrix and int32 flags
+    [targets valid, predictions valid] (1: valid)."""
     N, P = y.shape
     C = num_classes
     block_c = min(triton.next_power_of_2(C), MAX_TILE_C) if from_logits else 1
@@ -63,7 +66,8 @@ def confusion_matrix(x, y, num_classes, ignore_index, from_logits):
     if N * P:
         blocks_per_sample = triton.cdiv(P, block_p)
         _confusion_kernel[(N * blocks_per_sample,)](
-            x, y, hist, ok, C, P, blocks_per_sample, ignore_index if ignore_index is not None else 0,
+            x, y, hist, ok, C, P, C if class_last else 1, 1 if class_last else P, blocks_per_sample,
+            ignore_index if ignore_index is not None else 0,
             FROM_LOGITS=from_logits, HAS_IGNORE=ignore_index is not None,
             ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_P=block_p,
             CHUNKED=from_logits and C > MAX_TILE_C, BINS=hist_bins(C))

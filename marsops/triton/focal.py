@@ -114,7 +114,8 @@ def _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND: tl.constexpr)
 
 @triton.jit
 def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, partial_ptr, ok_ptr, counter_ptr,
-                          hist_ptr, C, P, blocks_per_sample, gamma, ignore_index, REDUCTION: tl.constexpr,
+                          hist_ptr, C, P, pixel_stride, class_stride, blocks_per_sample, gamma, ignore_index,
+                          REDUCTION: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SCALE: tl.constexpr, STORE_GRAD: tl.constexpr,
                           GAMMA_KIND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                           CHUNKED: tl.constexpr, REDUCE: tl.constexpr, COUNT: tl.constexpr, BINS: tl.constexpr):
@@ -129,7 +130,7 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
 
     if not CHUNKED:
         tile_mask = (offs_c[:, None] < C) & pmask[None, :]
-        tile = base + offs_c[:, None] * P + offs_p[None, :]
+        tile = base + offs_c[:, None] * class_stride + offs_p[None, :] * pixel_stride
         x = tl.load(x_ptr + tile, mask=tile_mask, other=-float("inf")).to(tl.float32)
         m = tl.where(pmask, tl.max(x, axis=0), 0.0)
         e = tl.exp(x - m[None, :])
@@ -151,7 +152,7 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + offs_c
             tile_mask = (cc[:, None] < C) & pmask[None, :]
-            x = tl.load(x_ptr + base + cc[:, None] * P + offs_p[None, :], mask=tile_mask,
+            x = tl.load(x_ptr + base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride, mask=tile_mask,
                         other=-float("inf")).to(tl.float32)
             m_new = tl.maximum(m, tl.max(x, axis=0))
             m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all -inf so far: nothing to rescale
@@ -185,7 +186,7 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
             for c0 in range(0, C, BLOCK_C):
                 cc = c0 + offs_c
                 tile_mask = (cc[:, None] < C) & pmask[None, :]
-                tile = base + cc[:, None] * P + offs_p[None, :]
+                tile = base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride
                 x = tl.load(x_ptr + tile, mask=tile_mask, other=-float("inf")).to(tl.float32)
                 pc = tl.exp(x - m[None, :]) * inv_s[None, :]
                 is_t = cc[:, None] == cls[None, :]
@@ -221,16 +222,19 @@ def block_sizes(C: int, P: int):
     return block_c, block_p, C > MAX_TILE_C
 
 
-def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion):
-    """Launcher. logits (N, C, P) and target (N, P) contiguous. Returns (loss, grad, confusion, ok):
+def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion,
+                       class_last=False):
+    """Launcher. logits (N, C, P) contiguous, or laid out as (N, P, C) when class_last (channels_last,
+    read in place; the gradient is written the same way); target (N, P) contiguous. Returns
+    (loss, grad, confusion, ok):
     confusion the int64 (C, C) counts (or empty), ok an int32 device scalar, 0 when a label lies
     outside [0, C) and is not ignore_index."""
-    N, C, P = logits.shape
+    (N, P), C = target.shape, logits.shape[1]
     dev = logits.device
     block_c, block_p, chunked = block_sizes(C, P)
     w = weight.to(device=dev, dtype=torch.float32).contiguous() if weight is not None else logits  # dummy ptr
     loss = torch.empty((N, P) if reduction == 0 else (), device=dev, dtype=logits.dtype)
-    grad = torch.empty_like(logits) if compute_grad else torch.empty(0, device=dev, dtype=logits.dtype)
+    grad = torch.empty_like(logits) if compute_grad else torch.empty(0, device=dev, dtype=logits.dtype)  # same layout
     confusion = torch.zeros((C, C) if count_confusion else (0,), device=dev, dtype=torch.int64)
     if N * P == 0:
         if reduction != 0:
@@ -253,7 +257,7 @@ def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, c
     partial = torch.empty((programs, STATS), device=dev, dtype=torch.float64)
     _focal_forward_kernel[(programs,)](
         logits, target, w, scale if scale is not None else w, loss, grad, partial, ok, counters, confusion, C, P,
-        blocks_per_sample, float(gamma), ignore_index, REDUCTION=reduction, HAS_WEIGHT=weight is not None,
+        C if class_last else 1, 1 if class_last else P, blocks_per_sample, float(gamma), ignore_index, REDUCTION=reduction, HAS_WEIGHT=weight is not None,
         HAS_SCALE=scale is not None, STORE_GRAD=compute_grad, GAMMA_KIND=gamma_kind(gamma), BLOCK_C=block_c,
         BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion, BINS=hist_bins(C))
     return loss, grad, confusion, ok

@@ -1,89 +1,66 @@
-"""Triton flip4_argmax (flip test-time augmentation, evaluated): one program per block of output
-pixels reads, for each of the four views of a flip4 batch, the [BLOCK_C, BLOCK_P] tile at the
-flipped positions; a first pass gets each view's softmax max and sum over chunks of classes, a
-second averages the views class by class and keeps the running argmax (csrc/tta_common.h does
-the same per pixel). Predictions and confusion counts come out of the same pass."""
+"""Triton views_argmax (flip / dihedral test-time augmentation, evaluated): one program per block
+of output pixels reads, for each of the K views of a flip_views batch, the [BLOCK_C, BLOCK_P] tile
+at the positions that view put them (the outputs' own strides: channels_last is read in place);
+a first pass gets each view's softmax max and sum over chunks of classes, a second averages the
+views class by class and keeps the running argmax (csrc/tta_common.h does the same per pixel).
+Predictions and confusion counts come out of the same pass."""
 import torch
 import triton
 import triton.language as tl
 
 from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
+from .flip import pack_views, view_target
 
 MAX_TILE_C = 64
 
 
 @triton.jit
-def _view_offsets(k: tl.constexpr, n, m, h, w, cc, N, C, M, H, W):
-    """Element offsets of classes cc at the pixels (n, m, h, w) as view k holds them (int64:
-    n and cc are)."""
-    if k & 2:
-        h = H - 1 - h
-    if k & 1:
-        w = W - 1 - w
-    plane = (k * N + n)[None, :] * C + cc[:, None]
-    return ((plane * M + m[None, :]) * H + h[None, :]) * W + w[None, :]
-
-
-@triton.jit
-def _flip4_argmax_kernel(y_ptr, t_ptr, pred_ptr, hist_ptr, ok_ptr, total, N, C, M, H, W, ignore_index,
+def _views_argmax_kernel(y_ptr, t_ptr, pred_ptr, hist_ptr, ok_ptr, total, N, C, D, H, W, sn, sc, sd, sh, sw,
+                         ignore_index, CODES: tl.constexpr, K: tl.constexpr, KPAD: tl.constexpr,
                          SOFTMAX: tl.constexpr, WANT_PRED: tl.constexpr, COUNT: tl.constexpr,
                          HAS_IGNORE: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr, BINS: tl.constexpr):
     i = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
     pmask = i < total
-    w = i % W
+    w0 = i % W
     rest = i // W
-    h = rest % H
+    h0 = rest % H
     rest = rest // H
-    m = rest % M
-    n = rest // M
+    d0 = rest % D
+    n = rest // D
     offs_c = tl.arange(0, BLOCK_C).to(tl.int64)
-    if SOFTMAX:  # each view's max and sum of exponentials (online over chunks of classes)
-        m0 = tl.full([BLOCK_P], -float("inf"), tl.float32)
-        m1, m2, m3 = m0, m0, m0
-        s0 = tl.zeros([BLOCK_P], tl.float32)
-        s1, s2, s3 = s0, s0, s0
+    rows = tl.arange(0, KPAD)
+    # Per view: max and sum of exponentials over the classes, as rows of [KPAD, BLOCK_P] tensors.
+    vmax = tl.full([KPAD, BLOCK_P], -float("inf"), tl.float32)
+    vsum = tl.zeros([KPAD, BLOCK_P], tl.float32)
+    if SOFTMAX:
         for c0 in range(0, C, BLOCK_C):
             cc = c0 + offs_c
             mask = (cc[:, None] < C) & pmask[None, :]
-            for k in tl.static_range(4):
-                x = tl.load(y_ptr + _view_offsets(k, n, m, h, w, cc, N, C, M, H, W), mask=mask,
-                            other=-float("inf")).to(tl.float32)
-                if k == 0:
-                    mk, sk = m0, s0
-                elif k == 1:
-                    mk, sk = m1, s1
-                elif k == 2:
-                    mk, sk = m2, s2
-                else:
-                    mk, sk = m3, s3
+            for k in tl.static_range(K):
+                d, h, w = view_target((CODES >> (4 * k)) & 15, D, H, W, d0, h0, w0)
+                pixel = (k * N + n) * sn + d * sd + h * sh + w * sw
+                x = tl.load(y_ptr + pixel[None, :] + cc[:, None] * sc, mask=mask, other=-float("inf")).to(tl.float32)
+                mk = tl.max(tl.where(rows[:, None] == k, vmax, -float("inf")), axis=0)
+                sk = tl.sum(tl.where(rows[:, None] == k, vsum, 0.0), axis=0)
                 m_new = tl.maximum(mk, tl.max(x, axis=0))
-                m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)
+                m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all -inf so far: nothing to rescale
                 sk = sk * tl.exp(mk - m_safe) + tl.sum(tl.exp(x - m_safe[None, :]), axis=0)
-                if k == 0:
-                    m0, s0 = m_new, sk
-                elif k == 1:
-                    m1, s1 = m_new, sk
-                elif k == 2:
-                    m2, s2 = m_new, sk
-                else:
-                    m3, s3 = m_new, sk
+                vmax = tl.where(rows[:, None] == k, m_new[None, :], vmax)
+                vsum = tl.where(rows[:, None] == k, sk[None, :], vsum)
     pred = tl.zeros([BLOCK_P], tl.int64)
     best = tl.full([BLOCK_P], -float("inf"), tl.float32)
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + offs_c
         mask = (cc[:, None] < C) & pmask[None, :]
         acc = tl.zeros([BLOCK_C, BLOCK_P], tl.float32)
-        for k in tl.static_range(4):
-            x = tl.load(y_ptr + _view_offsets(k, n, m, h, w, cc, N, C, M, H, W), mask=mask, other=0.0).to(tl.float32)
+        for k in tl.static_range(K):  # in view order, as the merge sums
+            d, h, w = view_target((CODES >> (4 * k)) & 15, D, H, W, d0, h0, w0)
+            pixel = (k * N + n) * sn + d * sd + h * sh + w * sw
+            x = tl.load(y_ptr + pixel[None, :] + cc[:, None] * sc, mask=mask, other=0.0).to(tl.float32)
             if SOFTMAX:
-                if k == 0:
-                    x = tl.exp(x - m0[None, :]) / s0[None, :]
-                elif k == 1:
-                    x = tl.exp(x - m1[None, :]) / s1[None, :]
-                elif k == 2:
-                    x = tl.exp(x - m2[None, :]) / s2[None, :]
-                else:
-                    x = tl.exp(x - m3[None, :]) / s3[None, :]
+                mk = tl.max(tl.where(rows[:, None] == k, vmax, -float("inf")), axis=0)
+                sk = tl.sum(tl.where(rows[:, None] == k, vsum, 0.0), axis=0)
+                x = tl.exp(x - mk[None, :]) / sk[None, :]
             acc += x
         acc = tl.where(mask, acc, -float("inf"))
         idx, mc = argmax_tile(acc, offs_c, BLOCK_C)
@@ -100,22 +77,28 @@ def _flip4_argmax_kernel(y_ptr, t_ptr, pred_ptr, hist_ptr, ok_ptr, total, N, C, 
         tl.atomic_min(ok_ptr, 0, mask=tl.max(bad.to(tl.int32), axis=0) > 0)
 
 
-def flip4_argmax(outputs, target, ignore_index, softmax, want_pred):
-    """Launcher. outputs (4N, C, M, H, W) and target (N, M, H, W) or None, contiguous. Returns
-    (pred (N, M, H, W) int64 or empty, confusion (C, C) int64 or empty, ok int32 flag)."""
-    four_n, C, M, H, W = outputs.shape
-    N = four_n // 4
+def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volume):
+    """Launcher. outputs (K*N, C, [D,] H, W), any strides (read in place); target (N, [D,] H, W) or
+    None. Returns (pred (N, [D,] H, W) int64 or empty, confusion (C, C) int64 or empty, ok flag)."""
+    K = len(views)
+    N, C = outputs.shape[0] // K, outputs.shape[1]
+    depth = outputs.dim() == 5  # (K*N, C, D, H, W), flipped in depth too when `volume`
+    D, H, W = (outputs.shape[2] if depth else 1), outputs.shape[-2], outputs.shape[-1]
+    sn, sc = outputs.stride(0), outputs.stride(1)
+    sd, sh, sw = (outputs.stride(2) if depth else 0), outputs.stride(-2), outputs.stride(-1)
     dev = outputs.device
-    pred = torch.empty((N, M, H, W) if want_pred else (0,), device=dev, dtype=torch.int64)
+    pred_shape = (N, D, H, W) if depth else (N, H, W)
+    pred = torch.empty(pred_shape if want_pred else (0,), device=dev, dtype=torch.int64)
     count = target is not None
     confusion = torch.zeros((C, C) if count else (0,), device=dev, dtype=torch.int64)
     ok = torch.ones((), device=dev, dtype=torch.int32)
-    total = N * M * H * W
+    total = N * D * H * W
     if total:
         block_c = min(triton.next_power_of_2(C), MAX_TILE_C)
         block_p = min(triton.next_power_of_2(total), max(16, 2048 // block_c))
-        _flip4_argmax_kernel[(triton.cdiv(total, block_p),)](
-            outputs, target if count else pred, pred, confusion, ok, total, N, C, M, H, W,
-            ignore_index if ignore_index is not None else 0, SOFTMAX=softmax, WANT_PRED=want_pred, COUNT=count,
+        _views_argmax_kernel[(triton.cdiv(total, block_p),)](
+            outputs, target.contiguous() if count else pred, pred, confusion, ok, total, N, C, D, H, W, sn, sc, sd,
+            sh, sw, ignore_index if ignore_index is not None else 0, CODES=pack_views(views), K=K,
+            KPAD=triton.next_power_of_2(K), SOFTMAX=softmax, WANT_PRED=want_pred, COUNT=count,
             HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=block_p, BINS=hist_bins(C))
     return pred, confusion, ok
