@@ -99,8 +99,8 @@ def parse_args(argv=None):
     errors = []
     if args.batch_size < 4 or (not args.no_flips and args.batch_size % 4):
         errors.append("--batch-size must be a multiple of 4 (flip4 groups) and at least 4")
-    if not 0 <= args.val_fraction < 1:
-        errors.append("--val-fraction must be in [0, 1)")
+    if not 0 < args.val_fraction < 1:
+        errors.append("--val-fraction must be in (0, 1): the validation set picks the best checkpoint")
     if args.lr <= 0 or args.epochs < 1 or args.width < 1:
         errors.append("--lr, --epochs and --width must be positive")
     if args.gamma < 0:
@@ -251,8 +251,10 @@ def train(args, log=print):
     step = loop.make_step(train_net, criterion, optimizer, device, args.amp, train_metric)
     graphed = None
     if args.cuda_graph and len(train_x) >= args.batch_size:
-        graphed = loop.CudaGraphStep(step, train_x[: args.batch_size].contiguous(memory_format=torch.channels_last),
+        graphed = loop.CudaGraphStep(step, train_net, optimizer,
+                                     train_x[: args.batch_size].contiguous(memory_format=torch.channels_last),
                                      train_y[: args.batch_size])
+        train_metric.reset()
     progress = None
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
@@ -366,7 +368,10 @@ def tune(args, log=print):
         trial_args.name = f"{args.study_name}-trial{trial.number}"
         trial_args.tune = None
         trial_args.no_progress = True
-        return train(trial_args, log=lambda *a, **k: None)
+        try:
+            return train(trial_args, log=lambda *a, **k: None)
+        except SystemExit:  # a diverging trial (non-finite loss): failed, and the study goes on
+            return float("nan")
 
     study = optuna.create_study(study_name=args.study_name, storage=args.storage, direction="maximize",
                                 load_if_exists=True)

@@ -63,10 +63,11 @@ inline void check_flags(const Tensor& x, const Tensor& flags) {
                 " but the batch is on ", device_str(x));
 }
 
+// Flips move bytes, so every real dtype works (uint16 / uint32 / uint64 included); complex is refused.
 inline void check_flip_dtype(const Tensor& x, const char* op) {
   const auto t = x.scalar_type();
-  MARSOPS_CHECK(is_floating(t) || is_integral(t) || t == ScalarType::Bool, "marsops.", op,
-                ": expected a real floating, integer or bool tensor, got ", dtype_str(t));
+  const bool complex = t == ScalarType::ComplexHalf || t == ScalarType::ComplexFloat || t == ScalarType::ComplexDouble;
+  MARSOPS_CHECK(!complex, "marsops.", op, ": complex tensors are not supported, got ", dtype_str(t));
 }
 
 }  // namespace marsops

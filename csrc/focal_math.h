@@ -46,7 +46,8 @@ MARSOPS_HD void focal_terms(V logp, V p, V q, V w, S gamma, V& loss, V& coef) {
   const V series = V(-1) - q * (V(0.5) + q * (V(1.0 / 3.0) + q * V(0.25)));
   const V ratio = m_where_lt(q, V(1e-3), series, logp / q);
   loss = V(0) - w * qg * logp;
-  coef = w * (V(gamma) * qg * p * ratio - qg);
+  // gamma == 0 is the cross-entropy: no focal term (which would be 0 * inf for a -inf target logit).
+  coef = gamma == S(0) ? V(0) - w * qg : w * (V(gamma) * qg * p * ratio - qg);
 }
 
 }  // namespace marsops

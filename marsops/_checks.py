@@ -74,7 +74,8 @@ def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
 
 def refuse_unsupported_autograd(op: str, *tensors) -> None:
     """The compiled and Triton ops have reverse-mode autograd only: forward-mode AD (jvp, jacfwd)
-    and torch.func transforms would otherwise see zero or wrong derivatives, so they are refused."""
+    and torch.func's differentiating transforms would otherwise see zero or wrong derivatives (a
+    torch limitation of custom ops), so they are refused."""
     import torch.autograd.forward_ad as forward_ad
 
     if torch.compiler.is_compiling():  # dynamo traces plain tensors (and cannot trace these checks)
@@ -82,9 +83,9 @@ def refuse_unsupported_autograd(op: str, *tensors) -> None:
     for t in tensors:
         if t is None:
             continue
-        if torch._C._functorch.is_functorch_wrapped_tensor(t):
-            raise RuntimeError(f"marsops.{op}: torch.func transforms (grad, vmap, jvp, jacrev, ...) are not "
-                               "supported by the fused kernels; use backend='reference'")
+        if torch._C._functorch.is_gradtrackingtensor(t):  # vmap alone is fine: it runs the op per sample
+            raise RuntimeError(f"marsops.{op}: torch.func's differentiating transforms (grad, vjp, jvp, jacrev, "
+                               "jacfwd) are not supported by the fused kernels; use backend='reference'")
         if forward_ad._current_level >= 0 and forward_ad.unpack_dual(t).tangent is not None:
             raise RuntimeError(f"marsops.{op}: forward-mode AD is not supported by the fused kernels; use "
                                "backend='reference'")

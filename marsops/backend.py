@@ -46,6 +46,8 @@ def resolve(op_name: str, tensor: torch.Tensor, backend: str = "auto") -> str:
 def _resolve(op_name: str, device_type: str, backend: str) -> str:
     if backend == "auto":
         backend = os.environ.get("MARSOPS_BACKEND", "auto")
+    if backend not in BACKENDS and backend != "auto":
+        raise ValueError(f"marsops: unknown backend {backend!r}; choose one of {BACKENDS} or 'auto'")
     if backend != "auto":
         reason = unavailable_reason(backend, op_name, device_type)
         if reason:

@@ -63,6 +63,8 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
         raise ValueError(f"marsops.focal_loss: gamma must be finite and >= 0, got {gamma}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     counts_into = _confusion_sink(confusion, logits.shape[1], ignore_index, logits.device)
+    if counts_into is not None and _recomputing():
+        counts_into = None  # activation checkpointing runs the forward again: count once
 
     chosen = _backend.resolve("focal_loss_forward", logits, backend)
     if chosen != "reference":
@@ -86,6 +88,11 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     if counts_into is not None:
         counts_into.add_(counts)
     return loss
+
+
+def _recomputing() -> bool:
+    """Whether this forward runs inside a backward pass: activation checkpointing recomputing it."""
+    return not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1
 
 
 def _confusion_sink(confusion, num_classes: int, ignore_index: int, device) -> Optional[Tensor]:
@@ -164,7 +171,10 @@ def _empty_gradient(logits):
 def _setup_context(ctx, inputs, output):
     ctx.reduction = inputs[5]
     ctx.has_grad = inputs[6]  # compute_grad: the forward wrote the gradient
-    ctx.save_for_backward(output[1])
+    ctx.ignore_index = inputs[4]
+    # 'none': the targets too, so that an upstream gradient's NaN or inf at an ignored pixel cannot
+    # reach the gradient (0 * inf is NaN; an ignored pixel's gradient is exactly 0).
+    ctx.save_for_backward(output[1], *((inputs[1],) if inputs[5] == 0 else ()))
     # The saved gradient and the counts get no gradient: without these, autograd would allocate
     # and zero a logits-sized tensor for the gradient in every backward.
     ctx.mark_non_differentiable(output[1], output[2])
@@ -194,8 +204,13 @@ def _backward(ctx, grad_loss, _grad, _counts):
     if not ctx.has_grad:
         raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad or "
                            "grad mode was off), so there is nothing to backpropagate to the logits")
-    (grad,) = ctx.saved_tensors
-    scale = grad_loss.unsqueeze(1) if ctx.reduction == 0 else grad_loss  # 'none': one upstream value per pixel
+    grad, *target = ctx.saved_tensors
+    if ctx.reduction == 0:  # one upstream value per pixel; ignored pixels' are never used
+        kept = target[0].to(torch.int64) != ctx.ignore_index
+        scale = torch.where(kept, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
+        scale = scale.unsqueeze(1)
+    else:
+        scale = grad_loss
     traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor  # fake / functional tensors
     if traced or _graph_is_kept():
         return (grad * scale,) + nothing  # a fresh tensor; the saved one may be read again

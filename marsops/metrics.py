@@ -123,9 +123,9 @@ class StreamingIoU:
             raise ValueError(f"marsops.StreamingIoU: num_classes must be a positive int, got {num_classes}")
         if classes is not None:
             classes = tuple(_checks.as_int64("classes", c, op) for c in classes)  # a generator is read once, here
-            if not classes or not all(0 <= c < num_classes for c in classes):
+            if not classes or not all(0 <= c < num_classes for c in classes) or len(set(classes)) != len(classes):
                 raise ValueError(f"marsops.StreamingIoU: classes {list(classes)} must be a non-empty subset of "
-                                 f"[0, {num_classes})")
+                                 f"[0, {num_classes}), each class once")
         if ignore_index is not None:
             ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
         self.num_classes, self.classes, self.ignore_index, self.backend = num_classes, classes, ignore_index, backend
@@ -195,8 +195,9 @@ class StreamingIoU:
 
     def merge(self, other: "StreamingIoU") -> "StreamingIoU":
         """Adds another metric's local counts to this one's."""
-        if other.num_classes != self.num_classes:
-            raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes vs {self.num_classes}")
+        if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
+            raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes ignoring {other.ignore_index} vs "
+                             f"{self.num_classes} classes ignoring {self.ignore_index}")
         self.local += other.local.to(self.local.device)
         self._synced = None
         return self

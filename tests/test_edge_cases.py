@@ -279,3 +279,117 @@ def test_gpu_backward_scaling_kernel(dtype):
     assert torch.equal(x, kept)
     scale_(x, torch.full((), 2.5, device=device, dtype=dtype))
     assert_close(x, (kept.float() * 2.5).to(dtype))
+
+
+# ---- found by the adversarial review --------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_nonfinite_upstream_gradient_at_ignored_pixels_stays_out(backend, device):
+    """A per-image mean guarded by torch.where, with one image all ignored: its upstream gradient
+    is NaN there, and 0 * NaN must not reach the logits (F.cross_entropy's gradient stays finite)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g)
+    y = torch.randint(0, 3, (2, 4, 4), generator=g)
+    y[1] = 255
+
+    def per_image_mean(loss):
+        n = (y.to(device) != 255).sum((1, 2))
+        return torch.where(n > 0, loss.sum((1, 2)) / n, torch.zeros((), device=device)).mean()
+
+    leaf = x.clone().to(device).requires_grad_()
+    per_image_mean(marsops.focal_loss(leaf, y.to(device), gamma=0.0, ignore_index=255, reduction="none",
+                                      backend=backend)).backward()
+    ce = x.clone().requires_grad_()
+    per_image_mean(F.cross_entropy(ce, y, ignore_index=255, reduction="none")).backward()
+    assert torch.isfinite(leaf.grad).all() and (leaf.grad[1] == 0).all()
+    assert_close(leaf.grad, ce.grad)
+
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+def test_forward_mode_and_functorch_differentiation_are_refused(backend, device):
+    import torch.autograd.forward_ad as forward_ad
+
+    x, t, _ = focal_setup(device)
+    loss = lambda z: marsops.focal_loss(z, t, backend=backend)  # noqa: E731
+    flips = lambda z: marsops.flip4(z, backend=backend)[0]  # noqa: E731
+    for transform in (lambda f: torch.func.jvp(f, (x,), (torch.ones_like(x),)), lambda f: torch.func.grad(
+            lambda z: f(z).sum())(x), lambda f: torch.func.jacfwd(f)(x)):
+        for f in (loss, flips):
+            with pytest.raises(RuntimeError, match="not supported by the fused kernels"):
+                transform(f)
+    with forward_ad.dual_level():
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            loss(forward_ad.make_dual(x, torch.ones_like(x)))
+    # vmap alone differentiates nothing: it runs, per sample, what the op computes
+    batched = torch.func.vmap(lambda z, y: marsops.focal_loss(z[None], y[None], backend=backend))(x, t)
+    expected = torch.stack([marsops.focal_loss(x[i:i + 1], t[i:i + 1], backend=backend) for i in range(len(x))])
+    assert_close(batched, expected)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_gamma_zero_with_a_minus_inf_target_logit_is_cross_entropy(backend, device):
+    x = torch.tensor([[-float("inf"), 0.5, 0.2]])
+    y = torch.tensor([0])
+    leaf = x.clone().to(device).requires_grad_()
+    loss = marsops.focal_loss(leaf, y.to(device), gamma=0.0, backend=backend)
+    loss.backward()
+    ce = x.clone().requires_grad_()
+    F.cross_entropy(ce, y).backward()
+    assert torch.isinf(loss) and torch.isfinite(leaf.grad).all()
+    assert_close(leaf.grad, ce.grad)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_activation_checkpointing_counts_once(use_reentrant):
+    from torch.utils.checkpoint import checkpoint, set_checkpoint_early_stop
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(1, 5, 3, padding=1)
+    x = torch.randn(2, 1, 8, 8, requires_grad=True)
+    y = torch.randint(0, 5, (2, 8, 8))
+    cm = torch.zeros(5, 5, dtype=torch.int64)
+    with set_checkpoint_early_stop(False):
+        checkpoint(lambda i: marsops.focal_loss(conv(i), y, confusion=cm), x, use_reentrant=use_reentrant).backward()
+    assert cm.sum() == y.numel()
+    assert torch.equal(cm, marsops.confusion_matrix(conv(x).detach(), y, 5))
+
+
+def test_cpu_kernels_refuse_more_classes_than_float_lanes_hold():
+    x = torch.zeros(1, 2**24 + 1)
+    with pytest.raises(RuntimeError, match="2\\^24 classes"):
+        marsops.focal_loss(x, torch.tensor([3]), backend="cpu")
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + kernel_backends("flip_views"),
+                         ids=backend_ids([("reference", "cpu")] + kernel_backends("flip_views")))
+def test_flips_take_every_real_dtype(backend, device):
+    for dtype in (torch.uint16, torch.uint32, torch.uint64, torch.int16):
+        x = torch.arange(24).view(2, 3, 4).to(dtype).to(device)
+        out, _ = marsops.flip4(x, backend=backend)
+        assert torch.equal(out.cpu(), torch.cat([x.cpu(), x.cpu().flip(-1), x.cpu().flip(-2), x.cpu().flip(-2, -1)]))
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: marsops.focal_loss(torch.randn(2, 5), torch.zeros(2, dtype=torch.long),
+                                weight=torch.ones(5, dtype=torch.long)), TypeError, "weight"),
+    (lambda: marsops.focal_loss(torch.randn(2, 0, 3), torch.zeros(2, 3, dtype=torch.long)), ValueError, "C >= 1"),
+    (lambda: marsops.flip4_argmax(torch.randn(4, 0, 3, 7)), ValueError, "at least one class"),
+    (lambda: marsops.focal_loss(torch.randn(2, 5), torch.zeros(2, dtype=torch.long),
+                                gamma=torch.tensor(2.0, requires_grad=True)), ValueError, "gamma"),
+    (lambda: marsops.StreamingIoU(5, classes=[1, 1, 2]), ValueError, "each class once"),
+    (lambda: marsops.StreamingIoU(5, ignore_index=255).merge(marsops.StreamingIoU(5)), ValueError, "ignoring"),
+    (lambda: marsops.focal_loss(torch.randn(2, 5), torch.zeros(2, dtype=torch.long), backend="gpu"), ValueError,
+     "unknown backend"),
+])
+def test_arguments_every_backend_now_treats_alike(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_label_errors_are_value_errors_on_the_cpu_backend_too():
+    t = torch.zeros(2, 4, dtype=torch.long)
+    t[1, 2] = 3
+    with pytest.raises(ValueError, match="outside"):
+        marsops.focal_loss(torch.randn(2, 3, 4), t, backend="cpu")
+    with pytest.raises(ValueError, match="outside"):
+        marsops.confusion_matrix(torch.randn(2, 3, 4), t, 3, backend="cpu")

@@ -82,3 +82,27 @@ def test_train_with_a_cuda_graph(tmp_path):
     assert len(rows) == 3 and all(float(r["train_loss"]) == float(r["train_loss"]) for r in rows)
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert 0.0 <= float(rows[-1]["train_miou"]) <= 1.0
+
+
+@requires_gpu
+def test_cuda_graph_resume_matches_an_uninterrupted_run(tmp_path):
+    """The capture's warm-up steps are undone, so a run killed and resumed with --cuda-graph ends
+    where an uninterrupted one does."""
+    import train
+    from training import checkpoint
+
+    common = ["--synthetic-train", "96", "--synthetic-test", "4", "--width", "4", "--batch-size", "32",
+              "--no-progress", "--device", "cuda", "--cuda-graph", "--deterministic", "--cache",
+              str(tmp_path / "cache"), "--out", str(tmp_path / "runs")]
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        train.main([*common, "--epochs", "3", "--name", "straight"])
+        train.main([*common, "--epochs", "2", "--name", "killed"])
+        train.main(["--resume", str(tmp_path / "runs" / "killed"), "--epochs", "3", "--no-progress"])
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    a = checkpoint.load(tmp_path / "runs" / "straight" / "last.pt")
+    b = checkpoint.load(tmp_path / "runs" / "killed" / "last.pt")
+    assert a["state"] == b["state"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

@@ -140,3 +140,41 @@ def test_tune_runs_trials_into_a_shared_storage(tmp_path):
     study = optuna.load_study(study_name="s", storage=storage)
     assert len(study.trials) == 2 and all(t.value is not None for t in study.trials)
     assert set(study.best_params) == {"lr", "weight_decay", "gamma", "batch_size", "width"}
+
+
+def test_batches_pair_up_across_processes_and_evaluation_sees_every_sample():
+    from training import loop
+
+    for n, batch, world in ((196, 512, 2), (153, 64, 2), (100, 32, 3), (7, 2, 3)):
+        per_rank = [loop.batches(n, batch, torch.Generator().manual_seed(0), rank=r, world=world) for r in range(world)]
+        assert len({len(b) for b in per_rank}) == 1 and all(len(b) > 0 for b in per_rank)
+        seen = torch.cat([i for b in [loop.shard(n, batch, r, world) for r in range(world)] for i in b])
+        assert sorted(seen.tolist()) == list(range(n))
+    with pytest.raises(ValueError, match="cannot be shared"):
+        loop.batches(1, 4, None, rank=0, world=2)
+
+
+def test_tune_goes_on_after_a_diverging_trial(tmp_path, monkeypatch):
+    pytest.importorskip("optuna", reason="optuna is the optional 'tune' extra")
+    import optuna
+
+    real = train.loop.train_one_epoch
+    calls = {"n": 0}
+
+    def first_trial_diverges(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise train.loop.NonFiniteLoss("training loss is nan")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train.loop, "train_one_epoch", first_trial_diverges)
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    run(tmp_path, "--epochs", "1", "--tune", "2", "--storage", storage, "--study-name", "d")
+    states = [t.state for t in optuna.load_study(study_name="d", storage=storage).trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+
+
+def test_val_fraction_zero_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--val-fraction", "0"])
+    assert "--val-fraction" in capsys.readouterr().err

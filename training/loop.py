@@ -15,13 +15,24 @@ class NonFiniteLoss(RuntimeError):
 
 
 def batches(n, batch_size, generator, shuffle=True, rank=0, world=1, device="cpu"):
-    """Index batches over n samples, on `device`; with several processes each takes every
-    world-th batch."""
+    """Training batches over n samples, on `device`. With several processes each takes every
+    world-th batch, and every process gets the same number (DDP's collectives must pair up):
+    the last incomplete round is dropped, and with fewer batches than processes the samples are
+    split into one batch per process."""
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-    chunks = list(order.to(device).split(batch_size))  # one copy per epoch, then views
+    order = order.to(device)  # one copy per epoch, then views
+    if world > 1 and n < world:
+        raise ValueError(f"{n} training samples cannot be shared by {world} processes")
+    chunks = list(order.split(batch_size))
     if world > 1:
-        chunks = chunks[: len(chunks) // world * world] or chunks[:world]  # equal counts per rank
+        chunks = chunks[: len(chunks) // world * world] or list(order.tensor_split(world))
     return chunks[rank::world]
+
+
+def shard(n, batch_size, rank=0, world=1):
+    """Evaluation batches: each sample in exactly one batch of exactly one process (the counts are
+    summed across processes afterwards, so the processes need not pair up)."""
+    return list(torch.arange(n).tensor_split(world)[rank].split(batch_size))
 
 
 def autocast(device, enabled):
@@ -46,11 +57,18 @@ def make_step(model, criterion, optimizer, device, amp=False, metric=None):
 
 class CudaGraphStep:
     """A training step captured as one CUDA graph for a fixed batch shape, then replayed: no
-    launch overhead, no host involvement. The capture runs `warmup` real steps on its first batch
-    first (as CUDA graphs require); the optimizer must be capturable."""
+    launch overhead, no host involvement. CUDA graphs need a few real steps before the capture;
+    they run on the first batch, and the model's weights and buffers, the optimizer's state and
+    the RNG are put back afterwards, so training (and a resumed run) is as if they never ran. The
+    optimizer must be capturable."""
 
-    def __init__(self, step, x, y, warmup=3):
+    def __init__(self, step, model, optimizer, x, y, warmup=3):
         self.static_x, self.static_y = x.clone(), y.clone()
+        tensors = list(model.parameters()) + list(model.buffers())
+        saved = [t.detach().clone() for t in tensors]
+        saved_state = {p: {k: v.clone() for k, v in s.items() if torch.is_tensor(v)}
+                       for p, s in optimizer.state.items()}
+        rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -60,6 +78,18 @@ class CudaGraphStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.static_loss = step(self.static_x, self.static_y)
+        with torch.no_grad():  # in place: the graph holds these very tensors
+            for t, s in zip(tensors, saved):
+                t.copy_(s)
+            for p, state in optimizer.state.items():
+                for k, v in state.items():
+                    if not torch.is_tensor(v):
+                        continue
+                    if p in saved_state:
+                        v.copy_(saved_state[p][k])
+                    else:  # created by the warm-up: back to a fresh optimizer's zeros
+                        v.zero_()
+        torch.cuda.set_rng_state(rng)
 
     def __call__(self, x, y):
         self.static_x.copy_(x)
@@ -72,13 +102,20 @@ def train_one_epoch(model, step, images, masks, batch_size, generator, device, r
                     check_every=50, graphed=None):
     """Runs step(x, y) (make_step's, for `model`) over one shuffled epoch; returns the mean
     training loss. `graphed(x, y)`, if given, replaces step for full batches (CUDA graphs need one
-    batch shape)."""
+    batch shape). Under torch.distributed every process checks the same, all-reduced flag, so
+    they stop together."""
     model.train()
     total = torch.zeros((), device=device, dtype=torch.float64)
     finite = torch.ones((), device=device, dtype=torch.bool)
     count = 0
 
     def check():  # the one host synchronisation, every check_every steps
+        if world > 1:
+            import torch.distributed as dist
+
+            everywhere = finite.to(torch.int32)
+            dist.all_reduce(everywhere, op=dist.ReduceOp.MIN)
+            finite.copy_(everywhere.bool())
         if not bool(finite):
             raise NonFiniteLoss(f"training loss is {(total / max(count, 1)).item()} (non-finite within the last "
                                 f"{check_every} steps)")
@@ -113,7 +150,7 @@ def evaluate(model, criterion, images, masks, batch_size, device, num_classes, c
     metric = marsops.StreamingIoU(num_classes, classes=classes, device=device, backend=backend)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     count = torch.zeros((), device=device, dtype=torch.float64)
-    for idx in batches(len(images), batch_size, None, shuffle=False, rank=rank, world=world):
+    for idx in shard(len(images), batch_size, rank, world):
         x = images[idx].to(device)
         y = masks[idx].to(device)
         with autocast(device, amp):

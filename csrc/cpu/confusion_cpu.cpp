@@ -14,6 +14,9 @@ constexpr int64_t kChunk = 8192;
 Tensor confusion_matrix_cpu(const Tensor& input, const Tensor& target, int64_t num_classes,
                             std::optional<int64_t> ignore_index) {
   const auto s = confusion_shapes(input, target, num_classes);
+  // The SIMD argmax keeps class indices in float lanes: exact up to 2^24.
+  MARSOPS_CHECK(!s.from_logits || num_classes <= (int64_t{1} << 24), "marsops.confusion_matrix: the CPU kernel takes "
+                "the argmax of up to 2^24 classes, got ", num_classes, "; use backend='reference'");
   Tensor out = empty_on(target, {num_classes, num_classes}, ScalarType::Long);
   st::zero_(out);
   const int64_t total = s.N * s.P;

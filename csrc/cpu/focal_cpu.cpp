@@ -73,6 +73,9 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
                                                           int64_t ignore_index, int64_t reduction, bool compute_grad,
                                                           bool count_confusion) {
   const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction);
+  // The SIMD kernel keeps class indices in float lanes: exact up to 2^24.
+  MARSOPS_CHECK(s.C <= (int64_t{1} << 24), "marsops.focal_loss: the CPU kernel supports up to 2^24 classes, got ",
+                s.C, "; use backend='reference'");
   const ScalarType dtype = logits_in.scalar_type();
   const ScalarType compute = dtype == ScalarType::Double ? ScalarType::Double : ScalarType::Float;
   FocalArgs a{};

@@ -108,7 +108,10 @@ def _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND: tl.constexpr)
     ratio = tl.where(q < 1e-3, series, logp / q)
     # Ignored pixels are selected out: their logits may hold NaN or inf.
     loss = tl.where(valid, -w * qg * logp, 0.0)
-    coef = tl.where(valid, w * (gamma * qg * p * ratio - qg), 0.0)
+    if GAMMA_KIND == 0:  # the cross-entropy: no focal term (0 * inf for a -inf target logit)
+        coef = tl.where(valid, -w * qg, 0.0)
+    else:
+        coef = tl.where(valid, w * (gamma * qg * p * ratio - qg), 0.0)
     return loss, coef
 
 
