@@ -61,7 +61,14 @@ def apply_view(x, code):
     if code & 8:
         x = x.transpose(-2, -1)
     dims = [d for d, bit in ((-3, 4), (-2, 2), (-1, 1)) if code & bit]
-    return x.flip(dims) if dims else x
+    if not dims:
+        return x
+    # Some torch builds have no flip for uint16/32/64; a flip only moves bits, so flip the signed view.
+    signed = _SIGNED_TWIN.get(x.dtype)
+    return x.view(signed).flip(dims).view(x.dtype) if signed is not None else x.flip(dims)
+
+
+_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
 
 
 def inverse_view(code):
