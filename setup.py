@@ -105,6 +105,8 @@ setup(
     install_requires=[f"torch>={TARGET_TORCH}", "numpy"],
     extras_require={
         "test": ["pytest", "hypothesis"],
+        # Oracles we did not write, used by the tests where installed (torchvision: match torch's version).
+        "oracles": ["monai", "torchmetrics", "torchvision"],
         "bench": ["kornia", "torchmetrics", "segmentation-models-pytorch", "monai"],
         "plots": ["matplotlib"],
         "train": ["tqdm", "matplotlib"],

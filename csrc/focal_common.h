@@ -17,7 +17,9 @@ struct FocalShapes {
 };
 
 inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                                double gamma, int64_t reduction) {
+                                double gamma, int64_t reduction, double label_smoothing = 0.0) {
+  MARSOPS_CHECK(label_smoothing >= 0 && label_smoothing <= 1, "marsops.focal_loss: label_smoothing must be in "
+                "[0, 1], got ", label_smoothing);
   MARSOPS_CHECK(logits.dim() >= 2, "marsops.focal_loss: logits must be (N, C) or (N, C, *spatial), got shape ",
                 shape_str(logits));
   MARSOPS_CHECK(is_floating(logits.scalar_type()), "marsops.focal_loss: logits must be floating point, got ",

@@ -18,8 +18,10 @@ STABLE_TORCH_LIBRARY(marsops, m) {
   // dloss/dlogits (already divided by the mean's denominator) when compute_grad, else an empty
   // (0,) tensor; confusion is the int64 (C, C) count of (label, argmax) pairs of the non-ignored
   // pixels, by confusion_matrix's rules, when count_confusion, else an empty (0,) tensor.
+  // label_smoothing eps: the per-pixel loss is (1 - eps) of the label's term + eps / C of every
+  // class's (F.cross_entropy's weighting), the reductions' denominators unchanged.
   m.def("focal_loss_forward(Tensor logits, Tensor target, Tensor? weight, float gamma, int ignore_index, "
-        "int reduction, bool compute_grad, bool count_confusion) -> (Tensor, Tensor, Tensor)");
+        "int reduction, bool compute_grad, bool count_confusion, float label_smoothing) -> (Tensor, Tensor, Tensor)");
   // input: logits (N, C, *) (argmax fused) or predicted labels (N, *); returns int64 (C, C) counts,
   // rows = true class, columns = predicted class; pixels whose target is ignore_index are skipped.
   m.def("confusion_matrix(Tensor input, Tensor target, int num_classes, int? ignore_index) -> Tensor");
@@ -38,6 +40,16 @@ STABLE_TORCH_LIBRARY(marsops, m) {
   // counts against target (N, [D,] H, W) when given, else empty.
   m.def("views_argmax(Tensor outputs, Tensor? target, int? ignore_index, bool softmax, bool want_pred, "
         "int[] views, bool volume) -> (Tensor, Tensor)");
+  // The region losses in two passes (csrc/cpu/region_kernel.h; the loss itself: marsops/losses.py).
+  // Pass 1: float64 stats (groups, C, 3) = [intersection, prediction mass, target count] of each
+  // class over the non-ignored pixels (groups: the images when per_image, else 1), and float64
+  // (3,) = [loss sum, count, weight sum] of the focal term when `focal`.
+  m.def("region_stats(Tensor logits, Tensor target, int ignore_index, bool per_image, bool focal, "
+        "Tensor? focal_weight, float gamma, float label_smoothing) -> (Tensor, Tensor)");
+  // Pass 2: the gradient, from dL/dI (coef_i) and dL/dS (coef_s) of each (group, class), in the
+  // logits' compute type, plus focal_scale times the focal term's gradient.
+  m.def("region_grad(Tensor logits, Tensor target, int ignore_index, bool per_image, Tensor coef_i, Tensor coef_s, "
+        "bool focal, Tensor? focal_weight, float gamma, float label_smoothing, float focal_scale) -> Tensor");
   // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");
 }

@@ -5,7 +5,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from . import _checks, _extension, backend as _backend, reference
+from . import _checks, _extension, _saved_gradient, backend as _backend, reference
 from . import triton as _triton
 
 REDUCTIONS = reference.REDUCTIONS  # code = position: none 0, sum 1, mean 2, weighted_mean 3
@@ -13,7 +13,7 @@ REDUCTIONS = reference.REDUCTIONS  # code = position: none 0, sum 1, mean 2, wei
 
 def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, gamma: float = 2.0,
                ignore_index: int = -100, reduction: str = "mean", backend: str = "auto",
-               confusion=None) -> Tensor:
+               confusion=None, label_smoothing: float = 0.0) -> Tensor:
     """Softmax focal loss (Lin et al. 2017) for classification and segmentation.
 
     For each element i with target y_i != ignore_index and p_i = softmax(logits_i)[y_i]:
@@ -29,6 +29,10 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
             or "weighted_mean" (sum / sum of weight[y_i], torch's cross_entropy convention).
             When that denominator is 0 (all ignored), the loss and its gradient are 0.
         backend: "auto", "reference", "cpu", "cuda" or "triton" (see marsops.backends()).
+        label_smoothing: eps in [0, 1]: the per-element loss becomes (1 - eps) times the above
+            plus eps / C times the sum over every class c of -weight[c] (1 - p_c)^gamma log p_c,
+            as F.cross_entropy(label_smoothing=eps) weighs it (equal to it at gamma = 0); the
+            reductions' denominators are unchanged.
         confusion: an int64 (C, C) tensor on the logits' device, or a ``StreamingIoU``: the pass
             also counts (label, argmax) pairs of the non-ignored pixels into it, with
             ``confusion_matrix``'s rules (rows = true class, ties to the first class, NaN wins).
@@ -62,6 +66,9 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     if not gamma >= 0 or gamma == float("inf"):
         raise ValueError(f"marsops.focal_loss: gamma must be finite and >= 0, got {gamma}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
+    label_smoothing = _checks.as_float("label_smoothing", label_smoothing, op)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"marsops.focal_loss: label_smoothing must be in [0, 1], got {label_smoothing}")
     counts_into = _confusion_sink(confusion, logits.shape[1], ignore_index, logits.device)
     if counts_into is not None and _recomputing():
         counts_into = None  # activation checkpointing runs the forward again: count once
@@ -72,7 +79,7 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     if chosen == "reference":
         if counts_into is not None:
             counts_into.add_(reference.confusion_matrix(logits.detach(), target, logits.shape[1], ignore_index))
-        return reference.focal_loss(logits, target, weight, gamma, ignore_index, reduction)
+        return reference.focal_loss(logits, target, weight, gamma, ignore_index, reduction, label_smoothing)
     if weight is not None and weight.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"marsops.focal_loss: weight requires grad, but the fused {chosen} kernels treat class "
                          "weights as constants (they would get no gradient). Pass weight.detach(), or "
@@ -84,7 +91,7 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
     with _checks.label_errors_as_value_errors():
         loss, _, counts = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad,
-                             counts_into is not None)
+                             counts_into is not None, label_smoothing)
     if counts_into is not None:
         counts_into.add_(counts)
     return loss
@@ -118,17 +125,19 @@ class FocalLoss(nn.Module):
     """Module form of :func:`focal_loss`; ``weight`` is a buffer, so it follows ``.to(device)``."""
 
     def __init__(self, weight: Optional[Tensor] = None, gamma: float = 2.0, ignore_index: int = -100,
-                 reduction: str = "mean", backend: str = "auto"):
+                 reduction: str = "mean", backend: str = "auto", label_smoothing: float = 0.0):
         super().__init__()
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
         self.gamma, self.ignore_index, self.reduction, self.backend = gamma, ignore_index, reduction, backend
+        self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, target: Tensor, confusion=None) -> Tensor:
         return focal_loss(logits, target, self.weight, self.gamma, self.ignore_index, self.reduction, self.backend,
-                          confusion)
+                          confusion, self.label_smoothing)
 
     def extra_repr(self) -> str:
-        return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}"
+        smoothing = f", label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"gamma={self.gamma}, ignore_index={self.ignore_index}, reduction={self.reduction!r}{smoothing}"
 
 
 # ---- custom-op plumbing, shared by the compiled op and the Triton op ----------------------------
@@ -136,7 +145,7 @@ class FocalLoss(nn.Module):
 @torch.library.custom_op("marsops::focal_loss_forward_triton", mutates_args=())
 def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[Tensor], gamma: float,
                                ignore_index: int, reduction: int, compute_grad: bool,
-                               count_confusion: bool) -> tuple[Tensor, Tensor, Tensor]:
+                               count_confusion: bool, label_smoothing: float) -> tuple[Tensor, Tensor, Tensor]:
     from .triton.focal import focal_loss_forward
 
     _triton.require(logits.device.type, "focal_loss")
@@ -146,13 +155,13 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     x = logits if class_last else logits.contiguous().view(N, C, P)
     y = target.contiguous().view(N, P)
     loss, grad, counts, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad,
-                                                count_confusion, class_last)
+                                                count_confusion, class_last, label_smoothing)
     _checks.assert_ok(ok, "focal_loss", "target contains a label outside [0, C) that is not ignore_index")
     return ((loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad),
             counts)
 
 
-def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion):
+def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion, label_smoothing):
     torch._check(target.shape[0] == logits.shape[0])
     loss = logits.new_empty(target.shape if reduction == 0 else ())
     grad = _empty_gradient(logits) if compute_grad else logits.new_empty(0)
@@ -181,26 +190,11 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _is_plain_cpu_one(t: Tensor) -> bool:
-    """t is a real (not fake/traced) CPU scalar equal to 1, so reading it costs no sync or graph break."""
-    return (type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1 and t.item() == 1.0)
-
-
-def _graph_is_kept() -> bool:
-    """Whether the running backward keeps the graph (retain_graph=True): the saved gradient may be
-    read again, so it must not be handed out or scaled in place."""
-    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    return True if keep is None else keep()
-
-
 def _backward(ctx, grad_loss, _grad, _counts):
-    nothing = (None,) * 7
+    nothing = (None,) * 8
     if grad_loss is None:  # the loss did not reach what was differentiated
         return (None,) + nothing
-    if torch.is_grad_enabled():
-        raise RuntimeError("marsops.focal_loss: double backward (create_graph=True) is not supported by the fused "
-                           "kernels: their gradient is not itself differentiable. Use backend='reference' for "
-                           "higher-order gradients.")
+    _saved_gradient.refuse_double_backward("focal_loss")
     if not ctx.has_grad:
         raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad or "
                            "grad mode was off), so there is nothing to backpropagate to the logits")
@@ -211,21 +205,7 @@ def _backward(ctx, grad_loss, _grad, _counts):
         scale = scale.unsqueeze(1)
     else:
         scale = grad_loss
-    traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor  # fake / functional tensors
-    if traced or _graph_is_kept():
-        return (grad * scale,) + nothing  # a fresh tensor; the saved one may be read again
-    # The graph is freed after this call, so the saved buffer becomes the returned gradient: no
-    # copy, and no second logits-sized tensor. loss.backward() on CPU needs no scaling at all; on
-    # GPUs a one-element upstream gradient is applied by a kernel that skips the pass when it is 1.
-    if _is_plain_cpu_one(grad_loss):
-        pass
-    elif grad.is_cuda and grad_loss.numel() == 1 and grad.is_contiguous() and _triton.IMPORT_ERROR is None:
-        from .triton.scale import scale_
-
-        scale_(grad, grad_loss)
-    else:
-        grad.mul_(scale)
-    return (grad,) + nothing
+    return (_saved_gradient.scaled(grad, grad_loss, scale),) + nothing
 
 
 def _register(op):

@@ -19,20 +19,29 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) 
     return valid
 
 
-def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean"):
-    """Softmax focal loss: -w[y] * (1 - p_y)^gamma * log p_y per element (see marsops.focal_loss)."""
+def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Softmax focal loss: -w[y] * (1 - p_y)^gamma * log p_y per element (see marsops.focal_loss);
+    with label smoothing eps, (1 - eps) of that + eps / C * sum_c of -w[c] (1 - p_c)^gamma log p_c."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     valid = check_labels(target, x.shape[1], ignore_index, "focal_loss")
     t = torch.where(valid, target.long(), 0)
     # An ignored element never contributes, whatever its logits hold (NaN and inf included): its
     # logits are replaced before the softmax, so neither its loss nor its gradient sees them.
     x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    logp = torch.log_softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
-    # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1.
-    q = (-torch.expm1(logp)).clamp_min(torch.finfo(x.dtype).tiny)
-    w = torch.ones_like(logp) if weight is None else weight.to(x.dtype)[t]
-    w = torch.where(valid, w, torch.zeros_like(w))
-    loss = -w * q**gamma * logp
+    all_logp = torch.log_softmax(x, dim=1)
+    w_all = torch.ones(x.shape[1], dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
+
+    def focal(logp, w):  # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1
+        q = (-torch.expm1(logp)).clamp_min(torch.finfo(x.dtype).tiny)
+        return -w * q**gamma * logp
+
+    w = torch.where(valid, w_all[t], torch.zeros((), dtype=x.dtype, device=x.device))
+    loss = focal(all_logp.gather(1, t.unsqueeze(1)).squeeze(1), w)
+    if label_smoothing:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        every_class = focal(all_logp, w_all.view(shape)).sum(1)
+        loss = (1 - label_smoothing) * loss + label_smoothing / x.shape[1] * every_class
+        loss = torch.where(valid, loss, torch.zeros((), dtype=x.dtype, device=x.device))
     if reduction == "none":
         return loss.to(logits.dtype)
     total = loss.sum()
@@ -41,6 +50,47 @@ def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduct
     denom = valid.sum().to(x.dtype) if reduction == "mean" else w.sum()
     # Nothing counted (every pixel ignored, or only zero-weight classes): the loss is 0, not NaN.
     return torch.where(denom > 0, total / denom.clamp_min(torch.finfo(x.dtype).tiny), total * 0).to(logits.dtype)
+
+
+def region_scores(I, S, T, coeffs, smooth):
+    """Per-class scores (a I + smooth) / (b I + alpha S + beta T + smooth) from the sums of the
+    intersection I, prediction mass S and target count T; 1 where the denominator is 0 (a class
+    absent from prediction and target, with smooth = 0)."""
+    a, b, alpha, beta = coeffs
+    num, den = a * I + smooth, b * I + alpha * S + beta * T + smooth
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)), torch.ones_like(den))
+
+
+def class_shares(w):
+    """w / sum(w): the class weights of a weighted mean; all 0 when they sum to 0 (nothing scored)."""
+    total = w.sum()
+    return w / torch.where(total != 0, total, torch.ones_like(total))
+
+
+def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=False, ignore_index=-100,
+                region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
+                label_smoothing=0.0):
+    """region_lambda * (1 - the class_weight-weighted mean of the per-class region scores) (the mean
+    over images of that when per_image), + focal_lambda * focal_loss(...). The sums run over the
+    non-ignored pixels of the batch (of each image when per_image), from the softmax of the logits."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    C = x.shape[1]
+    valid = check_labels(target, C, ignore_index, "region_loss")
+    t = torch.where(valid, target.long(), 0)
+    x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    keep = valid.unsqueeze(1).to(x.dtype)
+    p = torch.softmax(x, dim=1) * keep
+    onehot = torch.nn.functional.one_hot(t, C).movedim(-1, 1).to(x.dtype) * keep
+    dims = tuple(d for d in range(x.dim()) if d != 1 and (d != 0 or not per_image))
+    # (C,) or (N, C); with no axis to sum (per-image sums of (N, C) logits) nothing is summed:
+    # torch's sum(()) would sum over every axis instead.
+    I, S, T = ((v.sum(dims) if dims else v) for v in (p * onehot, p, onehot))
+    w = class_weight.to(I.dtype)
+    loss = region_lambda * ((1 - region_scores(I, S, T, coeffs, smooth)) * class_shares(w)).sum(-1).mean()
+    if focal_lambda:
+        loss = loss + focal_lambda * focal_loss(logits, target, focal_weight, gamma, ignore_index, focal_reduction,
+                                                label_smoothing).to(loss.dtype)
+    return loss.to(logits.dtype)
 
 
 def confusion_matrix(input, target, num_classes, ignore_index=None):

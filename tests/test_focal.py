@@ -42,7 +42,7 @@ def focal_case(draw, max_pixels=300):
     if non_contiguous:  # the same values, laid out with a class-minor stride
         logits = logits.movedim(1, -1).contiguous().movedim(-1, 1)
     return dict(logits=logits, target=target, weight=weight, gamma=gamma, ignore_index=ignore_index,
-                reduction=reduction)
+                reduction=reduction, label_smoothing=draw(st.sampled_from([0.0, 0.0, 0.1, 0.6])))
 
 
 def upstream_gradient(shape, dtype):
@@ -61,7 +61,7 @@ def run(case, backend, device, dtype, upstream_dtype=None):
     target = case["target"].to(device)
     weight = None if case["weight"] is None else case["weight"].to(device=device, dtype=torch.float32)
     loss = marsops.focal_loss(logits, target, weight, case["gamma"], case["ignore_index"], case["reduction"],
-                              backend=backend)
+                              backend=backend, label_smoothing=case.get("label_smoothing", 0.0))
     upstream = upstream_gradient(loss.shape, upstream_dtype or loss.dtype).to(device=device, dtype=loss.dtype)
     (grad,) = torch.autograd.grad(loss, logits, upstream)
     return loss, grad
@@ -105,12 +105,14 @@ def test_gamma_zero_is_torch_cross_entropy(backend, device, case):
         case["target"][case["target"] == 255] = -100
     logits = case["logits"].float()
     weight = None if case["weight"] is None else case["weight"].float()
-    expected = F.cross_entropy(logits, case["target"], weight=weight, ignore_index=case["ignore_index"])
+    expected = F.cross_entropy(logits, case["target"], weight=weight, ignore_index=case["ignore_index"],
+                               label_smoothing=case["label_smoothing"])
     if not torch.isfinite(expected):
         return  # nothing counted: torch gives NaN, marsops defines 0 (test_all_ignored)
     loss, grad = run(dict(case, logits=logits), backend, device, torch.float32)
     x = logits.clone().requires_grad_()
-    F.cross_entropy(x, case["target"], weight=weight, ignore_index=case["ignore_index"]).backward()
+    F.cross_entropy(x, case["target"], weight=weight, ignore_index=case["ignore_index"],
+                    label_smoothing=case["label_smoothing"]).backward()
     assert_close(loss, expected)
     # For 'weighted_mean', run() scales the scalar loss by the upstream gradient linspace(-1, 2, 1) = -1.
     assert_close(grad, -x.grad)
@@ -225,9 +227,9 @@ def test_compiled_op_checks_its_own_inputs():
     """The C++ op validates too, for callers of torch.ops.marsops directly."""
     op = torch.ops.marsops.focal_loss_forward
     with pytest.raises(RuntimeError, match="does not match"):
-        op(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), None, 2.0, -100, 2, False, False)
+        op(torch.randn(2, 3, 4), torch.zeros(2, 5, dtype=torch.long), None, 2.0, -100, 2, False, False, 0.0)
     with pytest.raises(RuntimeError, match="gamma"):
-        op(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None, -2.0, -100, 2, False, False)
+        op(torch.randn(2, 3), torch.zeros(2, dtype=torch.long), None, -2.0, -100, 2, False, False, 0.0)
 
 
 def test_empty_batch():
@@ -271,8 +273,9 @@ def _opcheck_samples(device):
     w = torch.rand(5, generator=g).to(device)
     for reduction in range(4):
         for compute_grad in (False, True):
-            yield (x.clone().requires_grad_(compute_grad), t, w, 0.5, -100, reduction, compute_grad, False)
-    yield (x.clone().requires_grad_(), t, None, 2.0, 1, 0, True, False)
+            yield (x.clone().requires_grad_(compute_grad), t, w, 0.5, -100, reduction, compute_grad, False, 0.0)
+    yield (x.clone().requires_grad_(), t, None, 2.0, 1, 0, True, False, 0.0)
+    yield (x.clone().requires_grad_(), t, w, 1.5, 1, 3, True, True, 0.1)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
@@ -392,4 +395,4 @@ def test_channels_last_logits_are_read_in_place(backend, device, layout):
         assert torch.equal(cm.cpu(), reference.confusion_matrix(base, target, shape[1], -100))
         op = torch.ops.marsops.focal_loss_forward_triton if backend == "triton" else torch.ops.marsops.focal_loss_forward
         torch.library.opcheck(op, (leaf.detach().clone().requires_grad_(), target.to(device), None, 0.5, -100,
-                                   marsops.focal.REDUCTIONS.index(reduction), True, True))
+                                   marsops.focal.REDUCTIONS.index(reduction), True, True, 0.0))

@@ -101,8 +101,8 @@ def _opcheck_samples(device):
     x = torch.randn(2, 5, 3, 4, generator=g).to(device)
     t = torch.randint(0, 5, (2, 3, 4), generator=g).to(device)
     for reduction in (0, 2):
-        yield (x.clone().requires_grad_(), t, None, 0.5, -100, reduction, True, True)
-    yield (x.clone(), t, None, 2.0, 1, 3, False, True)
+        yield (x.clone().requires_grad_(), t, None, 0.5, -100, reduction, True, True, 0.0)
+    yield (x.clone(), t, None, 2.0, 1, 3, False, True, 0.2)
 
 
 @pytest.mark.parametrize("backend,device", FOCAL[1:], ids=backend_ids(FOCAL[1:]))

@@ -24,6 +24,10 @@ def test_parameter_counts_at_defaults():
 
 
 def test_every_path_receives_gradient():
+    # Seeded: at this tiny width the context path's 4 ReLU units after global pooling all start
+    # dead for about 1 initialisation in 7 (no gradient, by design of the report's path), which
+    # says nothing about the wiring this test checks.
+    torch.manual_seed(0)
     net = MultipathUNet(**SMALL)
     net(torch.randn(2, 1, 16, 16)).square().mean().backward()
     for path, branch in zip(net.paths, net.branches):

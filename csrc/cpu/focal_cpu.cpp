@@ -71,8 +71,8 @@ double denominator(const FocalStats& st, int64_t reduction) {
 std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_in, const Tensor& target_in,
                                                           const std::optional<Tensor>& weight, double gamma,
                                                           int64_t ignore_index, int64_t reduction, bool compute_grad,
-                                                          bool count_confusion) {
-  const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction);
+                                                          bool count_confusion, double label_smoothing) {
+  const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction, label_smoothing);
   // The SIMD kernel keeps class indices in float lanes: exact up to 2^24.
   MARSOPS_CHECK(s.C <= (int64_t{1} << 24), "marsops.focal_loss: the CPU kernel supports up to 2^24 classes, got ",
                 s.C, "; use backend='reference'");
@@ -88,6 +88,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
   a.C = s.C;
   a.P = s.P;
   a.gamma = gamma;
+  a.label_smoothing = label_smoothing;
   a.ignore_index = ignore_index;
   a.grad_scale = 1.0;
   Tensor w_compute, w_double;  // kept alive while the kernels read them

@@ -19,6 +19,7 @@ struct FocalArgs {
   const void* weight;        // (C,) in the compute type (double for float64 logits, else float), or nullptr
   int64_t N, C, P;
   double gamma;
+  double label_smoothing;    // eps: (1 - eps) of the label's term + eps / C of every class's
   int64_t ignore_index;
   double grad_scale;         // folded into the gradient (1 / denominator of the mean reductions)
   void* loss_none;           // (N, P) per-pixel loss in logits_dtype, or nullptr when reduced
@@ -62,6 +63,28 @@ struct ConfusionFlags {
   }
 };
 
+// The region losses (Dice, Jaccard, Tversky) and their sums with a focal / cross-entropy term, in
+// two passes over the logits: per-class sums, then the gradient.
+struct RegionArgs {
+  const void* logits;  // (N, C, P) contiguous, or (N, P, C) when class_last
+  ScalarType logits_dtype;
+  bool class_last;
+  const void* target;  // (N, P) contiguous
+  ScalarType target_dtype;
+  int64_t N, C, P;
+  int64_t ignore_index;
+  bool per_image;            // sums per image (groups = N), else over the batch (groups = 1)
+  bool focal;                // with a focal / cross-entropy term
+  const void* focal_weight;  // (C,) compute type, or nullptr
+  double gamma, label_smoothing;
+  // The gradient pass: dL/dI and dL/dS of each (group, class), compute type; the focal term's
+  // scale (its lambda / its reduction's denominator).
+  const void* coef_i;
+  const void* coef_s;
+  double focal_scale;
+  void* grad;  // in the logits' dtype and layout
+};
+
 // The kernels of one CPU capability. Each processes the pixels [begin, end) of the flattened
 // (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
@@ -71,6 +94,10 @@ struct SimdKernels {
   FocalStats (*focal)(const FocalArgs&, int64_t begin, int64_t end, int64_t* hist);
   // Adds counts to hist (C * C, row = true class, column = predicted class).
   void (*confusion)(const ConfusionArgs&, int64_t begin, int64_t end, int64_t* hist, ConfusionFlags& flags);
+  // Adds [intersection, prediction mass, target count] of every class to stats ((groups, C, 3)
+  // doubles, row 0 = group first_group); returns the focal term's sums (and any bad label).
+  FocalStats (*region_stats)(const RegionArgs&, int64_t begin, int64_t end, double* stats, int64_t first_group);
+  void (*region_grad)(const RegionArgs&, int64_t begin, int64_t end);
 };
 
 // One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).

@@ -62,7 +62,7 @@ __global__ void target_stats_kernel(const tgt_t* __restrict__ y, const float* __
 template <typename in_t, typename tgt_t>
 __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __restrict__ y,
                                      const float* __restrict__ w, int64_t total, int64_t C, int64_t P,
-                                     int64_t pixel_stride, int64_t class_stride, float gamma,
+                                     int64_t pixel_stride, int64_t class_stride, float gamma, float eps,
                                      int64_t ignore_index, const float* __restrict__ grad_scale, int64_t reduction,
                                      in_t* __restrict__ loss_out, in_t* __restrict__ grad, double* __restrict__ partial,
                                      unsigned int* counter, unsigned long long* __restrict__ hist, bool shared_bins) {
@@ -109,17 +109,41 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
         other += e;
       }
     }
-    const float inv_s = 1.0f / s;
+    const float inv_s = 1.0f / s, log_s = logf(s);
     float loss = 0, coef = 0;
-    if (valid) focal_terms(xt - m - logf(s), et * inv_s, other * inv_s, wt, gamma, loss, coef);
+    if (valid) focal_terms(xt - m - log_s, et * inv_s, other * inv_s, wt, gamma, loss, coef);
+    // Label smoothing: + eps / C of every class's focal term (each class's coefficient is recomputed
+    // in the gradient loop rather than stored).
+    auto class_terms = [&](int64_t c, float& lc, float& cc) {
+      const float e = expf(static_cast<float>(xp[c * class_stride]) - m);
+      focal_terms(static_cast<float>(xp[c * class_stride]) - m - log_s, e * inv_s, fmaxf((s - e) * inv_s, 0.0f),
+                  w ? w[c] : 1.0f, gamma, lc, cc);
+    };
+    float smooth_sum = 0;
+    if (valid && eps > 0) {
+      float smooth_loss = 0;
+      for (int64_t c = 0; c < C; ++c) {
+        float lc, cc;
+        class_terms(c, lc, cc);
+        smooth_loss += lc;
+        smooth_sum += cc;
+      }
+      loss = (1.0f - eps) * loss + eps / C * smooth_loss;
+    }
     if (reduction == kNone) loss_out[i] = static_cast<in_t>(loss);
     if (grad) {
-      const float cs = coef * scale;
+      const float cs = (1.0f - eps) * coef * scale, ss = eps / C * scale;
       in_t* gp = grad + n * C * P + p * pixel_stride;
       for (int64_t c = 0; c < C; ++c) {
         const float pc = expf(static_cast<float>(xp[c * class_stride]) - m) * inv_s;
+        float g = cs * ((c == t ? 1.0f : 0.0f) - pc);
+        if (eps > 0) {
+          float lc, cc;
+          class_terms(c, lc, cc);
+          g += ss * (cc - pc * smooth_sum);
+        }
         // Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
-        gp[c * class_stride] = static_cast<in_t>(valid ? cs * ((c == t ? 1.0f : 0.0f) - pc) : 0.0f);
+        gp[c * class_stride] = static_cast<in_t>(valid ? g : 0.0f);
       }
     }
     loss_sum += loss;
@@ -149,10 +173,10 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
 std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, const Tensor& target_in,
                                                            const std::optional<Tensor>& weight, double gamma,
                                                            int64_t ignore_index, int64_t reduction, bool compute_grad,
-                                                           bool count_confusion) {
+                                                           bool count_confusion, double label_smoothing) {
   MARSOPS_CHECK(logits_in.scalar_type() != ScalarType::Double, "marsops.focal_loss: the CUDA kernel computes in "
                 "fp32; float64 logits are supported by the cpu and reference backends");
-  const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction);
+  const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction, label_smoothing);
   const st::accelerator::DeviceGuard guard(logits_in.get_device_index());
   const ScalarType dtype = logits_in.scalar_type();
   Tensor loss = empty_loss(logits_in, target_in, reduction);
@@ -200,7 +224,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
         focal_forward_kernel<in_t, tgt_t><<<blocks, kThreads, shared_bins ? s.C * s.C * sizeof(unsigned int) : 0,
                                             stream>>>(
             s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, s.class_last ? s.C : 1,
-            s.class_last ? 1 : s.P, static_cast<float>(gamma), ignore_index,
+            s.class_last ? 1 : s.P, static_cast<float>(gamma), static_cast<float>(label_smoothing), ignore_index,
             prepass ? scale : nullptr, reduction, static_cast<in_t*>(loss.mutable_data_ptr()),
             compute_grad ? static_cast<in_t*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
             count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr, shared_bins);

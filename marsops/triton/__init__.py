@@ -28,3 +28,9 @@ def require(device_type: str, op: str) -> None:
     reason = unavailable_reason(device_type)
     if reason:
         raise RuntimeError(f"marsops.{op}: {reason}")
+
+
+def num_warps(tile_elements: int) -> int:
+    """Warps for a program holding [BLOCK_C, BLOCK_P] tiles of this many elements: about 16
+    elements of a tile per thread (fewer warps spill registers: .ci/compile_triton.py shows it)."""
+    return min(16, max(4, tile_elements // 512))

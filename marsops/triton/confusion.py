@@ -7,6 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import num_warps
 from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
 
 MAX_TILE_C = 64
@@ -70,5 +71,5 @@ def confusion_matrix(x, y, num_classes, ignore_index, from_logits, class_last=Fa
             ignore_index if ignore_index is not None else 0,
             FROM_LOGITS=from_logits, HAS_IGNORE=ignore_index is not None,
             ACC=tl.float64 if x.dtype == torch.float64 else tl.float32, BLOCK_C=block_c, BLOCK_P=block_p,
-            CHUNKED=from_logits and C > MAX_TILE_C, BINS=hist_bins(C))
+            CHUNKED=from_logits and C > MAX_TILE_C, BINS=hist_bins(C), num_warps=num_warps(block_c * block_p))
     return hist.view(C, C), ok

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import num_warps
 from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
 
 # Which q**gamma formula the kernel compiles in (a constexpr, so the others cost nothing).
@@ -116,9 +117,23 @@ def _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND: tl.constexpr)
 
 
 @triton.jit
+def _class_terms(x, m, s, classes, C, w_ptr, valid, gamma, HAS_WEIGHT: tl.constexpr, GAMMA_KIND: tl.constexpr):
+    """Every class's focal (loss, coef) on a [BLOCK_C, BLOCK_P] tile of logits (label smoothing);
+    zero for classes past C and for ignored pixels."""
+    e = tl.exp(x - m[None, :])
+    if HAS_WEIGHT:
+        wc = tl.load(w_ptr + classes, mask=classes < C, other=0.0).to(tl.float32)
+    else:
+        wc = tl.where(classes < C, 1.0, 0.0)
+    keep = (classes[:, None] < C) & valid[None, :]
+    return _focal_terms(x, m[None, :], s[None, :], e, tl.maximum(s[None, :] - e, 0.0), wc[:, None], keep, gamma,
+                        GAMMA_KIND)
+
+
+@triton.jit
 def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, partial_ptr, ok_ptr, counter_ptr,
-                          hist_ptr, C, P, pixel_stride, class_stride, blocks_per_sample, gamma, ignore_index,
-                          REDUCTION: tl.constexpr,
+                          hist_ptr, C, P, pixel_stride, class_stride, blocks_per_sample, gamma, eps, ignore_index,
+                          REDUCTION: tl.constexpr, SMOOTH: tl.constexpr,
                           HAS_WEIGHT: tl.constexpr, HAS_SCALE: tl.constexpr, STORE_GRAD: tl.constexpr,
                           GAMMA_KIND: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr,
                           CHUNKED: tl.constexpr, REDUCE: tl.constexpr, COUNT: tl.constexpr, BINS: tl.constexpr):
@@ -175,25 +190,52 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
     loss, coef = _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND)
     if COUNT:
         count_pairs(hist_ptr, cls, pred.to(tl.int64), valid, C, BLOCK_P, BINS)
+    if SMOOTH:  # + eps / C of every class's focal term (label smoothing, F.cross_entropy's weighting)
+        smooth_loss = tl.zeros([BLOCK_P], tl.float32)
+        smooth_sum = tl.zeros([BLOCK_P], tl.float32)
+        if not CHUNKED:
+            lc, cc = _class_terms(x, m, s, offs_c, C, w_ptr, valid, gamma, HAS_WEIGHT, GAMMA_KIND)
+            smooth_loss = tl.sum(lc, axis=0)
+            smooth_sum = tl.sum(cc, axis=0)
+        else:
+            for c0 in range(0, C, BLOCK_C):
+                cc_ = c0 + offs_c
+                x = tl.load(x_ptr + base + cc_[:, None] * class_stride + offs_p[None, :] * pixel_stride,
+                            mask=(cc_[:, None] < C) & pmask[None, :], other=-float("inf")).to(tl.float32)
+                lc, cc = _class_terms(x, m, s, cc_, C, w_ptr, valid, gamma, HAS_WEIGHT, GAMMA_KIND)
+                smooth_loss += tl.sum(lc, axis=0)
+                smooth_sum += tl.sum(cc, axis=0)
+        loss = (1.0 - eps) * loss + eps / C * smooth_loss
 
     if REDUCTION == 0:
         tl.store(loss_ptr + n * P + offs_p, loss.to(loss_ptr.dtype.element_ty), mask=pmask)
     if STORE_GRAD:
+        scale = 1.0
         if HAS_SCALE:
-            coef = coef * tl.load(scale_ptr)
+            scale = tl.load(scale_ptr)
+        target_coef = coef * scale
+        if SMOOTH:
+            target_coef = (1.0 - eps) * target_coef
         inv_s = 1.0 / s
         if not CHUNKED:
-            g = tl.where(valid[None, :], coef[None, :] * (is_t.to(tl.float32) - e * inv_s[None, :]), 0.0)
+            g = target_coef[None, :] * (is_t.to(tl.float32) - e * inv_s[None, :])
+            if SMOOTH:
+                g += eps / C * scale * (cc - e * inv_s[None, :] * smooth_sum[None, :])
+            g = tl.where(valid[None, :], g, 0.0)
             tl.store(grad_ptr + tile, g.to(grad_ptr.dtype.element_ty), mask=tile_mask)
         else:
             for c0 in range(0, C, BLOCK_C):
-                cc = c0 + offs_c
-                tile_mask = (cc[:, None] < C) & pmask[None, :]
-                tile = base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride
+                cc_ = c0 + offs_c
+                tile_mask = (cc_[:, None] < C) & pmask[None, :]
+                tile = base + cc_[:, None] * class_stride + offs_p[None, :] * pixel_stride
                 x = tl.load(x_ptr + tile, mask=tile_mask, other=-float("inf")).to(tl.float32)
                 pc = tl.exp(x - m[None, :]) * inv_s[None, :]
-                is_t = cc[:, None] == cls[None, :]
-                g = tl.where(valid[None, :], coef[None, :] * (is_t.to(tl.float32) - pc), 0.0)
+                is_t = cc_[:, None] == cls[None, :]
+                g = target_coef[None, :] * (is_t.to(tl.float32) - pc)
+                if SMOOTH:
+                    _, cc = _class_terms(x, m, s, cc_, C, w_ptr, valid, gamma, HAS_WEIGHT, GAMMA_KIND)
+                    g += eps / C * scale * (cc - pc * smooth_sum[None, :])
+                g = tl.where(valid[None, :], g, 0.0)
                 tl.store(grad_ptr + tile, g.to(grad_ptr.dtype.element_ty), mask=tile_mask)
 
     tl.store(partial_ptr + pid * 4 + 0, tl.sum(loss.to(tl.float64), axis=0))
@@ -226,7 +268,7 @@ def block_sizes(C: int, P: int):
 
 
 def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, compute_grad, count_confusion,
-                       class_last=False):
+                       class_last=False, label_smoothing=0.0):
     """Launcher. logits (N, C, P) contiguous, or laid out as (N, P, C) when class_last (channels_last,
     read in place; the gradient is written the same way); target (N, P) contiguous. Returns
     (loss, grad, confusion, ok):
@@ -260,7 +302,9 @@ def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, c
     partial = torch.empty((programs, STATS), device=dev, dtype=torch.float64)
     _focal_forward_kernel[(programs,)](
         logits, target, w, scale if scale is not None else w, loss, grad, partial, ok, counters, confusion, C, P,
-        C if class_last else 1, 1 if class_last else P, blocks_per_sample, float(gamma), ignore_index, REDUCTION=reduction, HAS_WEIGHT=weight is not None,
+        C if class_last else 1, 1 if class_last else P, blocks_per_sample, float(gamma), float(label_smoothing),
+        ignore_index, REDUCTION=reduction, SMOOTH=label_smoothing > 0, HAS_WEIGHT=weight is not None,
         HAS_SCALE=scale is not None, STORE_GRAD=compute_grad, GAMMA_KIND=gamma_kind(gamma), BLOCK_C=block_c,
-        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion, BINS=hist_bins(C))
+        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion, BINS=hist_bins(C),
+        num_warps=num_warps(block_c * block_p))
     return loss, grad, confusion, ok

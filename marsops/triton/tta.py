@@ -8,6 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import num_warps
 from .counting import argmax_tile, combine_argmax, count_pairs, hist_bins
 from .flip import pack_views, view_target
 
@@ -100,5 +101,6 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
             outputs, target.contiguous() if count else pred, pred, confusion, ok, total, N, C, D, H, W, sn, sc, sd,
             sh, sw, ignore_index if ignore_index is not None else 0, CODES=pack_views(views), K=K,
             KPAD=triton.next_power_of_2(K), SOFTMAX=softmax, WANT_PRED=want_pred, COUNT=count,
-            HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=block_p, BINS=hist_bins(C))
+            HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=block_p, BINS=hist_bins(C),
+            num_warps=num_warps(block_c * block_p))
     return pred, confusion, ok

@@ -1,0 +1,153 @@
+// The per-block pieces the softmax losses share (focal_kernel.h, region_kernel.h), built once per
+// CPU capability. A block is L neighbouring pixels of one sample, one SIMD register per class:
+// their logits (NCHW: loaded directly; class-last: transposed once into a [C][L] tile), their
+// softmax (max, exponentials kept in a [C][L] scratch, sum), and the focal terms of their labels
+// with optional label smoothing.
+#pragma once
+#include "simd.h"
+
+// SIMD overloads of the primitives focal_math.h uses; declared before it so its templates see them.
+namespace marsops {
+template <typename T>
+inline at::vec::Vectorized<T> m_sqrt(const at::vec::Vectorized<T>& v) { return v.sqrt(); }
+template <typename T>
+inline at::vec::Vectorized<T> m_pow(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
+  return a.pow(b);
+}
+template <typename T>
+inline at::vec::Vectorized<T> m_where_lt(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
+                                         const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
+  return at::vec::Vectorized<T>::blendv(f, t, a < b);
+}
+}  // namespace marsops
+
+#include "../focal_math.h"
+
+namespace marsops::cpu {
+namespace CPU_CAPABILITY {
+
+// Reads the labels of `n` pixels, validating them: ignored / invalid ones get class -1 and weight
+// 0; counts, weight sums and the first bad label go to st.
+template <int n, typename acc_t, typename tgt_t>
+inline void read_labels(const tgt_t* y, int64_t C, int64_t ignore_index, const acc_t* w, acc_t* cls, acc_t* wt,
+                        FocalStats& st) {
+  for (int i = 0; i < n; ++i) {
+    const int64_t t = static_cast<int64_t>(y[i]);
+    const bool ignored = t == ignore_index;
+    const bool bad = !ignored && (t < 0 || t >= C);
+    if (bad && !st.bad) {
+      st.bad = true;
+      st.bad_label = t;
+    }
+    const bool valid = !ignored && !bad;
+    cls[i] = valid ? static_cast<acc_t>(t) : acc_t(-1);
+    wt[i] = valid ? (w ? w[t] : acc_t(1)) : acc_t(0);
+    st.count += valid;
+    st.weight_sum += wt[i];
+  }
+}
+
+// The softmax of a block. With ARGMAX, also the first maximum's class (NaN wins), as torch.argmax.
+template <bool CLASS_LAST, bool ARGMAX, typename V, typename in_t, typename acc_t>
+struct BlockSoftmax {
+  static constexpr int L = Lanes<V>::n;
+  const in_t* xn;  // the block's first logit
+  int64_t C, P;
+  acc_t* tile;     // [C][L] scratch: the transposed logits (class-last)
+  acc_t* exps;     // [C][L] scratch: exp(x - max)
+  V m, s, inv_s, log_s, pred;
+
+  BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_)
+      : xn(x), C(C_), P(P_), tile(tile_), exps(exps_) {
+    if constexpr (CLASS_LAST) gather_tile<L>(xn, C, tile);
+    m = logits(0);
+    V best = m;
+    pred = V(0);
+    for (int64_t c = 1; c < C; ++c) {
+      const V xc = logits(c);
+      m = v_max(m, xc);
+      if constexpr (ARGMAX) {
+        const auto take = (xc > best) | ((xc != xc) & (best == best));
+        best = v_where(take, xc, best);
+        pred = v_where(take, V(static_cast<acc_t>(c)), pred);
+      }
+    }
+    s = V(0);
+    for (int64_t c = 0; c < C; ++c) {
+      const V e = v_exp(logits(c) - m);
+      store_as<V, acc_t>(e, exps + c * L);
+      s = s + e;
+    }
+    inv_s = V(1) / s;
+    log_s = v_log(s);
+  }
+
+  V logits(int64_t c) const {
+    if constexpr (CLASS_LAST) {
+      return load_as<V, acc_t, acc_t>(tile + c * L);
+    } else {
+      return load_as<V, acc_t>(xn + c * P);
+    }
+  }
+  V exp(int64_t c) const { return load_as<V, acc_t, acc_t>(exps + c * L); }
+  V prob(int64_t c) const { return exp(c) * inv_s; }
+};
+
+// The focal terms of a block's labels (cls: the class, or -1 when ignored; wt: its weight), with
+// label smoothing eps as F.cross_entropy weights it:
+//   loss = (1 - eps) w_y f(p_y) + eps / C sum_c w_c f(p_c),   f(p) = (1 - p)^gamma (-log p)
+//   dloss/dx_j = target_coef (delta_yj - p_j) + smooth_scale (coef_j - p_j sum_c coef_c)
+// (coef_c: the focal coefficient of class c, focal_math.h). Ignored lanes have a zero loss and
+// gradient, whatever their logits hold.
+template <typename V, typename acc_t>
+struct FocalPixels {
+  static constexpr int L = Lanes<V>::n;
+  V valid, loss, target_coef, smooth_scale, smooth_sum;
+  const acc_t* coefs;  // [C][L]: coef_c, with smoothing only
+
+  FocalPixels() : valid(0), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}  // no term
+
+  template <typename Softmax>
+  FocalPixels(const Softmax& sm, const V& cls, const V& wt, const acc_t* w, acc_t gamma, acc_t eps, acc_t* coef_scratch)
+      : coefs(eps > acc_t(0) ? coef_scratch : nullptr) {
+    V xt(0), et(0), other(0);
+    for (int64_t c = 0; c < sm.C; ++c) {
+      const auto is_t = cls == V(static_cast<acc_t>(c));
+      const V e = sm.exp(c);
+      xt = v_where(is_t, sm.logits(c), xt);
+      et = v_where(is_t, e, et);
+      other = other + v_where(is_t, V(0), e);
+    }
+    V coef;
+    focal_terms(xt - sm.m - sm.log_s, et * sm.inv_s, other * sm.inv_s, wt, gamma, loss, coef);
+    valid = v_where(cls >= V(0), V(1), V(0));
+    target_coef = coef * V(acc_t(1) - eps);
+    smooth_scale = V(eps / static_cast<acc_t>(sm.C));
+    smooth_sum = V(0);
+    if (eps > acc_t(0)) {
+      V smooth_loss(0);
+      for (int64_t c = 0; c < sm.C; ++c) {
+        const V e = sm.exp(c), p = e * sm.inv_s;
+        const V q = v_max((sm.s - e) * sm.inv_s, V(0));  // 1 - p; only the target's q needs the exact form
+        V lc, cc;
+        focal_terms(sm.logits(c) - sm.m - sm.log_s, p, q, V(w ? w[c] : acc_t(1)), gamma, lc, cc);
+        smooth_loss = smooth_loss + lc;
+        smooth_sum = smooth_sum + cc;
+        store_as<V, acc_t>(cc, coef_scratch + c * L);
+      }
+      loss = loss * V(acc_t(1) - eps) + smooth_scale * smooth_loss;
+    }
+    // Ignored lanes are selected out, not multiplied by a zero weight: their logits may hold NaN.
+    loss = v_where(valid > V(0), loss, V(0));
+  }
+
+  // dloss/dx_c of the block's lanes, before the reduction's scale.
+  V grad(int64_t c, const V& p_c, const V& delta) const {
+    V g = target_coef * (delta - p_c);
+    if (coefs) g = g + smooth_scale * (load_as<V, acc_t, acc_t>(coefs + c * L) - p_c * smooth_sum);
+    return v_where(valid > V(0), g, V(0));
+  }
+};
+
+}  // namespace CPU_CAPABILITY
+}  // namespace marsops::cpu

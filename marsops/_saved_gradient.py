@@ -1,0 +1,44 @@
+"""The autograd of the fused losses, whose forward pass already wrote d(loss)/d(logits): backward
+hands that saved buffer out, scaled by the upstream gradient (marsops.focal_loss, the region
+losses, the sigmoid focal loss)."""
+import torch
+from torch import Tensor
+
+from . import triton as _triton
+
+
+def is_plain_cpu_one(t: Tensor) -> bool:
+    """t is a real (not fake/traced) CPU scalar equal to 1, so reading it costs no sync or graph break."""
+    return type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1 and t.item() == 1.0
+
+
+def graph_is_kept() -> bool:
+    """Whether the running backward keeps the graph (retain_graph=True): the saved gradient may be
+    read again, so it must not be handed out or scaled in place."""
+    keep = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keep is None else keep()
+
+
+def refuse_double_backward(op: str) -> None:
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"marsops.{op}: double backward (create_graph=True) is not supported by the fused "
+                           "kernels: their gradient is not itself differentiable. Use backend='reference' for "
+                           "higher-order gradients.")
+
+
+def scaled(grad: Tensor, grad_loss: Tensor, scale: Tensor) -> Tensor:
+    """The saved gradient times the upstream gradient (`scale`, broadcastable to it): the buffer
+    itself, scaled in place, when nothing can read it again (no copy, no second logits-sized
+    tensor); a fresh tensor when the graph is kept or traced. loss.backward() on CPU needs no
+    scaling at all; on GPUs a one-element upstream gradient is applied by a kernel that skips
+    the pass when it is 1."""
+    traced = torch.compiler.is_compiling() or type(grad) is not torch.Tensor  # fake / functional tensors
+    if traced or graph_is_kept():
+        return grad * scale
+    if is_plain_cpu_one(grad_loss):
+        return grad
+    if grad.is_cuda and grad_loss.numel() == 1 and grad.is_contiguous() and _triton.IMPORT_ERROR is None:
+        from .triton.scale import scale_
+
+        return scale_(grad, grad_loss)
+    return grad.mul_(scale)

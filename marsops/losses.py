@@ -1,0 +1,312 @@
+"""Region losses for segmentation (Dice, Jaccard, Tversky), their sums with a focal or
+cross-entropy term (the nnU-Net / MONAI DiceFocal and DiceCE losses), fused: one pass over the
+logits for the per-class sums, one for the gradient, no softmax or one-hot tensor.
+
+With p = softmax(logits) and the sums over the non-ignored pixels of the batch (of each image
+with per_image=True): I_c = sum p_c [y = c], S_c = sum p_c, T_c = sum [y = c], and
+    dice_c    = (2 I_c + smooth) / (S_c + T_c + smooth)
+    jaccard_c = (I_c + smooth) / (S_c + T_c - I_c + smooth)
+    tversky_c = (I_c + smooth) / (I_c + alpha (S_c - I_c) + beta (T_c - I_c) + smooth)
+the loss is 1 - the weighted mean of the scores over the scored classes (the mean over images of
+that with per_image). A class absent from prediction and target scores 1 (with smooth > 0:
+smooth / smooth; with smooth = 0 it is defined as 1) and so costs nothing. Sums accumulate in
+float64 whatever the logits' dtype.
+"""
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from . import _checks, _saved_gradient, backend as _backend, reference
+from . import triton as _triton
+from .focal import REDUCTIONS
+
+DICE = (2.0, 0.0, 1.0, 1.0)  # (a, b, alpha, beta): score = (a I + smooth) / (b I + alpha S + beta T + smooth)
+JACCARD = (1.0, -1.0, 1.0, 1.0)
+
+
+def tversky_coefficients(alpha: float, beta: float):
+    """(I + s) / (I + alpha (S - I) + beta (T - I) + s) as (a, b, alpha, beta); alpha = beta = 1/2 is a
+    Dice with its smooth term doubled."""
+    return (1.0, 1.0 - alpha - beta, alpha, beta)
+
+
+def dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, classes: Optional[Sequence[int]] = None,
+              smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
+    """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits (N, C, *) and integer
+    targets (N, *) in [0, C) or ignore_index, without a one-hot tensor.
+
+    weight: (C,) class weights of the mean (None: all 1); classes: the classes scored (None: all);
+    smooth: added to numerator and denominator; per_image: sums per image, loss averaged over the
+    images (else over the whole batch)."""
+    return _region_loss("dice_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image, backend)
+
+
+def jaccard_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                 classes: Optional[Sequence[int]] = None, smooth: float = 1.0, ignore_index: int = -100,
+                 per_image: bool = False, backend: str = "auto") -> Tensor:
+    """Soft Jaccard (IoU) loss, 1 - mean_c jaccard_c; arguments as dice_loss."""
+    return _region_loss("jaccard_loss", logits, target, JACCARD, weight, classes, smooth, ignore_index, per_image,
+                        backend)
+
+
+def tversky_loss(logits: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5,
+                 weight: Optional[Tensor] = None, classes: Optional[Sequence[int]] = None, smooth: float = 1.0,
+                 ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
+    """Tversky loss, 1 - mean_c tversky_c: alpha weighs false positives, beta false negatives
+    (alpha = beta = 1 is the Jaccard loss); other arguments as dice_loss."""
+    alpha, beta = (_checks.as_float(n, v, "tversky_loss") for n, v in (("alpha", alpha), ("beta", beta)))
+    if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
+        raise ValueError(f"marsops.tversky_loss: alpha, beta must be >= 0 with a positive sum, got {alpha}, {beta}")
+    return _region_loss("tversky_loss", logits, target, tversky_coefficients(alpha, beta), weight, classes, smooth,
+                        ignore_index, per_image, backend)
+
+
+def dice_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                    classes: Optional[Sequence[int]] = None, smooth: float = 1.0, gamma: float = 2.0,
+                    focal_weight: Optional[Tensor] = None, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
+                    ignore_index: int = -100, per_image: bool = False, label_smoothing: float = 0.0,
+                    backend: str = "auto") -> Tensor:
+    """lambda_dice * dice_loss + lambda_focal * focal_loss (mean over the non-ignored pixels, class
+    weights focal_weight), sharing the softmax and the two passes over the logits."""
+    return _region_loss("dice_focal_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
+                        backend, region_lambda=lambda_dice, focal_lambda=lambda_focal, gamma=gamma,
+                        focal_weight=focal_weight, focal_reduction="mean", label_smoothing=label_smoothing)
+
+
+def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
+                 classes: Optional[Sequence[int]] = None, smooth: float = 1.0, ce_weight: Optional[Tensor] = None,
+                 lambda_dice: float = 1.0, lambda_ce: float = 1.0, ignore_index: int = -100, per_image: bool = False,
+                 label_smoothing: float = 0.0, backend: str = "auto") -> Tensor:
+    """lambda_dice * dice_loss + lambda_ce * F.cross_entropy(logits, target, weight=ce_weight,
+    ignore_index=..., label_smoothing=...), sharing the softmax and the two passes."""
+    return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
+                        backend, region_lambda=lambda_dice, focal_lambda=lambda_ce, gamma=0.0, focal_weight=ce_weight,
+                        focal_reduction="weighted_mean", label_smoothing=label_smoothing)
+
+
+def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
+                 region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
+                 label_smoothing=0.0):
+    _checks.check_tensor("logits", logits, op)
+    _checks.check_tensor("target", target, op)
+    _checks.check_float("logits", logits, op)
+    _checks.check_integer("target", target, op)
+    if logits.dim() < 2 or logits.shape[1] < 1:
+        raise ValueError(f"marsops.{op}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
+    num_classes = logits.shape[1]
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
+                         f"{tuple(logits.shape)}; expected {expected}")
+    for name, w in (("weight", weight), ("focal_weight", focal_weight)):
+        if w is not None:
+            _checks.check_tensor(name, w, op)
+            _checks.check_float(name, w, op)
+            if w.shape != (num_classes,):
+                raise ValueError(f"marsops.{op}: {name} must have shape ({num_classes},), got {tuple(w.shape)}")
+    _checks.check_same_device(op, logits=logits, target=target, weight=weight, focal_weight=focal_weight)
+    smooth = _checks.as_float("smooth", smooth, op)
+    gamma = _checks.as_float("gamma", gamma, op)
+    label_smoothing = _checks.as_float("label_smoothing", label_smoothing, op)
+    region_lambda = _checks.as_float("lambda", region_lambda, op)
+    focal_lambda = _checks.as_float("lambda", focal_lambda, op)
+    if not (smooth >= 0 and gamma >= 0 and 0 <= label_smoothing <= 1) or not all(
+            abs(v) < float("inf") for v in (smooth, gamma, region_lambda, focal_lambda)):
+        raise ValueError(f"marsops.{op}: smooth and gamma must be finite and >= 0, label_smoothing in [0, 1], the "
+                         f"lambdas finite; got smooth={smooth}, gamma={gamma}, label_smoothing={label_smoothing}")
+    ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
+    class_weight = torch.ones(num_classes, device=logits.device) if weight is None else weight.detach().float()
+    if classes is not None:
+        chosen_classes = tuple(_checks.as_int64("classes", c, op) for c in classes)
+        if not chosen_classes or not all(0 <= c < num_classes for c in chosen_classes):
+            raise ValueError(f"marsops.{op}: classes {list(chosen_classes)} must be a non-empty subset of "
+                             f"[0, {num_classes})")
+        mask = torch.zeros(num_classes, dtype=torch.bool)
+        mask[list(chosen_classes)] = True
+        class_weight = class_weight * mask.to(class_weight.device)
+
+    chosen = _backend.resolve("region_stats", logits, backend)
+    if chosen == "reference":
+        return reference.region_loss(logits, target, class_weight, coeffs, smooth, per_image, ignore_index,
+                                     region_lambda, focal_lambda, gamma, focal_weight, focal_reduction,
+                                     label_smoothing)
+    _checks.refuse_unsupported_autograd(op, logits)
+    for name, w in (("weight", weight), ("focal_weight", focal_weight)):
+        if w is not None and w.requires_grad and torch.is_grad_enabled():
+            raise ValueError(f"marsops.{op}: {name} requires grad, but the fused {chosen} kernels treat class "
+                             f"weights as constants; pass {name}.detach(), or backend='reference'")
+    if logits.dtype == torch.float64 and chosen == "triton":
+        raise TypeError(f"marsops.{op}: the triton backend computes in fp32; use float32 logits or the cpu / "
+                        "reference backend for float64")
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    with _checks.label_errors_as_value_errors():
+        loss, _ = torch.ops.marsops.region_loss(logits, target, class_weight, list(coeffs), smooth, per_image,
+                                                ignore_index, region_lambda, focal_lambda, gamma, focal_weight,
+                                                REDUCTIONS.index(focal_reduction), label_smoothing, compute_grad,
+                                                chosen)
+    return loss
+
+
+def region_coefficients(stats, focal_stats, class_weight, coeffs, smooth, region_lambda, focal_lambda,
+                        focal_reduction):
+    """From the first pass's sums: the loss and, for the second, dL/dI and dL/dS of each (group,
+    class) and the focal term's scale (float64 tensors)."""
+    a, b, alpha, beta = coeffs
+    I, S, T = stats.unbind(-1)  # (groups, C)
+    num, den = a * I + smooth, b * I + alpha * S + beta * T + smooth
+    ok = den != 0
+    safe = torch.where(ok, den, torch.ones_like(den))
+    score = torch.where(ok, num / safe, torch.ones_like(den))
+    w = class_weight.to(stats.dtype)
+    norm = reference.class_shares(w)
+    share = norm * (region_lambda / stats.shape[0])  # d(loss) / d(score) = -share
+    loss = region_lambda * ((1 - score) * norm).sum(-1).mean()
+    # dL/dI only reaches pixels labelled c: 0 for classes absent from the target (whose tiny
+    # denominators could otherwise make it overflow fp32 and poison 0 * inf products).
+    coef_i = torch.where(ok & (T > 0), -share * (a * safe - num * b) / safe**2, torch.zeros_like(den))
+    coef_s = torch.where(ok, share * num * alpha / safe**2, torch.zeros_like(den))
+    focal_scale = torch.zeros((), dtype=stats.dtype, device=stats.device)
+    if focal_lambda:
+        total, count, weight_sum = focal_stats.unbind()
+        d = count if focal_reduction == REDUCTIONS.index("mean") else weight_sum
+        safe_d = torch.where(d > 0, d, torch.ones_like(d))
+        loss = loss + focal_lambda * torch.where(d > 0, total / safe_d, torch.zeros_like(d))
+        focal_scale = torch.where(d > 0, focal_lambda / safe_d, torch.zeros_like(d))
+    return loss, coef_i, coef_s, focal_scale
+
+
+# ---- the custom op: the two passes of one backend, the loss, the saved gradient --------------------
+
+@torch.library.custom_op("marsops::region_loss", mutates_args=())
+def _region_loss_op(logits: Tensor, target: Tensor, class_weight: Tensor, coeffs: list[float], smooth: float,
+                    per_image: bool, ignore_index: int, region_lambda: float, focal_lambda: float, gamma: float,
+                    focal_weight: Optional[Tensor], focal_reduction: int, label_smoothing: float, compute_grad: bool,
+                    backend: str) -> tuple[Tensor, Tensor]:
+    focal = focal_lambda != 0
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if backend == "triton":
+        _triton.require(logits.device.type, "region_loss")
+        from .triton import region as kernels
+
+        stats, focal_stats, ok = kernels.region_stats(logits, target, ignore_index, per_image, focal, focal_weight,
+                                                      gamma, label_smoothing)
+        _checks.assert_ok(ok, "region_loss", "target contains a label outside [0, C) that is not ignore_index")
+    else:
+        stats, focal_stats = torch.ops.marsops.region_stats(logits, target, ignore_index, per_image, focal,
+                                                            focal_weight, gamma, label_smoothing)
+    loss, coef_i, coef_s, focal_scale = region_coefficients(stats, focal_stats, class_weight, coeffs, smooth,
+                                                            region_lambda, focal_lambda, focal_reduction)
+    grad = logits.new_empty(0)
+    if compute_grad:
+        # In the compute type; a coefficient beyond its range saturates there rather than turning inf.
+        limit = torch.finfo(compute).max
+        coef_i, coef_s = (c.clamp(-limit, limit).to(compute).contiguous() for c in (coef_i, coef_s))
+        if backend == "triton":
+            grad = kernels.region_grad(logits, target, ignore_index, per_image, coef_i, coef_s, focal, focal_weight,
+                                       gamma, label_smoothing, focal_scale.float().reshape(()))
+        else:
+            grad = torch.ops.marsops.region_grad(logits, target, ignore_index, per_image, coef_i, coef_s, focal,
+                                                 focal_weight, gamma, label_smoothing, float(focal_scale))
+    return loss.to(logits.dtype), grad
+
+
+@_region_loss_op.register_fake
+def _(logits, target, class_weight, coeffs, smooth, per_image, ignore_index, region_lambda, focal_lambda, gamma,
+      focal_weight, focal_reduction, label_smoothing, compute_grad, backend):
+    from .focal import _empty_gradient
+
+    return logits.new_empty(()), (_empty_gradient(logits) if compute_grad else logits.new_empty(0))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.has_grad = inputs[13]
+    ctx.save_for_backward(output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
+
+
+def _backward(ctx, grad_loss, _grad):
+    nothing = (None,) * 14
+    if grad_loss is None:
+        return (None,) + nothing
+    _saved_gradient.refuse_double_backward("region_loss")
+    if not ctx.has_grad:
+        raise RuntimeError("marsops.region_loss: the forward ran without gradient (logits did not require grad or "
+                           "grad mode was off), so there is nothing to backpropagate to the logits")
+    (grad,) = ctx.saved_tensors
+    return (_saved_gradient.scaled(grad, grad_loss, grad_loss),) + nothing
+
+
+_region_loss_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---- modules ------------------------------------------------------------------------------------
+
+class _RegionLossModule(nn.Module):
+    def __init__(self, weight=None, classes=None, smooth=1.0, ignore_index=-100, per_image=False, backend="auto"):
+        super().__init__()
+        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.classes = None if classes is None else tuple(classes)
+        self.smooth, self.ignore_index, self.per_image, self.backend = smooth, ignore_index, per_image, backend
+
+    def extra_repr(self) -> str:
+        return (f"classes={self.classes}, smooth={self.smooth}, ignore_index={self.ignore_index}, "
+                f"per_image={self.per_image}")
+
+
+class DiceLoss(_RegionLossModule):
+    """Module form of :func:`dice_loss`; ``weight`` is a buffer."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return dice_loss(logits, target, self.weight, self.classes, self.smooth, self.ignore_index, self.per_image,
+                         self.backend)
+
+
+class JaccardLoss(_RegionLossModule):
+    """Module form of :func:`jaccard_loss`."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return jaccard_loss(logits, target, self.weight, self.classes, self.smooth, self.ignore_index, self.per_image,
+                            self.backend)
+
+
+class TverskyLoss(_RegionLossModule):
+    """Module form of :func:`tversky_loss`."""
+
+    def __init__(self, alpha=0.5, beta=0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.alpha, self.beta = alpha, beta
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return tversky_loss(logits, target, self.alpha, self.beta, self.weight, self.classes, self.smooth,
+                            self.ignore_index, self.per_image, self.backend)
+
+
+class DiceFocalLoss(_RegionLossModule):
+    """Module form of :func:`dice_focal_loss`; ``focal_weight`` is a buffer too."""
+
+    def __init__(self, gamma=2.0, focal_weight=None, lambda_dice=1.0, lambda_focal=1.0, label_smoothing=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("focal_weight", None if focal_weight is None else
+                             torch.as_tensor(focal_weight, dtype=torch.float32))
+        self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
+        self.label_smoothing = label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return dice_focal_loss(logits, target, self.weight, self.classes, self.smooth, self.gamma, self.focal_weight,
+                               self.lambda_dice, self.lambda_focal, self.ignore_index, self.per_image,
+                               self.label_smoothing, self.backend)
+
+
+class DiceCELoss(_RegionLossModule):
+    """Module form of :func:`dice_ce_loss`; ``ce_weight`` is a buffer too."""
+
+    def __init__(self, ce_weight=None, lambda_dice=1.0, lambda_ce=1.0, label_smoothing=0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.register_buffer("ce_weight", None if ce_weight is None else torch.as_tensor(ce_weight, dtype=torch.float32))
+        self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return dice_ce_loss(logits, target, self.weight, self.classes, self.smooth, self.ce_weight, self.lambda_dice,
+                            self.lambda_ce, self.ignore_index, self.per_image, self.label_smoothing, self.backend)
