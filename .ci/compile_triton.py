@@ -115,6 +115,15 @@ def _cases():
                                                                                        backend="triton")
         yield f"random_flip volume {dtype}", lambda dtype=dtype: marsops.random_flip(
             torch.zeros(2, 1, 4, 8, 8, dtype=dtype), None, p_d=0.5, backend="triton")
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = torch.randn(2, 3, 64, 128, dtype=dtype).requires_grad_()
+        for reduction in ("mean", "none", "sum"):
+            yield f"sigmoid_focal {dtype} {reduction}", lambda x=x, r=reduction: marsops.sigmoid_focal_loss(
+                x, torch.rand(x.shape, dtype=x.dtype), reduction=r, backend="triton")
+        yield f"sigmoid_focal labels {dtype}", lambda x=x: marsops.sigmoid_focal_loss(
+            x, torch.randint(0, 2, x.shape, dtype=torch.uint8), None, 0.5, torch.ones(3), 255, backend="triton")
+        yield f"sigmoid_focal bool {dtype}", lambda x=x: marsops.sigmoid_focal_loss(
+            x, torch.zeros(x.shape, dtype=torch.bool), gamma=0.0, backend="triton")
     for dtype in (torch.float32, torch.bfloat16):
         def scale(dtype=dtype):
             from marsops.triton.scale import scale_  # backward's upstream-gradient scaling (CUDA tensors only)

@@ -50,6 +50,12 @@ STABLE_TORCH_LIBRARY(marsops, m) {
   // logits' compute type, plus focal_scale times the focal term's gradient.
   m.def("region_grad(Tensor logits, Tensor target, int ignore_index, bool per_image, Tensor coef_i, Tensor coef_s, "
         "bool focal, Tensor? focal_weight, float gamma, float label_smoothing, float focal_scale) -> Tensor");
+  // The sigmoid focal loss (binary / multi-label masks; csrc/cpu/sigmoid_kernel.h): target of the
+  // logits' shape, floating (soft labels in [0, 1]) or integer / bool (0, 1, ignore_index);
+  // pos_weight one value or (C,) along dim 1; alpha < 0: none; reduction 0 none, 1 sum, 2 mean
+  // (over the counted elements). Returns (loss, d(loss)/d(logits) or an empty tensor).
+  m.def("sigmoid_focal_loss_forward(Tensor logits, Tensor target, Tensor? pos_weight, float alpha, float gamma, "
+        "int? ignore_index, int reduction, bool compute_grad) -> (Tensor, Tensor)");
   // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");
 }

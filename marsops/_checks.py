@@ -99,6 +99,6 @@ def label_errors_as_value_errors():
         yield
     except RuntimeError as exc:
         message = str(exc)
-        if message.startswith("marsops.") and "outside [0," in message:
+        if message.startswith("marsops.") and ("outside [0," in message or "outside {0, 1}" in message):
             raise ValueError(message) from None
         raise

@@ -52,6 +52,45 @@ def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduct
     return torch.where(denom > 0, total / denom.clamp_min(torch.finfo(x.dtype).tiny), total * 0).to(logits.dtype)
 
 
+def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, pos_weight=None, ignore_index=None, reduction="mean"):
+    """Sigmoid focal loss per element (see marsops.sigmoid_focal_loss): with p = sigmoid(x),
+    ce = -(pos_weight t log p + (1 - t) log(1 - p)), p_t = p t + (1 - p)(1 - t),
+    loss = alpha_t (1 - p_t)^gamma ce with alpha_t = alpha t + (1 - alpha)(1 - t) (1 when alpha is
+    None); the mean runs over the non-ignored elements."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    if target.is_floating_point():
+        t = target.to(x.dtype)
+        bad = ~((t >= 0) & (t <= 1))
+        valid = torch.ones_like(t, dtype=torch.bool)
+        if bad.any():
+            raise ValueError(f"marsops.sigmoid_focal_loss: target contains a value outside [0, 1] (float targets are "
+                             f"soft labels): {float(t[bad][0])}")
+    else:
+        labels = target.long()
+        valid = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
+        bad = valid & (labels != 0) & (labels != 1)
+        if bad.any():
+            raise ValueError(f"marsops.sigmoid_focal_loss: target contains label {int(labels[bad][0])}, outside "
+                             f"{{0, 1}} and not ignore_index ({ignore_index})")
+        t = torch.where(valid, labels, 0).to(x.dtype)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    x = torch.where(valid, x, zero)  # ignored elements' logits (NaN, inf) reach neither loss nor gradient
+    pw = 1.0 if pos_weight is None else pos_weight.to(x.dtype).view((-1,) + (1,) * (x.dim() - 2))
+    ce = pw * t * torch.nn.functional.softplus(-x) + (1 - t) * torch.nn.functional.softplus(x)
+    p = torch.sigmoid(x)
+    q = t * torch.sigmoid(-x) + (1 - t) * p  # 1 - p_t without cancellation
+    loss = ce if gamma == 0 else q.clamp_min(torch.finfo(x.dtype).tiny) ** gamma * ce
+    if alpha is not None:
+        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+    loss = torch.where(valid, loss, zero)
+    if reduction == "none":
+        return loss.to(logits.dtype)
+    if reduction == "sum":
+        return loss.sum().to(logits.dtype)
+    count = valid.sum().to(x.dtype)
+    return torch.where(count > 0, loss.sum() / count.clamp_min(1), zero).to(logits.dtype)
+
+
 def region_scores(I, S, T, coeffs, smooth):
     """Per-class scores (a I + smooth) / (b I + alpha S + beta T + smooth) from the sums of the
     intersection I, prediction mass S and target count T; 1 where the denominator is 0 (a class

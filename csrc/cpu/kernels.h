@@ -85,6 +85,24 @@ struct RegionArgs {
   void* grad;  // in the logits' dtype and layout
 };
 
+// The sigmoid focal loss, elementwise: logits and target viewed as (planes, P) contiguous, plane k
+// of class k % C (for pos_weight; C = 1 without a per-class pos_weight).
+struct SigmoidArgs {
+  const void* logits;
+  ScalarType logits_dtype;
+  const void* target;  // the logits' shape: floating (soft labels in [0, 1]) or integer (0 / 1 / ignore_index)
+  ScalarType target_dtype;
+  int64_t C, P;
+  const void* pos_weight;  // (C,) in the compute type, or nullptr (all 1)
+  double alpha;            // < 0: no alpha weighting
+  double gamma;
+  bool has_ignore;
+  int64_t ignore_index;
+  double grad_scale;  // folded into the gradient (1 / count for the mean)
+  void* loss_none;    // per-element loss in logits_dtype, or nullptr when reduced
+  void* grad;         // in logits_dtype, or nullptr
+};
+
 // The kernels of one CPU capability. Each processes the pixels [begin, end) of the flattened
 // (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
@@ -98,6 +116,9 @@ struct SimdKernels {
   // doubles, row 0 = group first_group); returns the focal term's sums (and any bad label).
   FocalStats (*region_stats)(const RegionArgs&, int64_t begin, int64_t end, double* stats, int64_t first_group);
   void (*region_grad)(const RegionArgs&, int64_t begin, int64_t end);
+  // Elements [begin, end) of the flattened (planes, P) index: loss sum and count of the counted
+  // elements (and the first bad target: bad_label, or for float targets bad with label 0).
+  FocalStats (*sigmoid_focal)(const SigmoidArgs&, int64_t begin, int64_t end);
 };
 
 // One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).

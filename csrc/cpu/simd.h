@@ -56,6 +56,10 @@ inline void with_integral(ScalarType t, F&& f) {
 template <typename T> inline T v_exp(T x) { return std::exp(x); }
 template <typename T> inline Vectorized<T> v_exp(const Vectorized<T>& x) { return x.exp_u20(); }
 template <typename T> inline T v_log(T x) { return std::log(x); }
+template <typename T> inline T v_log1p(T x) { return std::log1p(x); }
+template <typename T> inline Vectorized<T> v_log1p(const Vectorized<T>& x) { return x.log1p(); }
+template <typename T> inline T v_abs(T x) { return std::abs(x); }
+template <typename T> inline Vectorized<T> v_abs(const Vectorized<T>& x) { return x.abs(); }
 template <typename T> inline Vectorized<T> v_log(const Vectorized<T>& x) { return x.log(); }
 template <typename T> inline T v_max(T a, T b) { return (a > b || a != a) ? a : b; }
 template <typename T> inline Vectorized<T> v_max(const Vectorized<T>& a, const Vectorized<T>& b) {
