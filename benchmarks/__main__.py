@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick] [--readme]
 
-Runs the focal-loss, confusion-matrix, flip and training-step benchmarks, writes
+Runs the focal-loss, confusion-matrix, flip, fused loss+metric / TTA, region / sigmoid loss and
+training-step benchmarks, writes
 benchmarks/results/report_<cpu|gpu>.md (machine, tables, shortfalls against the targets) and a
 bar chart of the speedups (speedups_<cpu|gpu>.png); with --readme, replaces the README's
 performance section with the report.
@@ -11,7 +12,7 @@ import argparse
 import re
 from pathlib import Path
 
-from . import bench_confusion, bench_flip, bench_focal, bench_train_step, harness
+from . import bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_train_step, harness
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Targets from the issues, for the report's shapes on the CPU.
@@ -71,6 +72,8 @@ def main(argv=None):
     focal = bench_focal.main(flags)
     confusion = bench_confusion.main(flags)
     flip = bench_flip.main(flags)
+    fused = bench_fused.main(flags)
+    losses = bench_losses.main(flags)
     step = bench_train_step.main(flags)
     backend = "cuda" if device.type == "cuda" else "cpu"
     ups = speedups(focal, confusion, flip, step, backend)
@@ -89,6 +92,10 @@ def main(argv=None):
                  ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("Flips (fp32 images + int64 masks)", flip,
                  ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"] + gpu),
+                ("One read of the logits: loss + confusion counts, and flip-TTA evaluation", fused,
+                 ["part", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs loss alone", "GB/s", "peak MB"] + gpu),
+                ("Region and sigmoid losses, forward + backward (fp32)", losses,
+                 ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "peak MB"] + gpu),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
                                          "host syncs/step"])]
     for title, rows, cols in sections:

@@ -2,6 +2,7 @@
 #pragma once
 #include <optional>
 
+#include "saved_grad.h"
 #include "stable.h"
 
 namespace marsops {
@@ -51,13 +52,14 @@ inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, cons
   return {st::view(st::contiguous(logits), {N, C, P}), y, N, C, P, false};
 }
 
-// The gradient, uninitialised, in the logits' layout (class-last stays class-last), allocated by
-// `alloc(sizes, dtype)` as a contiguous tensor.
+// The gradient, uninitialised, in the logits' layout (class-last stays class-last) and the saved
+// gradient's dtype (saved_grad.h), allocated by `alloc(sizes, dtype)` as a contiguous tensor.
 template <typename Alloc>
 Tensor empty_gradient(const Tensor& logits, bool class_last, Alloc alloc) {
-  if (!class_last) return alloc(sizes_of(logits), logits.scalar_type());
+  const ScalarType dtype = saved_grad_dtype(logits.scalar_type());
+  if (!class_last) return alloc(sizes_of(logits), dtype);
   std::vector<int64_t> last = sizes_of(st::permute(logits, classes_to_last(logits.dim())));
-  return st::permute(alloc(last, logits.scalar_type()), classes_to_second(logits.dim()));
+  return st::permute(alloc(last, dtype), classes_to_second(logits.dim()));
 }
 
 // The per-pixel loss has the target's shape; reduced losses are 0-dim.

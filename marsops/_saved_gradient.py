@@ -7,6 +7,13 @@ from torch import Tensor
 from . import triton as _triton
 
 
+def saved_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the gradient a fused forward saves (csrc/saved_grad.h): fp32 for fp16 logits,
+    whose per-pixel gradients of a mean over many pixels fall below fp16's normal range before the
+    upstream gradient (a mixed-precision loss scale) is applied; autograd casts the result back."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 def is_plain_cpu_one(t: Tensor) -> bool:
     """t is a real (not fake/traced) CPU scalar equal to 1, so reading it costs no sync or graph break."""
     return type(t) is torch.Tensor and t.device.type == "cpu" and t.numel() == 1 and t.item() == 1.0

@@ -172,9 +172,11 @@ def _fake(logits, target, weight, gamma, ignore_index, reduction, compute_grad, 
 
 def _empty_gradient(logits):
     """The gradient's layout: the logits' own when they are class-last (channels_last), else contiguous."""
+    dtype = _saved_gradient.saved_dtype(logits.dtype)
     if _checks.is_class_last(logits):
-        return torch.empty_like(logits.movedim(1, -1), memory_format=torch.contiguous_format).movedim(-1, 1)
-    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+        return torch.empty_like(logits.movedim(1, -1), memory_format=torch.contiguous_format,
+                                dtype=dtype).movedim(-1, 1)
+    return torch.empty_like(logits, memory_format=torch.contiguous_format, dtype=dtype)
 
 
 def _setup_context(ctx, inputs, output):

@@ -36,7 +36,8 @@ def dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, c
     """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits (N, C, *) and integer
     targets (N, *) in [0, C) or ignore_index, without a one-hot tensor.
 
-    weight: (C,) class weights of the mean (None: all 1); classes: the classes scored (None: all);
+    weight: (C,) class weights >= 0 of the mean (None: all 1; weights summing to 0 score nothing:
+    loss 0; differentiable with backend='reference' only); classes: the classes scored (None: all);
     smooth: added to numerator and denominator; per_image: sums per image, loss averaged over the
     images (else over the whole batch)."""
     return _region_loss("dice_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image, backend)
@@ -82,12 +83,12 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     ignore_index=..., label_smoothing=...), sharing the softmax and the two passes."""
     return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
                         backend, region_lambda=lambda_dice, focal_lambda=lambda_ce, gamma=0.0, focal_weight=ce_weight,
-                        focal_reduction="weighted_mean", label_smoothing=label_smoothing)
+                        focal_reduction="weighted_mean", label_smoothing=label_smoothing, focal_name="ce_weight")
 
 
 def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
                  region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
-                 label_smoothing=0.0):
+                 label_smoothing=0.0, focal_name="focal_weight"):
     _checks.check_tensor("logits", logits, op)
     _checks.check_tensor("target", target, op)
     _checks.check_float("logits", logits, op)
@@ -99,7 +100,7 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
     if tuple(target.shape) != expected:
         raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {expected}")
-    for name, w in (("weight", weight), ("focal_weight", focal_weight)):
+    for name, w in (("weight", weight), (focal_name, focal_weight)):
         if w is not None:
             _checks.check_tensor(name, w, op)
             _checks.check_float(name, w, op)
@@ -116,7 +117,14 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
         raise ValueError(f"marsops.{op}: smooth and gamma must be finite and >= 0, label_smoothing in [0, 1], the "
                          f"lambdas finite; got smooth={smooth}, gamma={gamma}, label_smoothing={label_smoothing}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
-    class_weight = torch.ones(num_classes, device=logits.device) if weight is None else weight.detach().float()
+    chosen = _backend.resolve("region_stats", logits, backend)
+    if weight is not None and not torch.compiler.is_compiling():
+        # A weighted mean needs weights >= 0 (a device-side check on GPUs: no synchronisation).
+        _checks.assert_ok((weight >= 0).all(), op, "weight must be >= 0 (the class weights of a weighted mean)")
+    if weight is None:
+        class_weight = torch.ones(num_classes, device=logits.device)
+    else:  # the reference differentiates through the weights; the kernels take them as constants
+        class_weight = weight.float() if chosen == "reference" else weight.detach().float()
     if classes is not None:
         chosen_classes = tuple(_checks.as_int64("classes", c, op) for c in classes)
         if not chosen_classes or not all(0 <= c < num_classes for c in chosen_classes):
@@ -126,13 +134,12 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
         mask[list(chosen_classes)] = True
         class_weight = class_weight * mask.to(class_weight.device)
 
-    chosen = _backend.resolve("region_stats", logits, backend)
     if chosen == "reference":
         return reference.region_loss(logits, target, class_weight, coeffs, smooth, per_image, ignore_index,
                                      region_lambda, focal_lambda, gamma, focal_weight, focal_reduction,
                                      label_smoothing)
     _checks.refuse_unsupported_autograd(op, logits)
-    for name, w in (("weight", weight), ("focal_weight", focal_weight)):
+    for name, w in (("weight", weight), (focal_name, focal_weight)):
         if w is not None and w.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"marsops.{op}: {name} requires grad, but the fused {chosen} kernels treat class "
                              f"weights as constants; pass {name}.detach(), or backend='reference'")
@@ -160,8 +167,9 @@ def region_coefficients(stats, focal_stats, class_weight, coeffs, smooth, region
     score = torch.where(ok, num / safe, torch.ones_like(den))
     w = class_weight.to(stats.dtype)
     norm = reference.class_shares(w)
-    share = norm * (region_lambda / stats.shape[0])  # d(loss) / d(score) = -share
-    loss = region_lambda * ((1 - score) * norm).sum(-1).mean()
+    groups = max(stats.shape[0], 1)  # per image with no image: nothing scored, 0
+    share = norm * (region_lambda / groups)  # d(loss) / d(score) = -share
+    loss = region_lambda * ((1 - score) * norm).sum() / groups
     # dL/dI only reaches pixels labelled c: 0 for classes absent from the target (whose tiny
     # denominators could otherwise make it overflow fp32 and poison 0 * inf products).
     coef_i = torch.where(ok & (T > 0), -share * (a * safe - num * b) / safe**2, torch.zeros_like(den))
@@ -170,9 +178,10 @@ def region_coefficients(stats, focal_stats, class_weight, coeffs, smooth, region
     if focal_lambda:
         total, count, weight_sum = focal_stats.unbind()
         d = count if focal_reduction == REDUCTIONS.index("mean") else weight_sum
-        safe_d = torch.where(d > 0, d, torch.ones_like(d))
-        loss = loss + focal_lambda * torch.where(d > 0, total / safe_d, torch.zeros_like(d))
-        focal_scale = torch.where(d > 0, focal_lambda / safe_d, torch.zeros_like(d))
+        # Nothing counted (d = 0): 0. A NaN weight makes d NaN, and the loss NaN, as the reference.
+        safe_d = torch.where(d != 0, d, torch.ones_like(d))
+        loss = loss + focal_lambda * torch.where(d != 0, total / safe_d, torch.zeros_like(d))
+        focal_scale = torch.where(d != 0, focal_lambda / safe_d, torch.zeros_like(d))
     return loss, coef_i, coef_s, focal_scale
 
 

@@ -24,6 +24,17 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
     synchronisation on GPUs. Out-of-range labels raise a ValueError (on CUDA, a device-side
     assertion).
     """
+    num_classes, ignore_index = _check_inputs(pred_or_logits, target, num_classes, ignore_index)
+    chosen = _backend.resolve("confusion_matrix", target, backend)
+    if chosen == "reference":
+        return reference.confusion_matrix(pred_or_logits, target, num_classes, ignore_index)
+    fn = torch.ops.marsops.confusion_matrix_triton if chosen == "triton" else torch.ops.marsops.confusion_matrix
+    with _checks.label_errors_as_value_errors():
+        return fn(pred_or_logits, target, num_classes, ignore_index)
+
+
+def _check_inputs(pred_or_logits, target, num_classes, ignore_index):
+    """confusion_matrix's argument checks; returns (num_classes, ignore_index) as ints."""
     op = "confusion_matrix"
     _checks.check_tensor("pred_or_logits", pred_or_logits, op)
     _checks.check_tensor("target", target, op)
@@ -45,12 +56,7 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
         raise ValueError(f"marsops.confusion_matrix: {what} shape {tuple(pred_or_logits.shape)} does not match "
                          f"target shape {tuple(target.shape)}; expected {expected}")
     _checks.check_same_device(op, pred_or_logits=pred_or_logits, target=target)
-    chosen = _backend.resolve("confusion_matrix", target, backend)
-    if chosen == "reference":
-        return reference.confusion_matrix(pred_or_logits, target, num_classes, ignore_index)
-    fn = torch.ops.marsops.confusion_matrix_triton if chosen == "triton" else torch.ops.marsops.confusion_matrix
-    with _checks.label_errors_as_value_errors():
-        return fn(pred_or_logits, target, num_classes, ignore_index)
+    return num_classes, ignore_index
 
 
 @torch.library.custom_op("marsops::confusion_matrix_triton", mutates_args=())
@@ -80,34 +86,90 @@ if _extension._C is not None:
 
 @dataclass
 class IoUResult:
-    """Scores from a confusion matrix; per-class tensors are float64 with NaN where undefined."""
+    """Scores from a confusion matrix (TP = diag, FP = column - diag, FN = row - diag); per-class
+    tensors are float64 with NaN where undefined, and the means leave NaN classes out.
 
-    iou: Tensor  # (C,) diag / (row + col - diag); NaN where the class is absent from truth and prediction
-    miou: Tensor  # mean of iou over the chosen classes, NaN ones left out
-    precision: Tensor  # (C,) diag / predicted count
-    recall: Tensor  # (C,) diag / true count
+    The empty-class rule: a class absent from both truth and prediction has no IoU, Dice or F-beta
+    (0/0, NaN) and does not enter the means; absent from the truth only, it scores 0."""
+
+    iou: Tensor  # (C,) TP / (TP + FP + FN)
+    miou: Tensor  # mean of iou over the chosen classes
+    precision: Tensor  # (C,) TP / (TP + FP): NaN where nothing was predicted as the class
+    recall: Tensor  # (C,) TP / (TP + FN): NaN where the class is absent from the truth
     pixel_accuracy: Tensor  # trace / total counted
+    dice: Tensor = None  # (C,) = F1: 2 TP / (2 TP + FP + FN)
+    mdice: Tensor = None  # mean of dice over the chosen classes
+    matrix: Optional[Tensor] = None  # the (C, C) counts scored
+    classes: Optional[Sequence[int]] = None  # the classes the means run over (None: all)
+
+    def fbeta(self, beta: float) -> Tensor:
+        """(C,) F-beta = (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP): recall weighs beta times
+        precision (beta = 1: Dice / F1). Data-set counts (also in per-image mode)."""
+        if not beta > 0:
+            raise ValueError(f"IoUResult.fbeta: beta must be > 0, got {beta}")
+        m = self.matrix.double()
+        diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
+        b2 = float(beta) ** 2
+        return (1 + b2) * diag / (b2 * true + pred)
+
+    def mean_fbeta(self, beta: float) -> Tensor:
+        """fbeta averaged over the chosen classes, NaN ones left out."""
+        return _class_mean(self.fbeta(beta), self.classes)
+
+
+def _class_mean(per_class: Tensor, classes: Optional[Sequence[int]]) -> Tensor:
+    return (per_class if classes is None else per_class[list(classes)]).nanmean()
 
 
 def scores(matrix: Tensor, classes: Optional[Sequence[int]] = None) -> IoUResult:
-    """IoU, precision, recall and pixel accuracy from an int64 (C, C) confusion matrix."""
+    """IoU, Dice (F1), precision, recall and pixel accuracy from an int64 (C, C) confusion matrix
+    (F-beta: IoUResult.fbeta)."""
     m = matrix.double()
     diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
     iou = diag / (true + pred - diag)  # 0/0 = NaN for a class with empty union
-    chosen = iou if classes is None else iou[list(classes)]
-    return IoUResult(iou=iou, miou=chosen.nanmean(), precision=diag / pred, recall=diag / true,
-                     pixel_accuracy=diag.sum() / m.sum())
+    dice = 2 * diag / (true + pred)
+    return IoUResult(iou=iou, miou=_class_mean(iou, classes), precision=diag / pred, recall=diag / true,
+                     pixel_accuracy=diag.sum() / m.sum(), dice=dice, mdice=_class_mean(dice, classes), matrix=matrix,
+                     classes=None if classes is None else tuple(classes))
+
+
+def per_image_counts(pred_or_logits: Tensor, target: Tensor, num_classes: int,
+                     ignore_index: Optional[int] = None) -> Tensor:
+    """int64 (N, C, C) confusion matrices, one per image (argmax over dim 1 of logits, or labels),
+    from torch ops on the device: no host synchronisation, exact. Labels are checked like
+    confusion_matrix's (a ValueError, on CUDA a device-side assertion)."""
+    pred = pred_or_logits.argmax(1) if pred_or_logits.is_floating_point() else pred_or_logits
+    N, C = target.shape[0], num_classes
+    t, p = target.reshape(N, -1).long(), pred.reshape(N, -1).long()
+    keep = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
+    ok_t = (~keep | ((t >= 0) & (t < C))).all()
+    ok_p = (~keep | ((p >= 0) & (p < C))).all()
+    _checks.assert_ok(ok_t, "StreamingIoU", "target contains a label outside [0, num_classes) and not ignore_index")
+    _checks.assert_ok(ok_p, "StreamingIoU", "predictions contain a label outside [0, num_classes)")
+    image = torch.arange(N, device=t.device).unsqueeze(1)
+    # Ignored (and invalid) pixels go to one extra bin past the end, dropped below.
+    bins = torch.where(keep & (t >= 0) & (t < C) & (p >= 0) & (p < C), (image * C + t) * C + p, N * C * C)
+    counts = torch.zeros(N * C * C + 1, dtype=torch.int64, device=t.device)
+    counts.index_add_(0, bins.flatten(), torch.ones_like(bins.flatten()))
+    return counts[:-1].view(N, C, C)
 
 
 class StreamingIoU:
-    """Per-class IoU accumulated over batches; the (C, C) counts stay on the inputs' device.
+    """Per-class IoU and Dice accumulated over batches; the (C, C) counts stay on the inputs' device.
 
     >>> metric = StreamingIoU(5, classes=[1, 2, 3, 4])   # the report's score: mean over classes 1..4
     >>> metric.update(logits, masks)                      # any number of batches, no host sync
     >>> metric.compute().miou.item()
 
-    IoU is computed over the whole data set (summed counts), not averaged per image. A class whose
+    By default IoU and Dice are computed over the whole data set (summed counts). A class whose
     union is empty gets NaN and is left out of the mean.
+
+    per_image=True: iou and dice are instead the mean over images of each image's per-class
+    scores, an image counting for class c only where c appears in its truth or its prediction (the
+    same empty-class rule, per image); miou / mdice average those over the chosen classes.
+    Precision, recall, pixel accuracy and fbeta stay data-set scores. The per-image counts come
+    from torch ops (argmax, index_add), not the fused kernels, and the fused updates
+    (update_flip4, update_d4, focal_loss(confusion=...)) are refused in this mode.
 
     Under torch.distributed, each process counts its own batches (`local`); `sync()` sums them
     over the processes into a separate copy that `matrix` and `compute()` then report, until the
@@ -116,7 +178,7 @@ class StreamingIoU:
     """
 
     def __init__(self, num_classes: int, classes: Optional[Sequence[int]] = None, ignore_index: Optional[int] = None,
-                 device=None, backend: str = "auto"):
+                 device=None, backend: str = "auto", per_image: bool = False):
         op = "StreamingIoU"
         num_classes = _checks.as_int64("num_classes", num_classes, op)
         if num_classes < 1:
@@ -129,8 +191,12 @@ class StreamingIoU:
         if ignore_index is not None:
             ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
         self.num_classes, self.classes, self.ignore_index, self.backend = num_classes, classes, ignore_index, backend
+        self.per_image = bool(per_image)
         self.local = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+        # per_image: float64 (3, C) sums over images of [IoU, Dice, 1] where defined
+        self.local_images = torch.zeros(3, num_classes, dtype=torch.float64, device=device)
         self._synced: Optional[Tensor] = None  # the all-reduced counts, valid until the local ones change
+        self._synced_images: Optional[Tensor] = None
 
     @property
     def matrix(self) -> Tensor:
@@ -138,10 +204,24 @@ class StreamingIoU:
         return self._synced if self._synced is not None else self.local
 
     def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
-        m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
-        self._to_device(m.device)
-        self.local += m
-        self._synced = None
+        if not self.per_image:
+            m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
+            self._to_device(m.device)
+            self.local += m
+            self._synced = None
+            return
+        _check_inputs(pred_or_logits, target, self.num_classes, self.ignore_index)
+        per = per_image_counts(pred_or_logits.detach(), target, self.num_classes, self.ignore_index).double()
+        self._to_device(per.device)
+        diag, true, pred = per.diagonal(dim1=1, dim2=2), per.sum(2), per.sum(1)  # (N, C) each
+        union = true + pred - diag
+        present = union > 0
+        safe = torch.where(present, union, torch.ones_like(union))
+        iou = torch.where(present, diag / safe, torch.zeros_like(union))
+        dice = torch.where(present, 2 * diag / (safe + diag), torch.zeros_like(union))
+        self.local_images += torch.stack([iou.sum(0), dice.sum(0), present.double().sum(0)])
+        self.local += per.sum(0).long()
+        self._synced = self._synced_images = None
 
     def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True, dims=(-2, -1)) -> None:
         """Counts flip test-time-augmented predictions: outputs (4N, C, H, W) of a flip4 batch
@@ -159,9 +239,15 @@ class StreamingIoU:
 
         self._update_views(outputs, target, softmax, D4_VIEWS, False)
 
+    def _refuse_per_image(self, what: str) -> None:
+        if self.per_image:
+            raise ValueError(f"StreamingIoU: {what} counts a batch as a whole; in per_image mode use update() (e.g. "
+                             "with marsops.flip4_argmax's predictions)")
+
     def _update_views(self, outputs, target, softmax, views, volume) -> None:
         from .augment import views_argmax_op
 
+        self._refuse_per_image("the fused test-time-augmentation update")
         if outputs.dim() >= 2 and outputs.shape[1] != self.num_classes:
             raise ValueError(f"StreamingIoU: outputs have {outputs.shape[1]} classes, the metric "
                              f"{self.num_classes}")
@@ -172,6 +258,7 @@ class StreamingIoU:
 
     def counts_for(self, num_classes: int, ignore_index: int, device) -> Tensor:
         """The local counts, for another op (focal_loss(confusion=...)) to add a pass's counts to."""
+        self._refuse_per_image("focal_loss(confusion=...)")
         if num_classes != self.num_classes:
             raise ValueError(f"StreamingIoU: counts for {num_classes} classes, the metric has {self.num_classes}")
         if self.ignore_index is not None and self.ignore_index != ignore_index:
@@ -185,21 +272,32 @@ class StreamingIoU:
             if self.local.any():
                 raise ValueError(f"StreamingIoU: counts live on {self.local.device}, got inputs on {device}")
             self.local = self.local.to(device)
+            self.local_images = self.local_images.to(device)
 
     def compute(self) -> IoUResult:
-        return scores(self.matrix, self.classes)
+        result = scores(self.matrix, self.classes)
+        if self.per_image:
+            sums = self._synced_images if self._synced_images is not None else self.local_images
+            iou_sum, dice_sum, images = sums
+            result.iou, result.dice = iou_sum / images, dice_sum / images  # 0/0: NaN, no image had the class
+            result.miou, result.mdice = _class_mean(result.iou, self.classes), _class_mean(result.dice, self.classes)
+        return result
 
     def reset(self) -> None:
         self.local.zero_()
-        self._synced = None
+        self.local_images.zero_()
+        self._synced = self._synced_images = None
 
     def merge(self, other: "StreamingIoU") -> "StreamingIoU":
         """Adds another metric's local counts to this one's."""
-        if other.num_classes != self.num_classes or other.ignore_index != self.ignore_index:
-            raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes ignoring {other.ignore_index} vs "
-                             f"{self.num_classes} classes ignoring {self.ignore_index}")
+        if (other.num_classes != self.num_classes or other.ignore_index != self.ignore_index
+                or other.per_image != self.per_image):
+            raise ValueError(f"StreamingIoU.merge: {other.num_classes} classes ignoring {other.ignore_index} "
+                             f"(per_image={other.per_image}) vs {self.num_classes} classes ignoring "
+                             f"{self.ignore_index} (per_image={self.per_image})")
         self.local += other.local.to(self.local.device)
-        self._synced = None
+        self.local_images += other.local_images.to(self.local_images.device)
+        self._synced = self._synced_images = None
         return self
 
     def sync(self, group=None) -> "StreamingIoU":
@@ -211,4 +309,8 @@ class StreamingIoU:
             synced = self.local.clone()
             dist.all_reduce(synced, op=dist.ReduceOp.SUM, group=group)
             self._synced = synced
+            if self.per_image:
+                images = self.local_images.clone()
+                dist.all_reduce(images, op=dist.ReduceOp.SUM, group=group)
+                self._synced_images = images
         return self

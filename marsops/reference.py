@@ -125,9 +125,12 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
     # torch's sum(()) would sum over every axis instead.
     I, S, T = ((v.sum(dims) if dims else v) for v in (p * onehot, p, onehot))
     w = class_weight.to(I.dtype)
-    loss = region_lambda * ((1 - region_scores(I, S, T, coeffs, smooth)) * class_shares(w)).sum(-1).mean()
-    if focal_lambda:
-        loss = loss + focal_lambda * focal_loss(logits, target, focal_weight, gamma, ignore_index, focal_reduction,
+    per_group = ((1 - region_scores(I, S, T, coeffs, smooth)) * class_shares(w)).sum(-1)
+    groups = per_group.numel()  # 0 for an empty batch per image: nothing scored, 0
+    loss = region_lambda * per_group.sum() / max(groups, 1)
+    if focal_lambda:  # from the fp32 (fp64) logits: one rounding of the sum at the end
+        loss = loss + focal_lambda * focal_loss(logits.to(x.dtype), target, focal_weight, gamma, ignore_index,
+                                                focal_reduction,
                                                 label_smoothing).to(loss.dtype)
     return loss.to(logits.dtype)
 

@@ -125,7 +125,8 @@ def _sigmoid_focal_triton(logits: Tensor, target: Tensor, pos_weight: Optional[T
 
 def _fake(logits, target, pos_weight, alpha, gamma, ignore_index, reduction, compute_grad):
     loss = logits.new_empty(logits.shape if reduction == 0 else ())
-    grad = torch.empty_like(logits, memory_format=torch.contiguous_format) if compute_grad else logits.new_empty(0)
+    grad = (torch.empty_like(logits, memory_format=torch.contiguous_format,
+                             dtype=_saved_gradient.saved_dtype(logits.dtype)) if compute_grad else logits.new_empty(0))
     return loss, grad
 
 

@@ -387,3 +387,67 @@ def test_reference_formulas_by_hand():
     assert float(marsops.jaccard_loss(x, t, smooth=0.0, backend="cpu")) == pytest.approx(1 - (j0 + j1) / 2)
     assert float(reference.region_scores(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0),
                                          (2.0, 0.0, 1.0, 1.0), 0.0)) == 1.0
+
+
+# ---- found by review -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_fp16_gradients_survive_loss_scaling(backend, device):
+    """Per-pixel gradients of a mean over 2^17 pixels are ~1e-6, below fp16's normal range: the
+    saved gradient is fp32 for fp16 logits, so a mixed-precision loss scale (4096) lifts them
+    before the single rounding to fp16, as the reference's autograd does."""
+    g = torch.Generator().manual_seed(8)
+    x16 = torch.randn(2, 4, 256, 256, generator=g).half()
+    t = torch.randint(0, 4, (2, 256, 256), generator=g)
+    bits = torch.randint(0, 2, x16.shape, generator=g)
+    cases = (lambda x, b: marsops.dice_loss(x, t.to(x.device), backend=b),
+             lambda x, b: marsops.dice_focal_loss(x, t.to(x.device), backend=b),
+             lambda x, b: marsops.focal_loss(x, t.to(x.device), gamma=0.5, backend=b),
+             lambda x, b: marsops.sigmoid_focal_loss(x, bits.to(x.device), backend=b))
+    for fn in cases:
+        x = x16.to(device).detach().requires_grad_()
+        (fn(x, backend) * 4096).backward()
+        ref = x16.double().requires_grad_()  # a leaf
+        (fn(ref, "reference") * 4096).backward()
+        assert x.grad.dtype == torch.float16
+        assert_close(x.grad, ref.grad.half(), torch.float16)
+
+
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + BACKENDS,
+                         ids=backend_ids([("reference", "cpu")] + BACKENDS))
+def test_review_corners(backend, device):
+    x = torch.randn(0, 3, 4, device=device, requires_grad=True)
+    empty = torch.zeros(0, 4, dtype=torch.long, device=device)
+    for name in LOSSES:  # per image with no image: 0, not a ZeroDivisionError or NaN
+        assert call(name, x, empty, backend, per_image=True).item() == 0.0
+    x = torch.randn(2, 3, 4, device=device)
+    t = torch.randint(0, 3, (2, 4), device=device)
+    nan_weight = torch.tensor([1.0, float("nan"), 1.0], device=device)
+    assert torch.isnan(marsops.dice_ce_loss(x, t, ce_weight=nan_weight, backend=backend))  # not silently dropped
+    with pytest.raises(ValueError, match=">= 0"):
+        marsops.dice_loss(x, t, weight=torch.tensor([1.0, -1.0, 1.0], device=device), backend=backend)
+
+
+def test_reference_learns_class_weights_kernels_name_the_argument():
+    x, t = torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))
+    w = torch.ones(3, requires_grad=True)
+    marsops.dice_loss(x, t, weight=w, backend="reference").backward()
+    assert w.grad is not None
+    with pytest.raises(ValueError, match="ce_weight requires grad"):
+        marsops.dice_ce_loss(x, t, ce_weight=torch.ones(3, requires_grad=True), backend="cpu")
+
+
+def test_cpu_gradient_is_the_same_for_any_thread_count():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 5, 61, 67, generator=g, requires_grad=True)  # 8174 pixels: two chunks, odd rows
+    t = torch.randint(0, 5, (2, 61, 67), generator=g)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            (grad,) = torch.autograd.grad(marsops.dice_focal_loss(x, t, per_image=True, backend="cpu"), x)
+            grads.append(grad)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])

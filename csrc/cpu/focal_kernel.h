@@ -17,7 +17,7 @@ struct FocalKernel {
   int64_t ignore_index;
   acc_t grad_scale;
   in_t* loss_none;  // nullptr: reduced
-  in_t* grad;       // nullptr: no gradient
+  saved_grad_t<in_t>* grad;  // nullptr: no gradient (fp32 for fp16 logits: csrc/saved_grad.h)
   acc_t* scratch;   // 3 * C * lanes: exponentials, transposed logits, smoothing coefficients
 
   // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
@@ -39,7 +39,7 @@ struct FocalKernel {
     const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), w, gamma, eps, scratch + 2 * C * L);
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
-      in_t* gn = grad + offset;
+      saved_grad_t<in_t>* gn = grad + offset;
       for (int64_t c = 0; c < C; ++c) {
         const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
         const V g = fp.grad(c, sm.prob(c), delta) * V(grad_scale);
@@ -76,7 +76,8 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
   const FocalKernel<in_t, acc, tgt_t> kernel{
       static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), static_cast<const acc*>(a.weight),
       a.C, a.P, static_cast<acc>(a.gamma), static_cast<acc>(a.label_smoothing), a.ignore_index,
-      static_cast<acc>(a.grad_scale), static_cast<in_t*>(a.loss_none), static_cast<in_t*>(a.grad), scratch.data()};
+      static_cast<acc>(a.grad_scale), static_cast<in_t*>(a.loss_none), static_cast<saved_grad_t<in_t>*>(a.grad),
+      scratch.data()};
   FocalStats st;
   for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
     if (a.class_last) {

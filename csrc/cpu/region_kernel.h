@@ -100,7 +100,7 @@ struct RegionKernel {
                                                                     static_cast<acc_t>(a.label_smoothing),
                                                                     scratch + 2 * C * L)
                                            : FocalPixels<V, acc_t>();
-    in_t* gn = static_cast<in_t*>(a.grad) + offset;
+    saved_grad_t<in_t>* gn = static_cast<saved_grad_t<in_t>*>(a.grad) + offset;
     for (int64_t c = 0; c < C; ++c) {
       const V pc = sm.prob(c);
       const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));

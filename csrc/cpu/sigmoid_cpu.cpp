@@ -3,6 +3,7 @@
 // deterministic whatever the thread count) and the gradient.
 #include <algorithm>
 
+#include "../saved_grad.h"
 #include "../stable.h"
 #include "buffer_pool.h"
 #include "kernels.h"
@@ -83,7 +84,7 @@ std::tuple<Tensor, Tensor> sigmoid_focal_loss_forward_cpu(const Tensor& logits, 
   const int64_t count = reduction == kMean ? counted(y, a.has_ignore, a.ignore_index) : 0;
   a.grad_scale = reduction != kMean ? 1.0 : (count > 0 ? 1.0 / static_cast<double>(count) : 0.0);
   Tensor loss = reduction == kNone ? empty_on(logits, sizes_of(logits), dtype) : empty_on(logits, {}, dtype);
-  Tensor grad = compute_grad ? pooled_empty(sizes_of(logits), dtype) : empty_on(logits, {0}, dtype);
+  Tensor grad = compute_grad ? pooled_empty(sizes_of(logits), saved_grad_dtype(dtype)) : empty_on(logits, {0}, dtype);
   if (reduction == kNone) a.loss_none = loss.mutable_data_ptr();
   if (compute_grad) a.grad = grad.mutable_data_ptr();
 

@@ -85,7 +85,7 @@ struct SigmoidKernel {
     const V loss = v_where(valid, f.loss, V(0));
     loss_acc = loss_acc + loss;
     if (a.loss_none) store_as<V, acc_t>(loss, static_cast<in_t*>(a.loss_none) + i);
-    if (a.grad) store_as<V, acc_t>(v_where(valid, f.grad, V(0)), static_cast<in_t*>(a.grad) + i);
+    if (a.grad) store_as<V, acc_t>(v_where(valid, f.grad, V(0)), static_cast<saved_grad_t<in_t>*>(a.grad) + i);
   }
 
   FocalStats range(int64_t begin, int64_t end) const {

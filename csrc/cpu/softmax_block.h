@@ -22,6 +22,7 @@ inline at::vec::Vectorized<T> m_where_lt(const at::vec::Vectorized<T>& a, const 
 }  // namespace marsops
 
 #include "../focal_math.h"
+#include "../saved_grad.h"
 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {

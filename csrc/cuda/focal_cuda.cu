@@ -64,7 +64,8 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
                                      const float* __restrict__ w, int64_t total, int64_t C, int64_t P,
                                      int64_t pixel_stride, int64_t class_stride, float gamma, float eps,
                                      int64_t ignore_index, const float* __restrict__ grad_scale, int64_t reduction,
-                                     in_t* __restrict__ loss_out, in_t* __restrict__ grad, double* __restrict__ partial,
+                                     in_t* __restrict__ loss_out, saved_grad_t<in_t>* __restrict__ grad,
+                                     double* __restrict__ partial,
                                      unsigned int* counter, unsigned long long* __restrict__ hist, bool shared_bins) {
   __shared__ double shared[32];
   extern __shared__ unsigned int bins[];
@@ -133,7 +134,7 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     if (reduction == kNone) loss_out[i] = static_cast<in_t>(loss);
     if (grad) {
       const float cs = (1.0f - eps) * coef * scale, ss = eps / C * scale;
-      in_t* gp = grad + n * C * P + p * pixel_stride;
+      saved_grad_t<in_t>* gp = grad + n * C * P + p * pixel_stride;
       for (int64_t c = 0; c < C; ++c) {
         const float pc = expf(static_cast<float>(xp[c * class_stride]) - m) * inv_s;
         float g = cs * ((c == t ? 1.0f : 0.0f) - pc);
@@ -143,7 +144,7 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
           g += ss * (cc - pc * smooth_sum);
         }
         // Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
-        gp[c * class_stride] = static_cast<in_t>(valid ? g : 0.0f);
+        gp[c * class_stride] = static_cast<saved_grad_t<in_t>>(valid ? g : 0.0f);
       }
     }
     loss_sum += loss;
@@ -226,7 +227,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
             s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, s.class_last ? s.C : 1,
             s.class_last ? 1 : s.P, static_cast<float>(gamma), static_cast<float>(label_smoothing), ignore_index,
             prepass ? scale : nullptr, reduction, static_cast<in_t*>(loss.mutable_data_ptr()),
-            compute_grad ? static_cast<in_t*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
+            compute_grad ? static_cast<saved_grad_t<in_t>*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
             count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr, shared_bins);
         STD_CUDA_KERNEL_LAUNCH_CHECK();
       }

@@ -279,7 +279,10 @@ def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, c
     block_c, block_p, chunked = block_sizes(C, P)
     w = weight.to(device=dev, dtype=torch.float32).contiguous() if weight is not None else logits  # dummy ptr
     loss = torch.empty((N, P) if reduction == 0 else (), device=dev, dtype=logits.dtype)
-    grad = torch.empty_like(logits) if compute_grad else torch.empty(0, device=dev, dtype=logits.dtype)  # same layout
+    from .._saved_gradient import saved_dtype
+
+    grad = (torch.empty_like(logits, dtype=saved_dtype(logits.dtype)) if compute_grad  # same layout
+            else torch.empty(0, device=dev, dtype=logits.dtype))
     confusion = torch.zeros((C, C) if count_confusion else (0,), device=dev, dtype=torch.int64)
     if N * P == 0:
         if reduction != 0:

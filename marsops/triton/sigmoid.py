@@ -6,6 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._saved_gradient import saved_dtype
 from .focal import _q_pow_gamma, gamma_kind
 
 BLOCK = 1024
@@ -88,7 +89,8 @@ def sigmoid_focal_forward(logits, target, pos_weight, alpha, gamma, ignore_index
         count = (y != ignore_index).sum() if has_ignore else torch.tensor(n, device=dev)
         scale = torch.where(count > 0, 1.0 / count.clamp_min(1).double(), 0.0).float()
     loss = torch.empty(x.shape if reduction == 0 else (), device=dev, dtype=x.dtype)
-    grad = torch.empty_like(x) if compute_grad else torch.empty(0, device=dev, dtype=x.dtype)
+    grad = (torch.empty_like(x, dtype=saved_dtype(x.dtype)) if compute_grad
+            else torch.empty(0, device=dev, dtype=x.dtype))
     ok = torch.ones((), device=dev, dtype=torch.int32)
     programs = triton.cdiv(n, BLOCK)
     partial = torch.zeros(max(programs, 1), device=dev, dtype=torch.float64)
