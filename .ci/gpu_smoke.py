@@ -1,6 +1,7 @@
-"""GPU smoke check: every op on the cuda and triton backends against the reference run on the same
+"""GPU smoke check: every op (focal, region and sigmoid focal losses, confusion, flips) on the cuda
+and triton backends against the reference run on the same
 device, over the cases a first GPU run trips on: fp32 / fp16 / bf16 logits, int64 / int32 / uint8
-targets, ignore_index, every reduction, 2, 5, 19 and 150 classes (past 64 the Triton kernels
+targets, ignore_index, every reduction, 1, 2, 5, 19 and 150 classes (past 64 the Triton kernels
 stream classes in chunks; past 31 the confusion matrix counts with global atomics), one sample
 and a batch that fills the GPU, channels_last and sliced inputs, empty batches.
 
@@ -108,6 +109,45 @@ def flip_case(backend, device, shape, dtype, kind="contiguous", seed=0):
         assert torch.equal(sq_masks, reference.flip_views(masks, d4_views))
 
 
+def region_case(backend, device, name, n, c, spatial, dtype, per_image, kind="contiguous", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn((n, c) + spatial, generator=g) * 3).to(dtype)
+    target = torch.randint(0, c, (n,) + spatial, generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.2] = -100
+    target = target.to(device)
+    kw = dict(per_image=per_image, label_smoothing=0.1) if name != "tversky_loss" else dict(per_image=per_image)
+    x = layout(base.to(device), kind).requires_grad_()
+    loss = getattr(marsops, name)(x, target, backend=backend, **kw)
+    (grad,) = torch.autograd.grad(loss * 3, x)
+    ref_x = base.to(device).float().requires_grad_()
+    ref = getattr(marsops, name)(ref_x, target, backend="reference", **kw)
+    (ref_grad,) = torch.autograd.grad(ref * 3, ref_x)
+    close(loss.detach(), ref.detach(), dtype, "loss")
+    close(grad, ref_grad, dtype, "gradient")
+
+
+def sigmoid_case(backend, device, shape, dtype, soft, reduction, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    base = (torch.randn(shape, generator=g) * 3).to(dtype)
+    if soft:
+        target, ignore = torch.rand(shape, generator=g).to(dtype).to(device), None
+    else:
+        target, ignore = torch.randint(0, 2, shape, generator=g).to(torch.uint8), 255
+        target[torch.rand(shape, generator=g) < 0.2] = ignore
+        target = target.to(device)
+    pw = torch.rand(shape[1], generator=g).to(device) + 0.5
+    x = base.to(device).requires_grad_()
+    loss = marsops.sigmoid_focal_loss(x, target, 0.25, 2.0, pw, ignore, reduction, backend=backend)
+    up = torch.linspace(-1, 2, loss.numel(), dtype=torch.float64).to(dtype).to(device).view(loss.shape)
+    (grad,) = torch.autograd.grad(loss, x, up)
+    ref_x = base.to(device).float().requires_grad_()
+    ref = marsops.sigmoid_focal_loss(ref_x, target.float() if soft else target, 0.25, 2.0, pw, ignore, reduction,
+                                     backend="reference")
+    (ref_grad,) = torch.autograd.grad(ref, ref_x, up.float())
+    close(loss.detach(), ref.detach(), dtype, "loss")
+    close(grad, ref_grad, dtype, "gradient")
+
+
 def volume_case(backend, device, shape, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = (torch.rand(shape, generator=g) * 200).to(dtype).to(device)
@@ -157,6 +197,24 @@ def cases(backends, device):
         for kind in ("channels_last", "sliced"):
             yield (f"flips {backend} {kind}", lambda b=backend, k=kind: flip_case(
                 b, device, (4, 3, 16, 24), torch.float32, kind=k))
+        if _backend.unavailable_reason(backend, "region_stats", device) is None:  # Triton only on GPUs
+            for i, (name, c) in enumerate(itertools.product(("dice_focal_loss", "dice_ce_loss", "tversky_loss"),
+                                                            (1, 5, 19, 150))):
+                dtype, per_image = FLOATS[i % 3], bool(i % 2)
+                yield (f"{name} {backend} C={c} {dtype} per_image={per_image}", lambda b=backend, n=name, c=c,
+                       d=dtype, p=per_image: region_case(b, device, n, 3, c, (7, 9), d, p))
+            yield (f"dice_loss {backend} channels_last", lambda b=backend: region_case(
+                b, device, "dice_loss", 2, 5, (8, 16), torch.float16, False, kind="channels_last"))
+            yield (f"dice_focal_loss {backend} large {big}", lambda b=backend: region_case(
+                b, device, "dice_focal_loss", big[0], big[1], big[2:], torch.bfloat16, True))
+            yield (f"dice_loss {backend} empty", lambda b=backend: region_case(
+                b, device, "dice_loss", 0, 5, (4, 4), torch.float32, True))
+        if _backend.unavailable_reason(backend, "sigmoid_focal_loss_forward", device) is None:
+            for i, (soft, reduction) in enumerate(itertools.product((True, False), ("none", "sum", "mean"))):
+                yield (f"sigmoid_focal {backend} soft={soft} {reduction} {FLOATS[i % 3]}", lambda b=backend, s=soft,
+                       r=reduction, d=FLOATS[i % 3]: sigmoid_case(b, device, (3, 4, 7, 9), d, s, r))
+            yield (f"sigmoid_focal {backend} large {big}", lambda b=backend: sigmoid_case(
+                b, device, big, torch.float16, False, "mean"))
         large_images = (8, 3, 64, 64) if DRY else (256, 3, 512, 512)
         yield (f"flips {backend} large {large_images}", lambda b=backend: flip_case(
             b, device, large_images, torch.float16))

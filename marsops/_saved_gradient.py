@@ -26,6 +26,27 @@ def graph_is_kept() -> bool:
     return True if keep is None else keep()
 
 
+def check_backward(op: str, has_grad: bool) -> None:
+    """What every fused backward checks first: no double backward, and a forward that wrote the gradient."""
+    refuse_double_backward(op)
+    if not has_grad:
+        raise RuntimeError(f"marsops.{op}: the forward ran without gradient (logits did not require grad or grad "
+                           "mode was off), so there is nothing to backpropagate to the logits")
+
+
+def masked_upstream(grad_loss: Tensor, target: Tensor, ignore_index: int) -> Tensor:
+    """A per-element upstream gradient with ignored elements' values replaced by 0: a NaN or inf
+    there must not reach the gradient (0 * inf is NaN; an ignored element's gradient is 0)."""
+    kept = target.to(torch.int64) != ignore_index
+    return torch.where(kept, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
+
+
+def register(op: str, fake, backward, setup_context) -> None:
+    """Registers a fused loss op's fake kernel and autograd formula."""
+    torch.library.register_fake(op)(fake)
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
 def refuse_double_backward(op: str) -> None:
     if torch.is_grad_enabled():
         raise RuntimeError(f"marsops.{op}: double backward (create_graph=True) is not supported by the fused "

@@ -196,25 +196,13 @@ def _backward(ctx, grad_loss, _grad, _counts):
     nothing = (None,) * 8
     if grad_loss is None:  # the loss did not reach what was differentiated
         return (None,) + nothing
-    _saved_gradient.refuse_double_backward("focal_loss")
-    if not ctx.has_grad:
-        raise RuntimeError("marsops.focal_loss: the forward ran without gradient (logits did not require grad or "
-                           "grad mode was off), so there is nothing to backpropagate to the logits")
+    _saved_gradient.check_backward("focal_loss", ctx.has_grad)
     grad, *target = ctx.saved_tensors
+    scale = grad_loss
     if ctx.reduction == 0:  # one upstream value per pixel; ignored pixels' are never used
-        kept = target[0].to(torch.int64) != ctx.ignore_index
-        scale = torch.where(kept, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
-        scale = scale.unsqueeze(1)
-    else:
-        scale = grad_loss
+        scale = _saved_gradient.masked_upstream(grad_loss, target[0], ctx.ignore_index).unsqueeze(1)
     return (_saved_gradient.scaled(grad, grad_loss, scale),) + nothing
 
 
-def _register(op):
-    torch.library.register_fake(op)(_fake)
-    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
-
-
-_register("marsops::focal_loss_forward_triton")
-if _extension._C is not None:
-    _register("marsops::focal_loss_forward")
+for _op in ("marsops::focal_loss_forward_triton",) + (("marsops::focal_loss_forward",) if _extension._C else ()):
+    _saved_gradient.register(_op, _fake, _backward, _setup_context)

@@ -239,10 +239,7 @@ def _backward(ctx, grad_loss, _grad):
     nothing = (None,) * 14
     if grad_loss is None:
         return (None,) + nothing
-    _saved_gradient.refuse_double_backward("region_loss")
-    if not ctx.has_grad:
-        raise RuntimeError("marsops.region_loss: the forward ran without gradient (logits did not require grad or "
-                           "grad mode was off), so there is nothing to backpropagate to the logits")
+    _saved_gradient.check_backward("region_loss", ctx.has_grad)
     (grad,) = ctx.saved_tensors
     return (_saved_gradient.scaled(grad, grad_loss, grad_loss),) + nothing
 

@@ -146,23 +146,12 @@ def _backward(ctx, grad_loss, _grad):
     nothing = (None,) * 7
     if grad_loss is None:
         return (None,) + nothing
-    _saved_gradient.refuse_double_backward("sigmoid_focal_loss")
-    if not ctx.has_grad:
-        raise RuntimeError("marsops.sigmoid_focal_loss: the forward ran without gradient (logits did not require "
-                           "grad or grad mode was off), so there is nothing to backpropagate to the logits")
+    _saved_gradient.check_backward("sigmoid_focal_loss", ctx.has_grad)
     grad, *target = ctx.saved_tensors
-    scale = grad_loss
-    if ctx.masked:
-        kept = target[0].to(torch.int64) != ctx.ignore_index
-        scale = torch.where(kept, grad_loss, torch.zeros((), dtype=grad_loss.dtype, device=grad_loss.device))
+    scale = _saved_gradient.masked_upstream(grad_loss, target[0], ctx.ignore_index) if ctx.masked else grad_loss
     return (_saved_gradient.scaled(grad, grad_loss, scale),) + nothing
 
 
-def _register(op):
-    torch.library.register_fake(op)(_fake)
-    torch.library.register_autograd(op, _backward, setup_context=_setup_context)
-
-
-_register("marsops::sigmoid_focal_loss_forward_triton")
-if _extension._C is not None:
-    _register("marsops::sigmoid_focal_loss_forward")
+for _op in (("marsops::sigmoid_focal_loss_forward_triton",)
+            + (("marsops::sigmoid_focal_loss_forward",) if _extension._C else ())):
+    _saved_gradient.register(_op, _fake, _backward, _setup_context)

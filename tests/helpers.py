@@ -52,6 +52,25 @@ def assert_close(actual, expected, dtype=None):
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
 
 
+def assert_compiles_like_eager(loss_fn, out_channels, masks):
+    """A conv model + loss_fn compiles with no graph break (fullgraph) and matches eager: the loss
+    and the model's gradients."""
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(1, out_channels, 3, padding=1)
+    images = torch.randn(masks.shape[0], 1, *masks.shape[-2:])
+
+    def step(images, masks):
+        return loss_fn(model(images), masks)
+
+    eager = step(images, masks)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    loss = torch.compile(step, fullgraph=True)(images, masks)
+    grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert_close(loss, eager)
+    for a, b in zip(grads, eager_grads):
+        assert_close(a, b)
+
+
 def assert_label_error(device, code, match):
     """Runs `code` (torch and marsops in scope), which must fail on a bad label. On CPU that is an
     exception. On CUDA the check is a device-side assertion, which ends the CUDA context for the

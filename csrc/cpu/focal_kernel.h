@@ -29,20 +29,21 @@ struct FocalKernel {
     read_labels<L>(y + n * P + p, C, ignore_index, w, cls_buf, wt_buf, st);
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const int64_t offset = n * C * P + (CLASS_LAST ? p * C : p);
-    const BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t> sm(x + offset, C, P, scratch + C * L, scratch);
+    const BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t> sm(x + offset, C, P, scratch + C * L, scratch, cls);
     if constexpr (COUNT) {
       acc_t pred_buf[L];
       store_as<V, acc_t>(sm.pred, pred_buf);
       for (int i = 0; i < L; ++i)
         if (cls_buf[i] >= 0) hist[static_cast<int64_t>(cls_buf[i]) * C + static_cast<int64_t>(pred_buf[i])] += 1;
     }
-    const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), w, gamma, eps, scratch + 2 * C * L);
+    const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), w, gamma, eps, scratch + 2 * C * L,
+                                   grad_scale);
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
       saved_grad_t<in_t>* gn = grad + offset;
       for (int64_t c = 0; c < C; ++c) {
         const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
-        const V g = fp.grad(c, sm.prob(c), delta) * V(grad_scale);
+        const V g = fp.grad(c, sm.prob(c), delta);
         if constexpr (CLASS_LAST) {
           store_as<V, acc_t>(g, sm.tile + c * L);  // the logits are no longer needed: reuse the tile
         } else {

@@ -31,7 +31,7 @@ struct RegionKernel {
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const auto valid = cls >= V(0);
     const BlockSoftmax<CLASS_LAST, false, V, in_t, acc_t> sm(x + n * C * a.P + (CLASS_LAST ? p * C : p), C, a.P,
-                                                              scratch + C * L, scratch);
+                                                              scratch + C * L, scratch, cls);
     constexpr int VL = Vectorized<acc_t>::size();  // the accumulators' width (the scalar tail uses lane 0)
     for (int64_t c = 0; c < C; ++c) {
       // Ignored pixels are selected out: their logits may hold NaN or inf.
@@ -44,7 +44,7 @@ struct RegionKernel {
     }
     if (!a.focal) return V(0);
     const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), fw, static_cast<acc_t>(a.gamma),
-                                   static_cast<acc_t>(a.label_smoothing), scratch + 2 * C * L);
+                                   static_cast<acc_t>(a.label_smoothing), scratch + 2 * C * L, acc_t(1));
     return fp.loss;
   }
 
@@ -82,30 +82,27 @@ struct RegionKernel {
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const auto valid = cls >= V(0);
     const int64_t offset = n * C * a.P + (CLASS_LAST ? p * C : p);
-    const BlockSoftmax<CLASS_LAST, false, V, in_t, acc_t> sm(x + offset, C, a.P, scratch + C * L, scratch);
+    const BlockSoftmax<CLASS_LAST, false, V, in_t, acc_t> sm(x + offset, C, a.P, scratch + C * L, scratch, cls);
     const acc_t* A = static_cast<const acc_t*>(a.coef_i) + group(n) * C;
     const acc_t* B = static_cast<const acc_t*>(a.coef_s) + group(n) * C;
     acc_t a_y[L];  // A of each lane's label
     for (int i = 0; i < L; ++i) a_y[i] = cls_buf[i] >= 0 ? A[static_cast<int64_t>(cls_buf[i])] : acc_t(0);
-    V p_y(0), pb(0);  // p of the label, sum_c p_c B_c
-    for (int64_t c = 0; c < C; ++c) {
-      const V pc = sm.prob(c);
-      p_y = v_where(cls == V(static_cast<acc_t>(c)), pc, p_y);
-      pb = pb + pc * V(B[c]);
-    }
-    const V shared = load_as<V, acc_t, acc_t>(a_y) * p_y + pb;
+    V pb(0);  // sum_c p_c B_c
+    for (int64_t c = 0; c < C; ++c) pb = pb + sm.prob(c) * V(B[c]);
+    const V shared = load_as<V, acc_t, acc_t>(a_y) * (sm.et * sm.inv_s) + pb;  // A_y p_y + sum_c p_c B_c
     const bool focal = a.focal && a.focal_scale != 0;
     const FocalPixels<V, acc_t> fp = focal ? FocalPixels<V, acc_t>(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), fw,
                                                                     static_cast<acc_t>(a.gamma),
                                                                     static_cast<acc_t>(a.label_smoothing),
-                                                                    scratch + 2 * C * L)
+                                                                    scratch + 2 * C * L,
+                                                                    static_cast<acc_t>(a.focal_scale))
                                            : FocalPixels<V, acc_t>();
     saved_grad_t<in_t>* gn = static_cast<saved_grad_t<in_t>*>(a.grad) + offset;
     for (int64_t c = 0; c < C; ++c) {
       const V pc = sm.prob(c);
       const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
       V g = pc * (v_where(cls == V(static_cast<acc_t>(c)), V(A[c]), V(0)) + V(B[c]) - shared);
-      if (focal) g = g + fp.grad(c, pc, delta) * V(static_cast<acc_t>(a.focal_scale));
+      if (focal) g = g + fp.grad(c, pc, delta);
       g = v_where(valid, g, V(0));  // ignored pixels: exactly 0, whatever their logits hold
       if constexpr (CLASS_LAST) {
         store_as<V, acc_t>(g, sm.tile + c * L);

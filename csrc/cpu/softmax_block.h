@@ -48,7 +48,9 @@ inline void read_labels(const tgt_t* y, int64_t C, int64_t ignore_index, const a
   }
 }
 
-// The softmax of a block. With ARGMAX, also the first maximum's class (NaN wins), as torch.argmax.
+// The softmax of a block, and in the same loop the label's logit xt, its exponential et and the
+// other classes' sum (cls: each lane's class, -1 when ignored). With ARGMAX, also the first
+// maximum's class (NaN wins), as torch.argmax.
 template <bool CLASS_LAST, bool ARGMAX, typename V, typename in_t, typename acc_t>
 struct BlockSoftmax {
   static constexpr int L = Lanes<V>::n;
@@ -56,9 +58,9 @@ struct BlockSoftmax {
   int64_t C, P;
   acc_t* tile;     // [C][L] scratch: the transposed logits (class-last)
   acc_t* exps;     // [C][L] scratch: exp(x - max)
-  V m, s, inv_s, log_s, pred;
+  V m, s, inv_s, log_s, pred, xt, et, other;
 
-  BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_)
+  BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_, const V& cls)
       : xn(x), C(C_), P(P_), tile(tile_), exps(exps_) {
     if constexpr (CLASS_LAST) gather_tile<L>(xn, C, tile);
     m = logits(0);
@@ -74,10 +76,16 @@ struct BlockSoftmax {
       }
     }
     s = V(0);
+    xt = et = other = V(0);
     for (int64_t c = 0; c < C; ++c) {
-      const V e = v_exp(logits(c) - m);
+      const V xc = logits(c);
+      const V e = v_exp(xc - m);
       store_as<V, acc_t>(e, exps + c * L);
       s = s + e;
+      const auto is_t = cls == V(static_cast<acc_t>(c));
+      xt = v_where(is_t, xc, xt);
+      et = v_where(is_t, e, et);
+      other = other + v_where(is_t, V(0), e);
     }
     inv_s = V(1) / s;
     log_s = v_log(s);
@@ -95,7 +103,7 @@ struct BlockSoftmax {
 };
 
 // The focal terms of a block's labels (cls: the class, or -1 when ignored; wt: its weight), with
-// label smoothing eps as F.cross_entropy weights it:
+// label smoothing eps as F.cross_entropy weights it, the gradient times `scale`:
 //   loss = (1 - eps) w_y f(p_y) + eps / C sum_c w_c f(p_c),   f(p) = (1 - p)^gamma (-log p)
 //   dloss/dx_j = target_coef (delta_yj - p_j) + smooth_scale (coef_j - p_j sum_c coef_c)
 // (coef_c: the focal coefficient of class c, focal_math.h). Ignored lanes have a zero loss and
@@ -103,26 +111,21 @@ struct BlockSoftmax {
 template <typename V, typename acc_t>
 struct FocalPixels {
   static constexpr int L = Lanes<V>::n;
-  V valid, loss, target_coef, smooth_scale, smooth_sum;
+  using Mask = decltype(std::declval<V>() >= std::declval<V>());  // bool for scalars, a lane mask for vectors
+  Mask valid;
+  V loss, target_coef, smooth_scale, smooth_sum;
   const acc_t* coefs;  // [C][L]: coef_c, with smoothing only
 
-  FocalPixels() : valid(0), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}  // no term
+  FocalPixels() : valid(V(0) > V(0)), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}
 
   template <typename Softmax>
-  FocalPixels(const Softmax& sm, const V& cls, const V& wt, const acc_t* w, acc_t gamma, acc_t eps, acc_t* coef_scratch)
+  FocalPixels(const Softmax& sm, const V& cls, const V& wt, const acc_t* w, acc_t gamma, acc_t eps, acc_t* coef_scratch,
+              acc_t scale)
       : coefs(eps > acc_t(0) ? coef_scratch : nullptr) {
-    V xt(0), et(0), other(0);
-    for (int64_t c = 0; c < sm.C; ++c) {
-      const auto is_t = cls == V(static_cast<acc_t>(c));
-      const V e = sm.exp(c);
-      xt = v_where(is_t, sm.logits(c), xt);
-      et = v_where(is_t, e, et);
-      other = other + v_where(is_t, V(0), e);
-    }
     V coef;
-    focal_terms(xt - sm.m - sm.log_s, et * sm.inv_s, other * sm.inv_s, wt, gamma, loss, coef);
-    valid = v_where(cls >= V(0), V(1), V(0));
-    target_coef = coef * V(acc_t(1) - eps);
+    focal_terms(sm.xt - sm.m - sm.log_s, sm.et * sm.inv_s, sm.other * sm.inv_s, wt, gamma, loss, coef);
+    valid = cls >= V(0);
+    target_coef = coef * V((acc_t(1) - eps) * scale);
     smooth_scale = V(eps / static_cast<acc_t>(sm.C));
     smooth_sum = V(0);
     if (eps > acc_t(0)) {
@@ -137,16 +140,17 @@ struct FocalPixels {
         store_as<V, acc_t>(cc, coef_scratch + c * L);
       }
       loss = loss * V(acc_t(1) - eps) + smooth_scale * smooth_loss;
+      smooth_scale = smooth_scale * V(scale);
     }
     // Ignored lanes are selected out, not multiplied by a zero weight: their logits may hold NaN.
-    loss = v_where(valid > V(0), loss, V(0));
+    loss = v_where(valid, loss, V(0));
   }
 
-  // dloss/dx_c of the block's lanes, before the reduction's scale.
+  // dloss/dx_c of the block's lanes, times the scale.
   V grad(int64_t c, const V& p_c, const V& delta) const {
     V g = target_coef * (delta - p_c);
     if (coefs) g = g + smooth_scale * (load_as<V, acc_t, acc_t>(coefs + c * L) - p_c * smooth_sum);
-    return v_where(valid > V(0), g, V(0));
+    return v_where(valid, g, V(0));
   }
 };
 

@@ -131,6 +131,37 @@ def _class_terms(x, m, s, classes, C, w_ptr, valid, gamma, HAS_WEIGHT: tl.conste
 
 
 @triton.jit
+def _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride, class_stride, BLOCK_C: tl.constexpr,
+                    BLOCK_P: tl.constexpr, COUNT: tl.constexpr):
+    """Streamed over chunks of classes: max m, sum s of exp(x - m), the label's logit xt, the sum
+    of the other classes' exponentials (1 - p_y without cancellation) and, with COUNT, the argmax
+    (torch.argmax's rules); m = 0, s = 1 past P."""
+    m = tl.full([BLOCK_P], -float("inf"), tl.float32)
+    s = tl.zeros([BLOCK_P], tl.float32)
+    other = tl.zeros([BLOCK_P], tl.float32)
+    xt = tl.zeros([BLOCK_P], tl.float32)
+    pred = tl.zeros([BLOCK_P], tl.int64)
+    best = tl.full([BLOCK_P], -float("inf"), tl.float32)
+    for c0 in range(0, C, BLOCK_C):
+        cc = c0 + offs_c
+        x = tl.load(x_ptr + base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride,
+                    mask=(cc[:, None] < C) & pmask[None, :], other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m, tl.max(x, axis=0))
+        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all -inf so far: nothing to rescale
+        alpha = tl.exp(m - m_safe)
+        e = tl.exp(x - m_safe[None, :])
+        is_t = cc[:, None] == cls[None, :]
+        s = s * alpha + tl.sum(e, axis=0)
+        other = other * alpha + tl.sum(tl.where(is_t, 0.0, e), axis=0)
+        xt += tl.sum(tl.where(is_t, x, 0.0), axis=0)
+        m = m_new
+        if COUNT:
+            idx, mc = argmax_tile(x, offs_c, BLOCK_C)
+            pred, best = combine_argmax(pred, best, c0 + idx, mc)
+    return tl.where(pmask, m, 0.0), tl.where(pmask, s, 1.0), xt, other, pred
+
+
+@triton.jit
 def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, partial_ptr, ok_ptr, counter_ptr,
                           hist_ptr, C, P, pixel_stride, class_stride, blocks_per_sample, gamma, eps, ignore_index,
                           REDUCTION: tl.constexpr, SMOOTH: tl.constexpr,
@@ -160,32 +191,8 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
         if COUNT:
             pred, _ = argmax_tile(x, offs_c, BLOCK_C)
     else:
-        # Online softmax over chunks of classes: running max m, sum s and the non-target sum.
-        m = tl.full([BLOCK_P], -float("inf"), tl.float32)
-        s = tl.zeros([BLOCK_P], tl.float32)
-        other = tl.zeros([BLOCK_P], tl.float32)
-        xt = tl.zeros([BLOCK_P], tl.float32)
-        pred = tl.zeros([BLOCK_P], tl.int64)
-        best = tl.full([BLOCK_P], -float("inf"), tl.float32)
-        for c0 in range(0, C, BLOCK_C):
-            cc = c0 + offs_c
-            tile_mask = (cc[:, None] < C) & pmask[None, :]
-            x = tl.load(x_ptr + base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride, mask=tile_mask,
-                        other=-float("inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(x, axis=0))
-            m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all -inf so far: nothing to rescale
-            alpha = tl.exp(m - m_safe)
-            e = tl.exp(x - m_safe[None, :])
-            is_t = cc[:, None] == cls[None, :]
-            s = s * alpha + tl.sum(e, axis=0)
-            other = other * alpha + tl.sum(tl.where(is_t, 0.0, e), axis=0)
-            xt += tl.sum(tl.where(is_t, x, 0.0), axis=0)
-            m = m_new
-            if COUNT:
-                idx, mc = argmax_tile(x, offs_c, BLOCK_C)
-                pred, best = combine_argmax(pred, best, c0 + idx, mc)
-        m = tl.where(pmask, m, 0.0)
-        s = tl.where(pmask, s, 1.0)
+        m, s, xt, other, pred = _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride,
+                                                class_stride, BLOCK_C, BLOCK_P, COUNT)
         et = tl.exp(xt - m)
     loss, coef = _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND)
     if COUNT:

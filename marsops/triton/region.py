@@ -14,34 +14,9 @@ import triton
 import triton.language as tl
 
 from . import num_warps
-from .focal import _class_terms, _focal_terms, _read_labels, block_sizes, gamma_kind
+from .focal import _class_terms, _focal_terms, _online_softmax, _read_labels, block_sizes, gamma_kind
 
 MAX_PROGRAMS = 4096  # pass 1: about this many programs, each over several blocks of one image
-
-
-@triton.jit
-def _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride, class_stride, BLOCK_C: tl.constexpr,
-                    BLOCK_P: tl.constexpr):
-    """Streamed over chunks of classes: max m, sum s of exp(x - m), the label's logit xt and the
-    sum of the other classes' exponentials (1 - p_y without cancellation); m = 0, s = 1 past P."""
-    m = tl.full([BLOCK_P], -float("inf"), tl.float32)
-    s = tl.zeros([BLOCK_P], tl.float32)
-    other = tl.zeros([BLOCK_P], tl.float32)
-    xt = tl.zeros([BLOCK_P], tl.float32)
-    for c0 in range(0, C, BLOCK_C):
-        cc = c0 + offs_c
-        x = tl.load(x_ptr + base + cc[:, None] * class_stride + offs_p[None, :] * pixel_stride,
-                    mask=(cc[:, None] < C) & pmask[None, :], other=-float("inf")).to(tl.float32)
-        m_new = tl.maximum(m, tl.max(x, axis=0))
-        m_safe = tl.where(m_new == -float("inf"), 0.0, m_new)  # all -inf so far: nothing to rescale
-        alpha = tl.exp(m - m_safe)
-        e = tl.exp(x - m_safe[None, :])
-        is_t = cc[:, None] == cls[None, :]
-        s = s * alpha + tl.sum(e, axis=0)
-        other = other * alpha + tl.sum(tl.where(is_t, 0.0, e), axis=0)
-        xt += tl.sum(tl.where(is_t, x, 0.0), axis=0)
-        m = m_new
-    return tl.where(pmask, m, 0.0), tl.where(pmask, s, 1.0), xt, other
 
 
 @triton.jit
@@ -84,8 +59,8 @@ def _region_stats_kernel(x_ptr, y_ptr, fw_ptr, stats_ptr, focal_ptr, ok_ptr, C, 
                 et = tl.sum(tl.where(is_t, e, 0.0), axis=0)
                 other = tl.sum(tl.where(is_t, 0.0, e), axis=0)
         else:
-            m, s, xt, other = _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride,
-                                              class_stride, BLOCK_C, BLOCK_P)
+            m, s, xt, other, unused_pred = _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride,
+                                                           class_stride, BLOCK_C, BLOCK_P, False)
             et = tl.exp(xt - m)
             for c0 in range(0, C, BLOCK_C):
                 cc = c0 + offs_c
@@ -180,8 +155,8 @@ def _region_grad_kernel(x_ptr, y_ptr, fw_ptr, coef_i_ptr, coef_s_ptr, scale_ptr,
         g = tl.where(valid[None, :], g, 0.0)  # ignored pixels: exactly 0, whatever their logits hold
         tl.store(grad_ptr + tile, g.to(grad_ptr.dtype.element_ty), mask=tile_mask)
     else:
-        m, s, xt, other = _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride, class_stride,
-                                          BLOCK_C, BLOCK_P)
+        m, s, xt, other, unused_pred = _online_softmax(x_ptr, base, offs_c, offs_p, pmask, cls, C, pixel_stride,
+                                                       class_stride, BLOCK_C, BLOCK_P, False)
         inv_s = 1.0 / s
         p_y = tl.exp(xt - m) * inv_s
         a_y = tl.load(coef_i_ptr + group + tl.where(valid, cls, 0), mask=valid, other=0.0)
