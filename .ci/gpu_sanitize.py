@@ -1,5 +1,8 @@
 """A small run of every CUDA kernel, for compute-sanitizer (memcheck, racecheck, synccheck): each
-launch path once, with sizes that end mid-block and mid-warp. .ci/gpu runs it under the sanitizer
+launch path once (the focal loss with and without confusion counts and its shared-memory
+histograms, NCHW and channels_last logits, the confusion matrix's shared and global-atomics
+paths, flips, d4, volume flips, the TTA argmax with and without counts), with sizes that end
+mid-block and mid-warp. .ci/gpu runs it under the sanitizer
 with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so an out-of-bounds access is not hidden inside a larger
 cached block."""
 import sys
@@ -20,6 +23,10 @@ def main(backend="cuda"):
         w = torch.rand(c, device="cuda", generator=g)
         for reduction in marsops.focal.REDUCTIONS:
             marsops.focal_loss(x, t, w, 0.5, reduction=reduction, backend=backend).sum().backward()
+        for logits in (x, x.detach().contiguous(memory_format=torch.channels_last).requires_grad_() if x.dim() == 4
+                       else x):
+            cm = torch.zeros(c, c, dtype=torch.int64, device="cuda")
+            marsops.focal_loss(logits, t, w, 0.5, backend=backend, confusion=cm).backward()
         with torch.no_grad():
             marsops.focal_loss(x, t, None, 2.0, backend=backend)
         for num_classes in (c, 100):  # 100 classes: C * C > 8192 bins, the global-atomics path
@@ -32,6 +39,17 @@ def main(backend="cuda"):
         marsops.random_flip(images, generator=g, backend=backend)
         if dtype.is_floating_point:
             marsops.flip4_merge(out, backend=backend)
+        square = (torch.rand(2, 3, 11, 11, device="cuda") * 100).to(dtype)
+        marsops.d4(square, backend=backend)
+        marsops.flip4((torch.rand(2, 1, 3, 5, 7, device="cuda") * 100).to(dtype), dims=(-3, -2, -1), backend=backend)
+    for c in (5, 40):  # the TTA argmax: predictions, and counts in shared (5) or global (40) bins
+        outputs = torch.randn(8, c, 11, 11, device="cuda", generator=g)
+        target = torch.randint(0, c, (2, 11, 11), device="cuda", generator=g)
+        marsops.flip4_argmax(outputs[:4].contiguous(memory_format=torch.channels_last), backend=backend)
+        marsops.d4_argmax(outputs, softmax=False, backend=backend)
+        metric = marsops.StreamingIoU(c, device="cuda", backend=backend)
+        metric.update_flip4(outputs[:4], target[:1])
+        metric.update_d4(outputs, target[:1])
     torch.cuda.synchronize()
     print(f"sanitize run of the {backend} kernels done")
 

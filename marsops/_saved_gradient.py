@@ -68,5 +68,6 @@ def scaled(grad: Tensor, grad_loss: Tensor, scale: Tensor) -> Tensor:
     if grad.is_cuda and grad_loss.numel() == 1 and grad.is_contiguous() and _triton.IMPORT_ERROR is None:
         from .triton.scale import scale_
 
-        return scale_(grad, grad_loss)
+        with _triton.on_device_of(grad):
+            return scale_(grad, grad_loss)
     return grad.mul_(scale)

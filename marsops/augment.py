@@ -213,17 +213,20 @@ def _triton_module(x: Tensor, op: str):
 
 @torch.library.custom_op("marsops::flip_views_triton", mutates_args=())
 def _flip_views_triton(x: Tensor, views: list[int], volume: bool) -> Tensor:
-    return _triton_module(x, "flip4").flip_views(x, views, volume)
+    with _triton.on_device_of(x):
+        return _triton_module(x, "flip4").flip_views(x, views, volume)
 
 
 @torch.library.custom_op("marsops::flip_views_sum_triton", mutates_args=())
 def _flip_views_sum_triton(y: Tensor, views: list[int], volume: bool, scale: float) -> Tensor:
-    return _triton_module(y, "flip4_merge").flip_views_sum(y, views, volume, scale)
+    with _triton.on_device_of(y):
+        return _triton_module(y, "flip4_merge").flip_views_sum(y, views, volume, scale)
 
 
 @torch.library.custom_op("marsops::flip_by_flags_triton", mutates_args=())
 def _flip_by_flags_triton(x: Tensor, flags: Tensor, volume: bool) -> Tensor:
-    return _triton_module(x, "random_flip").flip_by_flags(x, flags, volume)
+    with _triton.on_device_of(x):
+        return _triton_module(x, "random_flip").flip_by_flags(x, flags, volume)
 
 
 @torch.library.custom_op("marsops::views_argmax_triton", mutates_args=())
@@ -232,7 +235,8 @@ def _views_argmax_triton(outputs: Tensor, target: Optional[Tensor], ignore_index
     _triton.require(outputs.device.type, "flip4_argmax")
     from .triton.tta import views_argmax as launch
 
-    pred, counts, ok = launch(outputs, target, ignore_index, softmax, want_pred, views, volume)
+    with _triton.on_device_of(outputs):
+        pred, counts, ok = launch(outputs, target, ignore_index, softmax, want_pred, views, volume)
     if target is not None:
         _checks.assert_ok(ok, "flip4_argmax", "target contains a label outside [0, C) and not ignore_index")
     return pred, counts

@@ -154,8 +154,9 @@ def _focal_loss_forward_triton(logits: Tensor, target: Tensor, weight: Optional[
     class_last = _checks.is_class_last(logits)  # read in place; the kernel takes the strides
     x = logits if class_last else logits.contiguous().view(N, C, P)
     y = target.contiguous().view(N, P)
-    loss, grad, counts, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad,
-                                                count_confusion, class_last, label_smoothing)
+    with _triton.on_device_of(logits):
+        loss, grad, counts, ok = focal_loss_forward(x, y, weight, gamma, ignore_index, reduction, compute_grad,
+                                                    count_confusion, class_last, label_smoothing)
     _checks.assert_ok(ok, "focal_loss", "target contains a label outside [0, C) that is not ignore_index")
     return ((loss.view(target.shape) if reduction == 0 else loss), (grad.view(logits.shape) if compute_grad else grad),
             counts)

@@ -130,9 +130,12 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
         if not chosen_classes or not all(0 <= c < num_classes for c in chosen_classes):
             raise ValueError(f"marsops.{op}: classes {list(chosen_classes)} must be a non-empty subset of "
                              f"[0, {num_classes})")
-        mask = torch.zeros(num_classes, dtype=torch.bool)
-        mask[list(chosen_classes)] = True
-        class_weight = class_weight * mask.to(class_weight.device)
+        # Built on the device from the Python ints: copying a host tensor there would synchronise.
+        index = torch.arange(num_classes, device=class_weight.device)
+        mask = torch.zeros(num_classes, dtype=torch.bool, device=class_weight.device)
+        for c in sorted(set(chosen_classes)):
+            mask |= index == c
+        class_weight = class_weight * mask
 
     if chosen == "reference":
         return reference.region_loss(logits, target, class_weight, coeffs, smooth, per_image, ignore_index,
@@ -198,8 +201,9 @@ def _region_loss_op(logits: Tensor, target: Tensor, class_weight: Tensor, coeffs
         _triton.require(logits.device.type, "region_loss")
         from .triton import region as kernels
 
-        stats, focal_stats, ok = kernels.region_stats(logits, target, ignore_index, per_image, focal, focal_weight,
-                                                      gamma, label_smoothing)
+        with _triton.on_device_of(logits):
+            stats, focal_stats, ok = kernels.region_stats(logits, target, ignore_index, per_image, focal,
+                                                          focal_weight, gamma, label_smoothing)
         _checks.assert_ok(ok, "region_loss", "target contains a label outside [0, C) that is not ignore_index")
     else:
         stats, focal_stats = torch.ops.marsops.region_stats(logits, target, ignore_index, per_image, focal,
@@ -212,8 +216,9 @@ def _region_loss_op(logits: Tensor, target: Tensor, class_weight: Tensor, coeffs
         limit = torch.finfo(compute).max
         coef_i, coef_s = (c.clamp(-limit, limit).to(compute).contiguous() for c in (coef_i, coef_s))
         if backend == "triton":
-            grad = kernels.region_grad(logits, target, ignore_index, per_image, coef_i, coef_s, focal, focal_weight,
-                                       gamma, label_smoothing, focal_scale.float().reshape(()))
+            with _triton.on_device_of(logits):
+                grad = kernels.region_grad(logits, target, ignore_index, per_image, coef_i, coef_s, focal,
+                                           focal_weight, gamma, label_smoothing, focal_scale.float().reshape(()))
         else:
             grad = torch.ops.marsops.region_grad(logits, target, ignore_index, per_image, coef_i, coef_s, focal,
                                                  focal_weight, gamma, label_smoothing, float(focal_scale))

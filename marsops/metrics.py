@@ -69,7 +69,8 @@ def _confusion_matrix_triton(input: Tensor, target: Tensor, num_classes: int, ig
     from_logits = input.is_floating_point()
     class_last = from_logits and _checks.is_class_last(input)  # read in place; the kernel takes the strides
     x = input if class_last else input.contiguous().view((N, num_classes, P) if from_logits else (N, P))
-    hist, ok = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits, class_last)
+    with _triton.on_device_of(target):
+        hist, ok = launch(x, target.contiguous().view(N, P), num_classes, ignore_index, from_logits, class_last)
     _checks.assert_ok(ok[0], "confusion_matrix", "target contains a label outside [0, num_classes) and not ignore_index")
     _checks.assert_ok(ok[1], "confusion_matrix", "predictions contain a label outside [0, num_classes)")
     return hist

@@ -116,8 +116,9 @@ def _sigmoid_focal_triton(logits: Tensor, target: Tensor, pos_weight: Optional[T
     _triton.require(logits.device.type, "sigmoid_focal_loss")
     from .triton.sigmoid import sigmoid_focal_forward
 
-    loss, grad, ok = sigmoid_focal_forward(logits, target, pos_weight, alpha, gamma, ignore_index, reduction,
-                                           compute_grad)
+    with _triton.on_device_of(logits):
+        loss, grad, ok = sigmoid_focal_forward(logits, target, pos_weight, alpha, gamma, ignore_index, reduction,
+                                               compute_grad)
     _checks.assert_ok(ok, "sigmoid_focal_loss", "target contains a label outside {0, 1} that is not ignore_index "
                       "(integer targets), or a value outside [0, 1] (float targets)")
     return loss, grad

@@ -1,6 +1,5 @@
 """What the tests share: which backends can run here, tolerances per dtype, label errors."""
 import re
-import subprocess
 import sys
 
 import pytest
@@ -74,16 +73,45 @@ def assert_compiles_like_eager(loss_fn, out_channels, masks):
 def assert_label_error(device, code, match):
     """Runs `code` (torch and marsops in scope), which must fail on a bad label. On CPU that is an
     exception. On CUDA the check is a device-side assertion, which ends the CUDA context for the
-    rest of the process, so the code runs in a subprocess that must exit non-zero with the message
-    on stderr."""
+    rest of the process, so the code runs in a fresh process that must fail with the message in
+    its output (the device prints its assertion; the host raises "device-side assert")."""
     if device == "cpu":
         with pytest.raises((ValueError, RuntimeError), match=match):
             exec(code, {"torch": torch, "marsops": marsops})
         return
-    script = f"import torch, marsops\n{code}\ntorch.cuda.synchronize()\n"
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0, f"no device-side assertion fired for: {code}"
-    assert re.search(match, result.stderr), result.stderr[-3000:]
+    rc, output = _run_in_fresh_cuda_process(code)
+    assert rc != 0, f"no device-side assertion fired for: {code}\n{output[-2000:]}"
+    assert re.search(match, output), output[-3000:]
+
+
+_ZYGOTE = None
+
+
+def _run_in_fresh_cuda_process(code, timeout=300):
+    """(exit code, stdout + stderr) of `code` run in a new process with its own CUDA context,
+    forked by tests/cuda_zygote.py (started once per test session)."""
+    global _ZYGOTE
+    import json
+    import os
+    import select
+    import subprocess
+    import tempfile
+
+    if _ZYGOTE is None or _ZYGOTE.poll() is not None:
+        _ZYGOTE = subprocess.Popen([sys.executable, os.path.join(os.path.dirname(__file__), "cuda_zygote.py")],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    with tempfile.NamedTemporaryFile("r", suffix=".log") as log:
+        _ZYGOTE.stdin.write(json.dumps({"code": code, "log": log.name}) + "\n")
+        _ZYGOTE.stdin.flush()
+        ready, _, _ = select.select([_ZYGOTE.stdout], [], [], timeout)
+        if not ready:  # a hung snippet: end the zygote and its child; the next call starts another
+            os.killpg(_ZYGOTE.pid, 9)
+            _ZYGOTE.wait()
+            return None, f"timed out after {timeout} s\n" + log.read()
+        answer = _ZYGOTE.stdout.readline()
+        if not answer:
+            return None, "the zygote process died\n" + log.read()
+        return json.loads(answer), log.read()
 
 
 assert marsops  # imported here so conftest's environment is in place first

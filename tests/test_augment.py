@@ -182,12 +182,17 @@ def test_index_math_past_2_to_the_31(backend, device):
     assert torch.equal(out[1, -1], x[1, -1].flip(-1))  # left-right only
     assert torch.equal(out[0, -1], x[0, 0].flip(-1))   # both: the first row, reversed, ends up last
     assert torch.equal(out[0, 0], x[0, -1].flip(-1))
-    del out
     if device == "cuda":  # flip4 writes 4 blocks: k * total passes 2**31 already at total > 2**31 / 3
         y = x.view(-1)[: 2**31 // 3 + 4096].view(1, 1, -1)
         y4 = getattr(torch.ops.marsops, "flip_views" + ("_triton" if backend == "triton" else ""))(y, [0, 1, 2, 3],
                                                                                                   False)
         assert torch.equal(y4[3, 0, -8:], y[0, 0, :8].flip(-1))
+        del y4, out
+        suffix = "_triton" if backend == "triton" else ""
+        z = torch.arange(2**31 // 3 + 4096, device=device).remainder(251).half().view(1, 1, -1)  # integers: exact
+        z4 = getattr(torch.ops.marsops, "flip_views" + suffix)(z, [0, 1, 2, 3], False)
+        merged = getattr(torch.ops.marsops, "flip_views_sum" + suffix)(z4, [0, 1, 2, 3], False, 0.25)
+        assert torch.equal(merged[0, 0, -8:], z[0, 0, -8:]) and torch.equal(merged[0, 0, :8], z[0, 0, :8])
 
 
 

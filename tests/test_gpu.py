@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import marsops
-from helpers import backend_ids, kernel_backends, requires_gpu
+from marsops import backend as _backend
+from helpers import _run_in_fresh_cuda_process, backend_ids, kernel_backends, requires_gpu
 
 GPU = [(b, d) for b, d in kernel_backends("focal_loss_forward") if d == "cuda"]
 
@@ -20,9 +21,21 @@ def every_op(backend):
     metric = marsops.StreamingIoU(5, classes=[1, 2, 3, 4], device="cuda", backend=backend)
     metric.update(x.detach(), t)
     metric.update(x.detach().argmax(1), t)
+    marsops.focal_loss(x, t, w, 0.5, backend=backend, confusion=metric).backward()
     images, masks = marsops.flip4(x.detach(), t, backend=backend)
     marsops.flip4_merge(images, backend=backend)
+    marsops.flip4_argmax(images, backend=backend)
+    metric.update_flip4(images, t)
+    marsops.d4(x.detach()[..., :16], t[..., :16], backend=backend)
     marsops.random_flip(x.detach(), t, generator=g, backend=backend)
+    if _backend.unavailable_reason(backend, "region_stats", "cuda") is None:
+        for name in ("dice_loss", "dice_focal_loss", "tversky_loss"):
+            getattr(marsops, name)(x, t, classes=[1, 2, 3, 4], backend=backend).backward()
+    if _backend.unavailable_reason(backend, "sigmoid_focal_loss_forward", "cuda") is None:
+        soft = torch.rand(4, 5, 16, 32, device="cuda", generator=g)
+        hard = (soft > 0.5).to(torch.uint8)
+        marsops.sigmoid_focal_loss(x, soft, backend=backend).backward()
+        marsops.sigmoid_focal_loss(x, hard, ignore_index=255, backend=backend).backward()
     return metric
 
 
@@ -36,7 +49,7 @@ def test_no_op_synchronises_with_the_host(backend, device):
         metric = every_op(backend)
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    assert metric.local.sum().item() == 2 * 4 * 16 * 32
+    assert metric.local.sum().item() == 4 * 4 * 16 * 32  # update twice, the loss's counts, update_flip4
 
 
 @requires_gpu
@@ -106,3 +119,15 @@ def test_cuda_graph_resume_matches_an_uninterrupted_run(tmp_path):
     assert a["state"] == b["state"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_fresh_processes_report_exit_codes_and_output():
+    """The bad-label tests' runner on GPUs (tests/cuda_zygote.py), checked where it runs too:
+    each snippet gets its own process, its output (stdout and stderr) and its exit code."""
+    rc, out = _run_in_fresh_cuda_process("import sys; print('on stdout'); sys.stderr.write('on stderr\\n'); "
+                                         "raise ValueError('marsops.focal_loss: label 7')")
+    assert rc == 1 and "on stdout" in out and "on stderr" in out and "label 7" in out
+    assert _run_in_fresh_cuda_process("x = torch.ones(2).sum()") == (0, "")
+    assert _run_in_fresh_cuda_process("import os; os._exit(3)")[0] == 3
+    rc, out = _run_in_fresh_cuda_process("import time; time.sleep(30)", timeout=1)
+    assert rc is None and "timed out" in out

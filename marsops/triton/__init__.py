@@ -1,6 +1,9 @@
 """Triton kernels. They run on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1
 (Triton's interpreter, which is how the test suite exercises them on machines without a GPU)."""
+import contextlib
 import os
+
+import torch
 
 try:
     import triton  # noqa: F401
@@ -28,6 +31,12 @@ def require(device_type: str, op: str) -> None:
     reason = unavailable_reason(device_type)
     if reason:
         raise RuntimeError(f"marsops.{op}: {reason}")
+
+
+def on_device_of(t: torch.Tensor):
+    """A context for launches on t's GPU: Triton launches on the current CUDA device, which need
+    not be the one the tensors live on (cuda:1 while cuda:0 is current)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def num_warps(tile_elements: int) -> int:

@@ -1,6 +1,7 @@
 """Triton flips (views: csrc/views.h): each program handles BLOCK elements of the flattened
 (planes, D, H, W) batch. The views are compile-time constants (4 bits each, packed into CODES), so
-every flip and transpose resolves when the kernel is compiled. Indices are int64."""
+every flip and transpose resolves when the kernel is compiled. Indices are int64, and so is every
+view's offset k * total (total alone may fit 32 bits while K * total does not)."""
 import torch
 import triton
 import triton.language as tl
@@ -55,10 +56,11 @@ def _flip_views_kernel(x_ptr, out_ptr, total, D, H, W, CODES: tl.constexpr, K: t
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
     first, d0, h0, w0 = _split(i, D, H, W)
+    total64 = tl.cast(total, tl.int64)
     for k in tl.static_range(K):
         d, h, w = view_target((CODES >> (4 * k)) & 15, D, H, W, d0, h0, w0)
         # Each input element read once, written to its place in every view.
-        tl.store(out_ptr + k * total + first + (d * H + h) * W + w, tl.load(x_ptr + i, mask=mask), mask=mask)
+        tl.store(out_ptr + k * total64 + first + (d * H + h) * W + w, tl.load(x_ptr + i, mask=mask), mask=mask)
 
 
 @triton.jit
@@ -67,10 +69,11 @@ def _flip_views_sum_kernel(y_ptr, out_ptr, total, D, H, W, scale, CODES: tl.cons
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
     first, d0, h0, w0 = _split(i, D, H, W)
+    total64 = tl.cast(total, tl.int64)
     s = tl.zeros([BLOCK], ACC)
     for k in tl.static_range(K):  # in view order: the merge's rounding is fixed
         d, h, w = view_target((CODES >> (4 * k)) & 15, D, H, W, d0, h0, w0)
-        s += tl.load(y_ptr + k * total + first + (d * H + h) * W + w, mask=mask).to(ACC)
+        s += tl.load(y_ptr + k * total64 + first + (d * H + h) * W + w, mask=mask).to(ACC)
     tl.store(out_ptr + i, (s * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 

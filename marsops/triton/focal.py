@@ -315,6 +315,7 @@ def focal_loss_forward(logits, target, weight, gamma, ignore_index, reduction, c
         C if class_last else 1, 1 if class_last else P, blocks_per_sample, float(gamma), float(label_smoothing),
         ignore_index, REDUCTION=reduction, SMOOTH=label_smoothing > 0, HAS_WEIGHT=weight is not None,
         HAS_SCALE=scale is not None, STORE_GRAD=compute_grad, GAMMA_KIND=gamma_kind(gamma), BLOCK_C=block_c,
-        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion, BINS=hist_bins(C),
+        BLOCK_P=block_p, CHUNKED=chunked, REDUCE=REDUCE_BLOCK, COUNT=count_confusion,
+        BINS=hist_bins(C) if count_confusion else 0,  # one compiled kernel per BLOCK_C when not counting
         num_warps=num_warps(block_c * block_p))
     return loss, grad, confusion, ok

@@ -86,7 +86,7 @@ def sigmoid_focal_forward(logits, target, pos_weight, alpha, gamma, ignore_index
     pw = pos_weight.to(device=dev, dtype=torch.float32).contiguous() if pos_weight is not None else x  # dummy ptr
     scale = None
     if reduction == 2:  # the mean's 1/count, on the device: no synchronisation
-        count = (y != ignore_index).sum() if has_ignore else torch.tensor(n, device=dev)
+        count = (y != ignore_index).sum() if has_ignore else torch.full((), n, device=dev)  # a fill, not a copy
         scale = torch.where(count > 0, 1.0 / count.clamp_min(1).double(), 0.0).float()
     loss = torch.empty(x.shape if reduction == 0 else (), device=dev, dtype=x.dtype)
     grad = (torch.empty_like(x, dtype=saved_dtype(x.dtype)) if compute_grad

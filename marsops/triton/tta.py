@@ -101,6 +101,6 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
             outputs, target.contiguous() if count else pred, pred, confusion, ok, total, N, C, D, H, W, sn, sc, sd,
             sh, sw, ignore_index if ignore_index is not None else 0, CODES=pack_views(views), K=K,
             KPAD=triton.next_power_of_2(K), SOFTMAX=softmax, WANT_PRED=want_pred, COUNT=count,
-            HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=block_p, BINS=hist_bins(C),
-            num_warps=num_warps(block_c * block_p))
+            HAS_IGNORE=ignore_index is not None, BLOCK_C=block_c, BLOCK_P=block_p,
+            BINS=hist_bins(C) if count else 0, num_warps=num_warps(block_c * block_p))
     return pred, confusion, ok
