@@ -18,7 +18,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 # Targets from the issues, for the report's shapes on the CPU.
 TARGETS = [("focal fwd+bwd vs eager", 4.0), ("focal fwd+bwd vs torch.compile", 2.3),
            ("confusion from logits vs eager argmax+bincount", 20.0), ("flip4 vs cat of flips", 2.0),
-           ("training step (width 8, train.py's CPU preset) vs reference ops", 1.0)]
+           ("training step (width 8, train.py's CPU preset) vs reference ops", 1.0),
+           ("focal fwd+bwd on NHWC vs NCHW logits", 1.0), ("confusion on NHWC vs NCHW logits", 1.0)]
 
 
 def _pick(rows, impl, shape_prefix="report", key="ms", **match):
@@ -36,7 +37,9 @@ def speedups(focal, confusion, flip, step, backend):
         TARGETS[1][0]: _pick(focal, impl, key="vs compile"),
         TARGETS[2][0]: _pick(confusion, impl, key="vs eager"),
         TARGETS[3][0]: _pick(flip, impl, key="speedup", op="flip4"),
-        TARGETS[4][0]: step[1].get("speedup"),  # the first pair: width 8
+        TARGETS[4][0]: _pick(step, "marsops kernels (auto)", shape_prefix="Multipath UNet w8", key="speedup"),
+        TARGETS[5][0]: _pick(focal, impl, key="vs NCHW", layout="NHWC"),
+        TARGETS[6][0]: _pick(confusion, impl, key="vs NCHW", layout="NHWC"),
     }
 
 
@@ -87,9 +90,11 @@ def main(argv=None):
                      if got else f"| {name} | n/a | {target}x | n/a |")
     gpu = ["launches"] if device.type == "cuda" else []  # kernels + memsets + copies per call
     sections = [("Focal loss, forward + backward (fp32, gamma 0.5, report weights, mean)", focal,
-                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB"] + gpu),
+                 ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs NCHW", "GB/s",
+                  "% copy bw", "peak MB"] + gpu),
                 ("Confusion matrix from logits", confusion,
-                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw", "peak MB"] + gpu),
+                 ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s", "% copy bw", "peak MB"]
+                 + gpu),
                 ("Flips (fp32 images + int64 masks)", flip,
                  ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("One read of the logits: loss + confusion counts, and flip-TTA evaluation", fused,

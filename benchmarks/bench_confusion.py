@@ -1,5 +1,6 @@
 """Confusion matrix from logits (argmax fused): every available backend against eager
-argmax + bincount, torch.compile of it and torchmetrics, at the report's batch and a large one.
+argmax + bincount, torch.compile of it and torchmetrics, at the report's batch and a large one;
+eager and marsops also on channels_last (NHWC) logits.
 
     python -m benchmarks.bench_confusion [--quick]
 """
@@ -9,6 +10,7 @@ import marsops
 from marsops import backend as _backend
 
 from . import harness
+from .bench_focal import LAYOUTS, compare_layouts
 
 SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)}
 
@@ -50,21 +52,28 @@ def main(argv=None):
         x = torch.randn(n, c, h, w, generator=g).to(device)
         t = torch.randint(0, c, (n, h, w), generator=g).to(device)
         bytes_read = x.numel() * 4 + t.numel() * 8
-        shape_rows = []
-        for name, fn in candidates(device, c).items():
-            row = harness.measure(lambda: fn(x, t, c), device, 5 if args.quick else 11, shape=label, impl=name)
-            if "ms" in row:
-                row["GB/s"] = bytes_read / (row["ms"] * 1e-3) / 1e9
-            shape_rows.append(row)
-        base = next(r["ms"] for r in shape_rows if r["impl"].startswith("eager"))
-        for r in shape_rows:
-            if "ms" in r:
-                r["vs eager"] = base / r["ms"]
-                r["% copy bw"] = 100 * r["GB/s"] / bandwidth
-        rows += shape_rows
+        fns = candidates(device, c)
+        for layout, memory_format in LAYOUTS.items():
+            xl = x.contiguous(memory_format=memory_format)
+            shape_rows = []
+            for name, fn in fns.items():
+                if layout == "NHWC" and not (name.startswith("eager") or name.startswith("marsops")):
+                    continue
+                row = harness.measure(lambda: fn(xl, t, c), device, 5 if args.quick else 11, shape=label,
+                                      layout=layout, impl=name)
+                if "ms" in row:
+                    row["GB/s"] = bytes_read / (row["ms"] * 1e-3) / 1e9
+                shape_rows.append(row)
+            base = next(r["ms"] for r in shape_rows if r["impl"].startswith("eager"))
+            for r in shape_rows:
+                if "ms" in r:
+                    r["vs eager"] = base / r["ms"]
+                    r["% copy bw"] = 100 * r["GB/s"] / bandwidth
+            rows += shape_rows
+    compare_layouts(rows)
     print(f"confusion matrix from fp32 logits; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
-    print(harness.markdown_table(rows, ["shape", "impl", "ms", "p20", "p80", "vs eager", "GB/s", "% copy bw",
-                                        "peak MB"]))
+    print(harness.markdown_table(rows, ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s",
+                                        "% copy bw", "peak MB"]))
     print(f"saved {harness.save('confusion', device, rows, {'copy_bandwidth_gbs': bandwidth})}")
     return rows
 

@@ -1,5 +1,6 @@
 """Focal loss forward+backward: every available backend against the eager reference,
-torch.compile of the reference and peer libraries, at the report's batch and a large one.
+torch.compile of the reference and peer libraries, at the report's batch and a large one; the
+reference and marsops also on channels_last (NHWC) logits, as a channels_last model returns them.
 
     python -m benchmarks.bench_focal [--quick]
 """
@@ -42,10 +43,18 @@ def candidates(device):
     return fns
 
 
-def bench_shape(label, shape, device, fns, repeats):
+LAYOUTS = {"NCHW": torch.contiguous_format, "NHWC": torch.channels_last}
+
+
+def nhwc_candidates(fns):
+    """What is also timed on NHWC logits: the eager reference and marsops."""
+    return {k: v for k, v in fns.items() if k == "reference (eager)" or k.startswith("marsops")}
+
+
+def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
     g = torch.Generator().manual_seed(0)
     n, c, h, w_ = shape
-    logits = torch.randn(shape, generator=g).to(device).requires_grad_()
+    logits = torch.randn(shape, generator=g).to(device).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
     target = torch.randint(0, c, (n, h, w_), generator=g).to(device)
     weight = (torch.tensor(REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
     min_bytes = logits.numel() * 4 * 2 + target.numel() * target.element_size()  # read x, y; write grad
@@ -55,7 +64,7 @@ def bench_shape(label, shape, device, fns, repeats):
             fn(logits, target, weight).backward()
             logits.grad = None
 
-        row = harness.measure(step, device, repeats, shape=label, impl=name)
+        row = harness.measure(step, device, repeats, shape=label, layout=layout, impl=name)
         if "ms" in row:
             row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
             row["grad MB"] = logits.numel() * 4 / 2**20
@@ -64,8 +73,17 @@ def bench_shape(label, shape, device, fns, repeats):
     for r in rows:
         if "ms" in r:
             r["vs eager"] = base["reference (eager)"] / r["ms"]
-            r["vs compile"] = base["reference (torch.compile)"] / r["ms"]
+            if "reference (torch.compile)" in base:
+                r["vs compile"] = base["reference (torch.compile)"] / r["ms"]
     return rows
+
+
+def compare_layouts(rows):
+    """'vs NCHW': an NHWC row's speed relative to the same impl and shape on NCHW logits."""
+    nchw = {(r["shape"], r["impl"]): r.get("ms") for r in rows if r.get("layout") == "NCHW"}
+    for r in rows:
+        if r.get("layout") == "NHWC" and "ms" in r and nchw.get((r["shape"], r["impl"])):
+            r["vs NCHW"] = nchw[(r["shape"], r["impl"])] / r["ms"]
 
 
 def main(argv=None):
@@ -75,11 +93,15 @@ def main(argv=None):
     for label, shape in SHAPES.items():
         if args.quick and not label.startswith("report"):
             continue
-        rows += bench_shape(label, shape, device, fns, repeats=5 if args.quick else 15)
+        repeats = 5 if args.quick else 15
+        rows += bench_shape(label, shape, device, fns, repeats)
+        rows += bench_shape(label, shape, device, nhwc_candidates(fns), repeats, layout="NHWC")
+    compare_layouts(rows)
     for r in rows:
         if "GB/s" in r:
             r["% copy bw"] = 100 * r["GB/s"] / bandwidth
-    cols = ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "GB/s", "% copy bw", "peak MB", "grad MB"]
+    cols = ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs NCHW", "GB/s", "% copy bw",
+            "peak MB", "grad MB"]
     print(f"focal loss fwd+bwd, fp32, gamma 0.5, mean; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
     print(harness.markdown_table(rows, cols))
     path = harness.save("focal", device, rows, {"copy_bandwidth_gbs": bandwidth})

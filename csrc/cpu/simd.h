@@ -15,6 +15,9 @@
 #include <vector>
 
 #include "kernels.h"
+#ifdef CPU_CAPABILITY_AVX512
+#include "transpose16.h"
+#endif
 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {
@@ -113,12 +116,25 @@ inline V load_as(const in_t* p) {
 // and per-C unrolled copies measured no faster here).
 template <int L, typename acc_t, typename in_t>
 inline void gather_tile(const in_t* __restrict__ src, int64_t C, acc_t* __restrict__ tile) {
+#ifdef CPU_CAPABILITY_AVX512
+  // Up to 16 fp32 / fp16 / bf16 classes: in-register permutes (transpose16.h), 3-4x fewer cycles.
+  if constexpr (L == 16 && std::is_same_v<acc_t, float> &&
+                (std::is_same_v<in_t, float> || std::is_same_v<in_t, c10::Half> ||
+                 std::is_same_v<in_t, c10::BFloat16>)) {
+    if (transpose16::with_classes(C, [&](auto k) { transpose16::gather<decltype(k)::value>(src, tile); })) return;
+  }
+#endif
   for (int64_t c = 0; c < C; ++c)
     for (int i = 0; i < L; ++i) tile[c * L + i] = static_cast<acc_t>(src[i * C + c]);
 }
 
 template <int L, typename acc_t, typename out_t>
 inline void scatter_tile(const acc_t* __restrict__ tile, int64_t C, out_t* __restrict__ dst) {
+#ifdef CPU_CAPABILITY_AVX512
+  if constexpr (L == 16 && std::is_same_v<acc_t, float> && std::is_same_v<out_t, float>) {
+    if (transpose16::with_classes(C, [&](auto k) { transpose16::scatter<decltype(k)::value>(tile, dst); })) return;
+  }
+#endif
   for (int i = 0; i < L; ++i)  // contiguous writes; the tile's strided reads stay in L1
     for (int64_t c = 0; c < C; ++c) dst[i * C + c] = static_cast<out_t>(tile[c * L + i]);
 }

@@ -32,4 +32,5 @@
 #define MARSOPS_SIMD_NAME "AVX512"
 // GCC flags its own intrinsic headers (avx512fintrin.h) as maybe-uninitialized under -O3 -Wall.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include "simd_table.inc"

@@ -1,0 +1,84 @@
+"""Class-last (channels_last) logits on the C++ CPU kernels: the layout only changes how a block of
+pixels is loaded and stored (in-register transposes for 2..16 classes on AVX-512, scalar loops
+otherwise), never the formulas, so every result must equal the same logits' in NCHW, for every
+class count, dtype and tail length: the counts exactly, the losses and gradients up to the one
+thing that may differ, the compiler contracting a * b + c into an FMA in one layout's
+instantiation and not the other's (a few fp32 roundings, so at most one rounding of the output
+dtype, or an fp32-sized absolute difference where a result is a cancellation like 1 - p).
+The reference comparisons live in the per-op tests."""
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+import marsops
+from helpers import kernel_backends
+
+pytestmark = pytest.mark.skipif(("cpu", "cpu") not in kernel_backends("focal_loss_forward"),
+                                reason="the C++ CPU kernels are not built")
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+
+
+@st.composite
+def cases(draw):
+    n = draw(st.integers(1, 3))
+    c = draw(st.integers(1, 20))
+    h, w = draw(st.integers(1, 9)), draw(st.integers(1, 40))  # tails of every length next to 16-pixel blocks
+    dtype = draw(st.sampled_from(DTYPES))
+    seed = draw(st.integers(0, 2**16))
+    return n, c, h, w, dtype, seed
+
+
+def make(n, c, h, w, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(n, c, h, w, generator=g) * 4).to(dtype)
+    y = torch.randint(0, c, (n, h, w), generator=g)
+    y[torch.rand(y.shape, generator=g) < 0.2] = -100
+    return x, y
+
+
+def assert_same(a, b):
+    """Equal up to one rounding of the output dtype, or 1e-6 of the largest value (fp32 roundings
+    of intermediate values near a cancellation)."""
+    if a.dtype == torch.int64:
+        assert torch.equal(a, b)
+        return
+    eps = torch.finfo(a.dtype).eps
+    scale = a.double().abs().max().item() if a.numel() else 0.0
+    torch.testing.assert_close(b.double(), a.double(), rtol=2 * eps, atol=1e-6 * scale + 1e-30)
+
+
+def focal_outputs(x, y, c):
+    x = x.detach().requires_grad_()
+    cm = torch.zeros(c, c, dtype=torch.int64)
+    loss = marsops.focal_loss(x, y, torch.linspace(0.5, 2, c), gamma=0.5, label_smoothing=0.1, backend="cpu",
+                              confusion=cm)
+    loss.backward()
+    none = marsops.focal_loss(x.detach(), y, gamma=2.0, reduction="none", backend="cpu")
+    return loss.detach(), x.grad, cm, none
+
+
+@given(cases())
+def test_focal_and_confusion_agree_in_both_layouts(case):
+    n, c, h, w, dtype, seed = case
+    x, y = make(n, c, h, w, dtype, seed)
+    x_last = x.contiguous(memory_format=torch.channels_last)
+    assert x_last.stride(1) == 1 or c == 1 or h * w == 1  # the layout is really class-last
+    for a, b in zip(focal_outputs(x, y, c), focal_outputs(x_last, y, c)):
+        assert_same(a, b)
+    assert torch.equal(marsops.confusion_matrix(x, y, c, ignore_index=-100, backend="cpu"),
+                       marsops.confusion_matrix(x_last, y, c, ignore_index=-100, backend="cpu"))
+
+
+@given(cases(), st.sampled_from(["dice_loss", "dice_focal_loss", "tversky_loss"]), st.booleans())
+def test_region_losses_agree_in_both_layouts(case, name, per_image):
+    n, c, h, w, dtype, seed = case
+    x, y = make(n, c, h, w, dtype, seed)
+    results = []
+    for logits in (x, x.contiguous(memory_format=torch.channels_last)):
+        leaf = logits.detach().requires_grad_()
+        loss = getattr(marsops, name)(leaf, y, per_image=per_image, backend="cpu")
+        loss.backward()
+        results.append((loss.detach(), leaf.grad))
+    for a, b in zip(*results):
+        assert_same(a, b)
