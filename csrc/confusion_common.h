@@ -31,7 +31,7 @@ inline ConfusionShapes confusion_shapes(const Tensor& input, const Tensor& targe
                   shape_str(target), " and num_classes ", num_classes,
                   " (expected (N, num_classes, *target.shape[1:]))");
     if (is_class_last(input)) {
-      return {st::view(st::permute(input, classes_to_last(input.dim())), {N, P, num_classes}), target_flat, true, N,
+      return {st::view(classes_last(input), {N, P, num_classes}), target_flat, true, N,
               num_classes, P, true};
     }
     return {st::view(st::contiguous(input), {N, num_classes, P}), target_flat, true, N, num_classes, P, false};

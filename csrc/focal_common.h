@@ -48,7 +48,7 @@ inline FocalShapes focal_shapes(const Tensor& logits, const Tensor& target, cons
   }
   const int64_t P = N == 0 ? 0 : logits.numel() / (N * C);
   const Tensor y = st::view(st::contiguous(target), {N, P});
-  if (is_class_last(logits)) return {st::view(st::permute(logits, classes_to_last(logits.dim())), {N, P, C}), y, N, C, P, true};
+  if (is_class_last(logits)) return {st::view(classes_last(logits), {N, P, C}), y, N, C, P, true};
   return {st::view(st::contiguous(logits), {N, C, P}), y, N, C, P, false};
 }
 
@@ -58,8 +58,7 @@ template <typename Alloc>
 Tensor empty_gradient(const Tensor& logits, bool class_last, Alloc alloc) {
   const ScalarType dtype = saved_grad_dtype(logits.scalar_type());
   if (!class_last) return alloc(sizes_of(logits), dtype);
-  std::vector<int64_t> last = sizes_of(st::permute(logits, classes_to_last(logits.dim())));
-  return st::permute(alloc(last, dtype), classes_to_second(logits.dim()));
+  return classes_second(alloc(sizes_of(classes_last(logits)), dtype));
 }
 
 // The per-pixel loss has the target's shape; reduced losses are 0-dim.

@@ -134,19 +134,17 @@ inline bool is_class_last(const Tensor& t) {
   return true;
 }
 
-// The permutation (0, 2, ..., dim-1, 1) that views class-last logits as contiguous
-// (N, *spatial, C), and its inverse.
-inline std::vector<int64_t> classes_to_last(int64_t dim) {
-  std::vector<int64_t> order = {0};
-  for (int64_t d = 2; d < dim; ++d) order.push_back(d);
-  order.push_back(1);
-  return order;
+// (N, C, *spatial) viewed as (N, *spatial, C), which class-last logits are contiguously, and the
+// inverse. Adjacent transposes (views), not st::permute: that needs torch >= 2.14 headers, and the
+// sources must build against the headers of any torch >= 2.10.
+inline Tensor classes_last(Tensor t) {
+  for (int64_t d = 1; d + 1 < t.dim(); ++d) t = st::transpose(t, d, d + 1);
+  return t;
 }
 
-inline std::vector<int64_t> classes_to_second(int64_t dim) {
-  std::vector<int64_t> order = {0, dim - 1};
-  for (int64_t d = 1; d < dim - 1; ++d) order.push_back(d);
-  return order;
+inline Tensor classes_second(Tensor t) {
+  for (int64_t d = t.dim() - 1; d > 1; --d) t = st::transpose(t, d - 1, d);
+  return t;
 }
 
 inline std::vector<int64_t> sizes_of(const Tensor& t) {

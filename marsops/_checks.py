@@ -38,6 +38,26 @@ def as_float(name: str, value, op: str) -> float:
         raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}") from None
 
 
+def as_bool(name: str, value, op: str) -> bool:
+    """value as a bool: True / False (numpy bools too), nothing else (bool("no") is True)."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool(value)
+    raise TypeError(f"marsops.{op}: {name} must be True or False, got {value!r}")
+
+
+def as_classes(classes, num_classes: int, op: str) -> tuple:
+    """`classes` (any iterable of ints: a list, a range, a numpy array, a generator, read once) as a
+    tuple of distinct ints in [0, num_classes)."""
+    if isinstance(classes, (str, bytes)) or not hasattr(classes, "__iter__"):
+        raise TypeError(f"marsops.{op}: classes must be a sequence of class indices (e.g. [1, 2, 3, 4]), got "
+                        f"{classes!r}")
+    chosen = tuple(as_int64("classes", c, op) for c in classes)
+    if not chosen or not all(0 <= c < num_classes for c in chosen) or len(set(chosen)) != len(chosen):
+        raise ValueError(f"marsops.{op}: classes {list(chosen)} must be a non-empty subset of [0, {num_classes}), "
+                         "each class once")
+    return chosen
+
+
 def is_class_last(t: torch.Tensor) -> bool:
     """Whether logits (N, C, *spatial) lie in memory as the contiguous (N, *spatial, C): channels_last
     and its relatives, which the kernels read in place (the C++ side: csrc/stable.h)."""
@@ -65,10 +85,10 @@ def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
     """Checks a device flag a kernel wrote (nonzero: fine): at once on CPU, as a device-side
     assertion on GPUs (no host synchronisation; a failure ends the CUDA context, as torch's own
     losses do)."""
-    if ok.device.type == "cpu":
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling():
         if not bool(ok):
             raise ValueError(f"marsops.{op}: {message}")
-    else:
+    else:  # a GPU, or a compiled graph (which cannot branch on a value): checked when it runs
         torch._assert_async(ok, f"marsops.{op}: {message}")
 
 

@@ -5,6 +5,7 @@ Flip names: "left-right" (horizontal) reverses W, "up-down" (vertical) reverses 
 reverses D of volumes (N, *, D, H, W). Every op here is one kernel built on views (csrc/views.h):
 a view is a code, bit 0 reversing W, bit 1 H, bit 2 D, bit 3 transposing H and W (square images).
 """
+import operator
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -23,17 +24,17 @@ def flip_views_for(dims: Sequence[int]) -> Tuple[int, ...]:
     """The views of flip4(dims=...): every subset of the flipped dims, in binary order over the dims
     from the last (for (-2, -1): as is, left-right, up-down, both)."""
     try:
-        bits = [_BIT_OF_DIM[int(d)] for d in sorted(set(dims), reverse=True)]
+        ints = [operator.index(d) for d in dims]  # 0-dim tensors too (whose set() would not dedupe)
+        bits = [_BIT_OF_DIM[d] for d in sorted(set(ints), reverse=True)]
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"marsops.flip4: dims must be a non-empty subset of (-3, -2, -1), got {dims!r}") from None
-    if not bits or len(bits) != len(tuple(dims)):
+    if not bits or len(bits) != len(ints):
         raise ValueError(f"marsops.flip4: dims must be a non-empty subset of (-3, -2, -1), got {dims!r}")
     return tuple(sum(b for j, b in enumerate(bits) if k >> j & 1) for k in range(2 ** len(bits)))
 
 
 def _check_pair(images: Tensor, masks: Optional[Tensor], op: str, volume: bool):
     _checks.check_tensor("images", images, op)
-    _checks.refuse_unsupported_autograd(op, images)
     if images.is_complex():
         raise TypeError(f"marsops.{op}: complex images are not supported; flips take real floating, integer and "
                         f"bool dtypes, got {images.dtype}")
@@ -54,11 +55,12 @@ def _check_pair(images: Tensor, masks: Optional[Tensor], op: str, volume: bool):
     _checks.check_same_device(op, images=images, masks=masks)
 
 
-def _op(name: str, x: Tensor, backend: str):
-    """The callable implementing flip op `name` for x under `backend`."""
+def _op(name: str, x: Tensor, backend: str, op: str):
+    """The callable implementing flip op `name` for x under `backend` (public op `op`)."""
     chosen = _backend.resolve(name, x, backend)
     if chosen == "reference":
-        return getattr(reference, name)
+        return getattr(reference, name)  # torch ops: every autograd mode works
+    _checks.refuse_unsupported_autograd(op, x)
     if chosen == "triton":
         return getattr(torch.ops.marsops, name + "_triton")
     return getattr(torch.ops.marsops, name)
@@ -67,8 +69,8 @@ def _op(name: str, x: Tensor, backend: str):
 def _expand(images, masks, views, volume, backend, op):
     _check_pair(images, masks, op, volume)
     views = list(views)
-    out_images = _op("flip_views", images, backend)(images, views, volume)
-    out_masks = None if masks is None else _op("flip_views", masks, backend)(masks, views, volume)
+    out_images = _op("flip_views", images, backend, op)(images, views, volume)
+    out_masks = None if masks is None else _op("flip_views", masks, backend, op)(masks, views, volume)
     return out_images, out_masks
 
 
@@ -102,12 +104,11 @@ def d4(images: Tensor, masks: Optional[Tensor] = None, backend: str = "auto") ->
 def _merge(outputs: Tensor, views, volume: bool, backend: str, op: str) -> Tensor:
     _checks.check_tensor("outputs", outputs, op)
     _checks.check_float("outputs", outputs, op)
-    _checks.refuse_unsupported_autograd(op, outputs)
     K = len(views)
     if outputs.dim() < (4 if volume else 3) or outputs.shape[0] % K:
         raise ValueError(f"marsops.{op}: expected the outputs of a {K}-view batch ({K}N, ..., H, W), got shape "
                          f"{tuple(outputs.shape)}")
-    return _op("flip_views_sum", outputs, backend)(outputs, list(views), volume, 1.0 / K)
+    return _op("flip_views_sum", outputs, backend, op)(outputs, list(views), volume, 1.0 / K)
 
 
 def flip4_merge(outputs: Tensor, dims: Sequence[int] = (-2, -1), backend: str = "auto") -> Tensor:
@@ -147,6 +148,7 @@ def views_argmax_op(outputs: Tensor, target: Optional[Tensor], ignore_index: Opt
                     want_pred: bool, views, volume: bool, backend: str):
     """(pred, counts) of the views_argmax op for `outputs` (checked here) and an optional target."""
     op = "flip4_argmax"
+    softmax = _checks.as_bool("softmax", softmax, op)
     _checks.check_tensor("outputs", outputs, op)
     _checks.check_float("outputs", outputs, op)
     K = len(views)
@@ -197,8 +199,8 @@ def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5
     flips = torch.stack([draws[:, 0] < p_h, draws[:, 1] < p_v, draws[:, 2] < p_d, draws[:, 3] < p_t], dim=1)
     f = flips.to(torch.uint8)
     flags = f[:, 0] * LEFT_RIGHT | f[:, 1] * UP_DOWN | f[:, 2] * DEPTH | f[:, 3] * TRANSPOSE
-    out_images = _op("flip_by_flags", images, backend)(images, flags, volume)
-    out_masks = None if masks is None else _op("flip_by_flags", masks, backend)(masks, flags, volume)
+    out_images = _op("flip_by_flags", images, backend, "random_flip")(images, flags, volume)
+    out_masks = None if masks is None else _op("flip_by_flags", masks, backend, "random_flip")(masks, flags, volume)
     return out_images, out_masks, flips
 
 

@@ -75,7 +75,7 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
 
     chosen = _backend.resolve("focal_loss_forward", logits, backend)
     if chosen != "reference":
-        _checks.refuse_unsupported_autograd(op, logits)
+        _checks.refuse_unsupported_autograd(op, logits, weight)
     if chosen == "reference":
         if counts_into is not None:
             counts_into.add_(reference.confusion_matrix(logits.detach(), target, logits.shape[1], ignore_index))

@@ -118,22 +118,19 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
                          f"lambdas finite; got smooth={smooth}, gamma={gamma}, label_smoothing={label_smoothing}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     chosen = _backend.resolve("region_stats", logits, backend)
-    if weight is not None and not torch.compiler.is_compiling():
-        # A weighted mean needs weights >= 0 (a device-side check on GPUs: no synchronisation).
+    if weight is not None:
+        # A weighted mean needs weights >= 0 (a device-side check on GPUs and in compiled graphs).
         _checks.assert_ok((weight >= 0).all(), op, "weight must be >= 0 (the class weights of a weighted mean)")
     if weight is None:
         class_weight = torch.ones(num_classes, device=logits.device)
     else:  # the reference differentiates through the weights; the kernels take them as constants
         class_weight = weight.float() if chosen == "reference" else weight.detach().float()
     if classes is not None:
-        chosen_classes = tuple(_checks.as_int64("classes", c, op) for c in classes)
-        if not chosen_classes or not all(0 <= c < num_classes for c in chosen_classes):
-            raise ValueError(f"marsops.{op}: classes {list(chosen_classes)} must be a non-empty subset of "
-                             f"[0, {num_classes})")
+        chosen_classes = _checks.as_classes(classes, num_classes, op)
         # Built on the device from the Python ints: copying a host tensor there would synchronise.
         index = torch.arange(num_classes, device=class_weight.device)
         mask = torch.zeros(num_classes, dtype=torch.bool, device=class_weight.device)
-        for c in sorted(set(chosen_classes)):
+        for c in chosen_classes:
             mask |= index == c
         class_weight = class_weight * mask
 
@@ -141,7 +138,7 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
         return reference.region_loss(logits, target, class_weight, coeffs, smooth, per_image, ignore_index,
                                      region_lambda, focal_lambda, gamma, focal_weight, focal_reduction,
                                      label_smoothing)
-    _checks.refuse_unsupported_autograd(op, logits)
+    _checks.refuse_unsupported_autograd(op, logits, weight, focal_weight)
     for name, w in (("weight", weight), (focal_name, focal_weight)):
         if w is not None and w.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"marsops.{op}: {name} requires grad, but the fused {chosen} kernels treat class "
@@ -175,8 +172,9 @@ def region_coefficients(stats, focal_stats, class_weight, coeffs, smooth, region
     loss = region_lambda * ((1 - score) * norm).sum() / groups
     # dL/dI only reaches pixels labelled c: 0 for classes absent from the target (whose tiny
     # denominators could otherwise make it overflow fp32 and poison 0 * inf products).
-    coef_i = torch.where(ok & (T > 0), -share * (a * safe - num * b) / safe**2, torch.zeros_like(den))
-    coef_s = torch.where(ok, share * num * alpha / safe**2, torch.zeros_like(den))
+    # Divided by safe twice, not by safe**2, which underflows to 0 (and 0 / 0) for tiny masses.
+    coef_i = torch.where(ok & (T > 0), -share * (a * safe - num * b) / safe / safe, torch.zeros_like(den))
+    coef_s = torch.where(ok, share * num * alpha / safe / safe, torch.zeros_like(den))
     focal_scale = torch.zeros((), dtype=stats.dtype, device=stats.device)
     if focal_lambda:
         total, count, weight_sum = focal_stats.unbind()

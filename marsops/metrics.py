@@ -9,6 +9,9 @@ from . import _checks, _extension, backend as _backend, reference
 from . import triton as _triton
 
 
+MAX_CLASSES = 46340  # C * C < 2**31: the kernels' bin indices, and a 17 GB matrix at most
+
+
 def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, ignore_index: Optional[int] = None,
                      backend: str = "auto") -> Tensor:
     """int64 (num_classes, num_classes) matrix: entry [i, j] counts pixels of true class i predicted as j.
@@ -40,8 +43,9 @@ def _check_inputs(pred_or_logits, target, num_classes, ignore_index):
     _checks.check_tensor("target", target, op)
     _checks.check_integer("target", target, op)
     num_classes = _checks.as_int64("num_classes", num_classes, op)
-    if num_classes < 1:
-        raise ValueError(f"marsops.confusion_matrix: num_classes must be a positive int, got {num_classes!r}")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"marsops.confusion_matrix: num_classes must be in [1, {MAX_CLASSES}] (the int64 "
+                         f"(C, C) matrix holds C * C < 2**31 counts), got {num_classes!r}")
     if ignore_index is not None:
         ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     if target.dim() < 1:
@@ -106,11 +110,14 @@ class IoUResult:
     def fbeta(self, beta: float) -> Tensor:
         """(C,) F-beta = (1 + b^2) TP / ((1 + b^2) TP + b^2 FN + FP): recall weighs beta times
         precision (beta = 1: Dice / F1). Data-set counts (also in per-image mode)."""
+        beta = _checks.as_float("beta", beta, "IoUResult.fbeta")
         if not beta > 0:
             raise ValueError(f"IoUResult.fbeta: beta must be > 0, got {beta}")
         m = self.matrix.double()
         diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
-        b2 = float(beta) ** 2
+        b2 = beta * beta  # inf past 1e154: the limit, recall
+        if b2 == float("inf"):
+            return diag / true
         return (1 + b2) * diag / (b2 * true + pred)
 
     def mean_fbeta(self, beta: float) -> Tensor:
@@ -124,14 +131,22 @@ def _class_mean(per_class: Tensor, classes: Optional[Sequence[int]]) -> Tensor:
 
 def scores(matrix: Tensor, classes: Optional[Sequence[int]] = None) -> IoUResult:
     """IoU, Dice (F1), precision, recall and pixel accuracy from an int64 (C, C) confusion matrix
-    (F-beta: IoUResult.fbeta)."""
+    (F-beta: IoUResult.fbeta). The result holds a copy of the counts: later updates of a metric do
+    not change it."""
+    _checks.check_tensor("matrix", matrix, "scores")
+    if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+        raise ValueError(f"marsops.scores: matrix must be a square (C, C) confusion matrix, got shape "
+                         f"{tuple(matrix.shape)}")
+    if classes is not None:
+        classes = _checks.as_classes(classes, matrix.shape[0], "scores")
+    matrix = matrix.clone()
     m = matrix.double()
     diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
     iou = diag / (true + pred - diag)  # 0/0 = NaN for a class with empty union
     dice = 2 * diag / (true + pred)
     return IoUResult(iou=iou, miou=_class_mean(iou, classes), precision=diag / pred, recall=diag / true,
                      pixel_accuracy=diag.sum() / m.sum(), dice=dice, mdice=_class_mean(dice, classes), matrix=matrix,
-                     classes=None if classes is None else tuple(classes))
+                     classes=classes)
 
 
 def per_image_counts(pred_or_logits: Tensor, target: Tensor, num_classes: int,
@@ -141,6 +156,8 @@ def per_image_counts(pred_or_logits: Tensor, target: Tensor, num_classes: int,
     confusion_matrix's (a ValueError, on CUDA a device-side assertion)."""
     pred = pred_or_logits.argmax(1) if pred_or_logits.is_floating_point() else pred_or_logits
     N, C = target.shape[0], num_classes
+    if target.numel() == 0:  # no image, or images without pixels: nothing to count
+        return torch.zeros(N, C, C, dtype=torch.int64, device=target.device)
     t, p = target.reshape(N, -1).long(), pred.reshape(N, -1).long()
     keep = torch.ones_like(t, dtype=torch.bool) if ignore_index is None else t != ignore_index
     ok_t = (~keep | ((t >= 0) & (t < C))).all()
@@ -163,7 +180,9 @@ class StreamingIoU:
     >>> metric.compute().miou.item()
 
     By default IoU and Dice are computed over the whole data set (summed counts). A class whose
-    union is empty gets NaN and is left out of the mean.
+    union is empty gets NaN and is left out of the mean. The means run over `classes`; by default
+    every class but an ignore_index that is itself a class (it has no truth pixels, so its score
+    would only count false positives), as torchmetrics does.
 
     per_image=True: iou and dice are instead the mean over images of each image's per-class
     scores, an image counting for class c only where c appears in its truth or its prediction (the
@@ -185,14 +204,16 @@ class StreamingIoU:
         if num_classes < 1:
             raise ValueError(f"marsops.StreamingIoU: num_classes must be a positive int, got {num_classes}")
         if classes is not None:
-            classes = tuple(_checks.as_int64("classes", c, op) for c in classes)  # a generator is read once, here
-            if not classes or not all(0 <= c < num_classes for c in classes) or len(set(classes)) != len(classes):
-                raise ValueError(f"marsops.StreamingIoU: classes {list(classes)} must be a non-empty subset of "
-                                 f"[0, {num_classes}), each class once")
+            classes = _checks.as_classes(classes, num_classes, op)
         if ignore_index is not None:
             ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
+            if classes is None and 0 <= ignore_index < num_classes and num_classes > 1:
+                classes = tuple(c for c in range(num_classes) if c != ignore_index)
+        if backend != "auto" and backend not in _backend.BACKENDS:
+            raise ValueError(f"marsops.StreamingIoU: unknown backend {backend!r}; choose one of "
+                             f"{_backend.BACKENDS} or 'auto'")
         self.num_classes, self.classes, self.ignore_index, self.backend = num_classes, classes, ignore_index, backend
-        self.per_image = bool(per_image)
+        self.per_image = _checks.as_bool("per_image", per_image, op)
         self.local = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
         # per_image: float64 (3, C) sums over images of [IoU, Dice, 1] where defined
         self.local_images = torch.zeros(3, num_classes, dtype=torch.float64, device=device)

@@ -5,6 +5,16 @@ import torch
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 
 
+def refuse(bad: torch.Tensor, message: str, value=None) -> None:
+    """Raises ValueError(message, with value() named) if any of `bad` is set. Under torch.compile,
+    where a branch on a tensor's values cannot be traced, it is a torch._assert_async check with
+    the message instead (a RuntimeError when the compiled code runs)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(~bad.any(), message)
+    elif bad.any():
+        raise ValueError(message + (f" (found {value()})" if value else ""))
+
+
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) -> torch.Tensor:
     """Mask of the non-ignored labels; raises if one lies outside [0, num_classes).
 
@@ -13,10 +23,15 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) 
     target = target.long()
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
-    if bad.any():
-        raise ValueError(f"marsops.{op}: target contains label {int(target[bad][0])}, outside [0, {num_classes}) "
-                         f"and not ignore_index ({ignore_index})")
+    refuse(bad, f"marsops.{op}: target contains a label outside [0, {num_classes}) that is not ignore_index "
+                f"({ignore_index})", lambda: f"label {int(target[bad][0])}")
     return valid
+
+
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + exp(x)) to the dtype's accuracy everywhere (F.softplus returns x itself past its
+    threshold of 20, off by exp(-x), about 2e-9 at 20: more than fp64 tests allow)."""
+    return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
 
 
 def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -48,8 +63,10 @@ def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduct
     if reduction == "sum":
         return total.to(logits.dtype)
     denom = valid.sum().to(x.dtype) if reduction == "mean" else w.sum()
-    # Nothing counted (every pixel ignored, or only zero-weight classes): the loss is 0, not NaN.
-    return torch.where(denom > 0, total / denom.clamp_min(torch.finfo(x.dtype).tiny), total * 0).to(logits.dtype)
+    # Nothing counted (every pixel ignored, or weights summing to 0): the loss is 0, not NaN. Any other
+    # denominator divides, as in F.cross_entropy: negative weight sums, and NaN weights (a NaN loss).
+    counted = denom != 0
+    return torch.where(counted, total / torch.where(counted, denom, torch.ones_like(denom)), total * 0).to(logits.dtype)
 
 
 def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, pos_weight=None, ignore_index=None, reduction="mean"):
@@ -62,21 +79,24 @@ def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, pos_weight=None, i
         t = target.to(x.dtype)
         bad = ~((t >= 0) & (t <= 1))
         valid = torch.ones_like(t, dtype=torch.bool)
-        if bad.any():
-            raise ValueError(f"marsops.sigmoid_focal_loss: target contains a value outside [0, 1] (float targets are "
-                             f"soft labels): {float(t[bad][0])}")
+        refuse(bad, "marsops.sigmoid_focal_loss: target contains a value outside [0, 1] (float targets are soft "
+                    "labels)", lambda: float(t[bad][0]))
     else:
         labels = target.long()
         valid = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
         bad = valid & (labels != 0) & (labels != 1)
-        if bad.any():
-            raise ValueError(f"marsops.sigmoid_focal_loss: target contains label {int(labels[bad][0])}, outside "
-                             f"{{0, 1}} and not ignore_index ({ignore_index})")
+        refuse(bad, f"marsops.sigmoid_focal_loss: target contains a label outside {{0, 1}} that is not ignore_index "
+                    f"({ignore_index})", lambda: f"label {int(labels[bad][0])}")
         t = torch.where(valid, labels, 0).to(x.dtype)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = torch.where(valid, x, zero)  # ignored elements' logits (NaN, inf) reach neither loss nor gradient
-    pw = 1.0 if pos_weight is None else pos_weight.to(x.dtype).view((-1,) + (1,) * (x.dim() - 2))
-    ce = pw * t * torch.nn.functional.softplus(-x) + (1 - t) * torch.nn.functional.softplus(x)
+    if pos_weight is None:
+        pw = 1.0
+    elif x.dim() < 2:  # no class dimension: one value
+        pw = pos_weight.to(x.dtype).reshape(())
+    else:
+        pw = pos_weight.to(x.dtype).view((-1,) + (1,) * (x.dim() - 2))
+    ce = pw * t * softplus(-x) + (1 - t) * softplus(x)
     p = torch.sigmoid(x)
     q = t * torch.sigmoid(-x) + (1 - t) * p  # 1 - p_t without cancellation
     loss = ce if gamma == 0 else q.clamp_min(torch.finfo(x.dtype).tiny) ** gamma * ce
@@ -111,15 +131,17 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
                 label_smoothing=0.0):
     """region_lambda * (1 - the class_weight-weighted mean of the per-class region scores) (the mean
     over images of that when per_image), + focal_lambda * focal_loss(...). The sums run over the
-    non-ignored pixels of the batch (of each image when per_image), from the softmax of the logits."""
+    non-ignored pixels of the batch (of each image when per_image), from the softmax of the logits
+    (computed in fp32 for fp16 / bf16), in float64 as the kernels sum: a tiny class mass, whose
+    1 / mass overflows fp32, then cannot turn the gradient into inf * 0 = NaN."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     C = x.shape[1]
     valid = check_labels(target, C, ignore_index, "region_loss")
     t = torch.where(valid, target.long(), 0)
     x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    keep = valid.unsqueeze(1).to(x.dtype)
-    p = torch.softmax(x, dim=1) * keep
-    onehot = torch.nn.functional.one_hot(t, C).movedim(-1, 1).to(x.dtype) * keep
+    keep = valid.unsqueeze(1).double()
+    p = torch.softmax(x, dim=1).double() * keep
+    onehot = torch.nn.functional.one_hot(t, C).movedim(-1, 1).double() * keep
     dims = tuple(d for d in range(x.dim()) if d != 1 and (d != 0 or not per_image))
     # (C,) or (N, C); with no axis to sum (per-image sums of (N, C) logits) nothing is summed:
     # torch's sum(()) would sum over every axis instead.
@@ -137,14 +159,16 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
 
 def confusion_matrix(input, target, num_classes, ignore_index=None):
     """int64 (C, C) counts, rows = true class, columns = predicted (argmax over dim 1 of logits)."""
-    pred = input.argmax(1) if input.is_floating_point() else input
+    pred = (input.argmax(1) if input.is_floating_point() else input).long()
     valid = check_labels(target, num_classes, ignore_index, "confusion_matrix")
-    pred, t = pred[valid].long(), target[valid].long()
-    bad = (pred < 0) | (pred >= num_classes)
-    if bad.any():
-        raise ValueError(f"marsops.confusion_matrix: predictions contain label {int(pred[bad][0])}, "
-                         f"outside [0, {num_classes})")
-    return torch.bincount(t * num_classes + pred, minlength=num_classes**2).view(num_classes, num_classes)
+    bad = valid & ((pred < 0) | (pred >= num_classes))
+    refuse(bad, f"marsops.confusion_matrix: predictions contain a label outside [0, {num_classes})",
+           lambda: f"label {int(pred[bad][0])}")
+    # Uncounted pixels go to one extra bin: no data-dependent shapes, so torch.compile traces it.
+    bins = torch.where(valid, target.long() * num_classes + pred, num_classes**2).flatten()
+    counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=bins.device)
+    counts.index_add_(0, bins, torch.ones_like(bins))
+    return counts[:-1].view(num_classes, num_classes)
 
 
 def apply_view(x, code):
@@ -155,12 +179,15 @@ def apply_view(x, code):
     dims = [d for d, bit in ((-3, 4), (-2, 2), (-1, 1)) if code & bit]
     if not dims:
         return x
-    # Some torch builds have no flip for uint16/32/64; a flip only moves bits, so flip the signed view.
-    signed = _SIGNED_TWIN.get(x.dtype)
-    return x.view(signed).flip(dims).view(x.dtype) if signed is not None else x.flip(dims)
+    bits = _BIT_TWIN.get(x.dtype)
+    return x.view(bits).flip(dims).view(x.dtype) if bits is not None else x.flip(dims)
 
 
-_SIGNED_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+# Dtypes some torch builds cannot flip or select (uint16/32/64 on CPU, float8): a flip only moves
+# bits, so these are flipped as the signed integer of their size.
+_BIT_TWIN = {torch.uint16: torch.int16, torch.uint32: torch.int32, torch.uint64: torch.int64}
+_BIT_TWIN.update({getattr(torch, name): torch.int8 for name in
+                  ("float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz") if hasattr(torch, name)})
 
 
 def inverse_view(code):
@@ -184,6 +211,9 @@ def flip_views_sum(y, views, volume=False, scale=1.0):
 
 def flip_by_flags(x, flags, volume=False):
     """Per-sample views: flags (N,) uint8 view codes (bits a sample cannot use are ignored)."""
+    bits = _BIT_TWIN.get(x.dtype)
+    if bits is not None:
+        return flip_by_flags(x.view(bits), flags, volume).view(x.dtype)
     square = x.shape[-1] == x.shape[-2]
     allowed = 1 | 2 | (4 if volume else 0) | (8 if square else 0)
     codes = (flags.to(torch.int64) & allowed).view(-1, *([1] * (x.dim() - 1)))

@@ -43,6 +43,8 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
     _checks.check_float("logits", logits, op)
     if target.is_complex():
         raise TypeError(f"marsops.{op}: target must be real, got {target.dtype}")
+    if target.dtype in (torch.uint16, torch.uint32, torch.uint64):  # labels 0 / 1: any integer type holds them
+        target = target.to(torch.int64)
     if target.shape != logits.shape:
         raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} must equal the logits shape "
                          f"{tuple(logits.shape)}")
@@ -73,7 +75,7 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
     if chosen == "reference":
         return reference.sigmoid_focal_loss(logits, target, None if alpha < 0 else alpha, gamma, pos_weight,
                                             ignore_index, reduction)
-    _checks.refuse_unsupported_autograd(op, logits)
+    _checks.refuse_unsupported_autograd(op, logits, pos_weight)
     if pos_weight is not None and pos_weight.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"marsops.{op}: pos_weight requires grad, but the fused {chosen} kernels treat it as a "
                          "constant; pass pos_weight.detach(), or backend='reference'")

@@ -292,3 +292,35 @@ def test_random_views_of_volumes_and_squares(backend, device):
 def test_bad_view_arguments(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# ---- found by the second review -----------------------------------------------------------------
+
+def test_dims_given_as_tensors_are_checked_for_duplicates():
+    x = torch.randn(2, 1, 4, 5)
+    with pytest.raises(ValueError, match="subset"):
+        marsops.flip4(x, dims=torch.tensor([-1, -1]))
+    assert torch.equal(marsops.flip4(x, dims=torch.tensor([-2, -1]))[0], marsops.flip4(x)[0])
+
+
+def test_reference_flips_work_under_torch_func():
+    x = torch.randn(2, 1, 3, 3, dtype=torch.float64)
+    jac = torch.func.jacrev(lambda z: marsops.flip4(z, backend="reference")[0])(x)
+    assert jac.shape == (8, 1, 3, 3, 2, 1, 3, 3) and jac.sum() == 4 * x.numel()  # each view: a permutation
+    torch.func.jvp(lambda z: marsops.flip4_merge(z, backend="reference"), (x.repeat(4, 1, 1, 1),),
+                   (torch.ones(8, 1, 3, 3, dtype=torch.float64),))
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_float8_images_flip_on_every_backend(backend, device):
+    if not hasattr(torch, "float8_e4m3fn"):
+        pytest.skip("no float8 in this torch")
+    x = torch.randn(3, 2, 4, 5, device=device).to(torch.float8_e4m3fn)
+    bits = x.view(torch.uint8)
+    out = marsops.flip4(x, backend=backend)[0]
+    assert torch.equal(out.view(torch.uint8), torch.cat([bits, bits.flip(-1), bits.flip(-2), bits.flip(-2, -1)]))
+    flags = torch.tensor([1, 2, 3], dtype=torch.uint8, device=device)
+    op = marsops.reference.flip_by_flags if backend == "reference" else getattr(
+        torch.ops.marsops, "flip_by_flags" + ("_triton" if backend == "triton" else ""))
+    flipped = op(x, flags, False).view(torch.uint8)
+    assert torch.equal(flipped[2], bits[2].flip(-2, -1)) and torch.equal(flipped[0], bits[0].flip(-1))

@@ -165,3 +165,48 @@ def test_cli_synth_and_inspect(tmp_path, capsys):
     assert "planted outliers" in out and "big rocks" in out and (tmp_path / "g.png").stat().st_size > 1000
     with pytest.raises(SystemExit, match="no such file"):
         main(["inspect", str(tmp_path / "missing.npz")])
+
+
+# ---- found by the second review -----------------------------------------------------------------
+
+def test_find_outliers_checks_shapes_and_takes_empty_and_bf16_sets():
+    images, masks = torch.rand(4, 1, 8, 8), torch.randint(0, 3, (4, 8, 8))
+    with pytest.raises(ValueError, match="must match"):
+        data.find_outliers(images, masks[:3])
+    with pytest.raises(ValueError, match="must match"):
+        data.find_outliers(images, torch.randint(0, 3, (4, 9, 9)))
+    empty = data.find_outliers(images[:0], masks[:0])
+    assert empty.removed == 0 and empty.kept.numel() == 0
+    masks[1] = masks[0]
+    as_bf16 = data.find_outliers(images.bfloat16(), masks)
+    assert as_bf16.repeated_mask_groups == data.find_outliers(images, masks).repeated_mask_groups == [[0, 1]]
+
+
+@pytest.mark.parametrize("n_train", [12, 20, 35])
+def test_small_generated_sets_plant_outliers_cleaning_can_find(n_train):
+    images, masks, _, outliers = synthetic.generate(n_train=n_train, n_test=0, seed=1)
+    assert len(outliers) >= 2
+    found = data.find_outliers(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(masks))
+    assert sorted(i for g in found.repeated_mask_groups for i in g) == sorted(outliers.tolist())
+
+
+@pytest.mark.parametrize("kwargs,match", [(dict(outlier_fraction=2), "outlier_fraction"),
+                                          (dict(outlier_fraction=-0.5), "outlier_fraction"),
+                                          (dict(n_train=-1), "n_train"), (dict(height=4), "at least 8")])
+def test_generator_arguments_are_checked(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        synthetic.generate(**{"n_train": 4, "n_test": 0, **kwargs})
+
+
+def test_loader_refuses_complex_arrays_and_members_that_are_not_npy(tmp_path):
+    complex_path = tmp_path / "complex.npz"
+    np.savez(complex_path, training_set=np.ones((2, 2, 4, 4)) * (1 + 2j))
+    with pytest.raises(DataError, match="real numbers"):
+        data.load_npz(complex_path)
+    import zipfile
+
+    raw = tmp_path / "raw.npz"
+    with zipfile.ZipFile(raw, "w") as z:
+        z.writestr("training_set.npy", b"not an npy file at all")
+    with pytest.raises(DataError):
+        data.load_npz(raw)

@@ -395,3 +395,149 @@ def test_label_errors_are_value_errors_on_the_cpu_backend_too():
         marsops.focal_loss(torch.randn(2, 3, 4), t, backend="cpu")
     with pytest.raises(ValueError, match="outside"):
         marsops.confusion_matrix(torch.randn(2, 3, 4), t, 3, backend="cpu")
+
+
+# ---- found by the second review: no NaN / inf from finite inputs, one rule for odd weights --------
+
+SIGMOID = [("reference", "cpu")] + kernel_backends("sigmoid_focal_loss_forward")
+REGION = [("reference", "cpu")] + kernel_backends("region_stats")
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID, ids=backend_ids(SIGMOID))
+@pytest.mark.parametrize("gamma", [0.05, 0.1, 0.5])
+def test_sigmoid_focal_gradient_stays_finite_for_confident_elements(backend, device, gamma):
+    """q = 1 - p_t is subnormal for |x| ~ 100: q^(gamma - 1) overflows, q^gamma * (dq / q) does not."""
+    x = torch.tensor([100.0, 95.0, 103.0, -100.0, 1.0], device=device, requires_grad=True)
+    t = torch.tensor([1, 1, 1, 0, 1], device=device)
+    marsops.sigmoid_focal_loss(x, t, gamma=gamma, reduction="sum", backend=backend).backward()
+    ref = x.detach().double().cpu().requires_grad_()
+    reference.sigmoid_focal_loss(ref, t.cpu(), gamma=gamma, reduction="sum").backward()
+    assert torch.isfinite(x.grad).all(), x.grad
+    torch.testing.assert_close(x.grad.double().cpu(), ref.grad, rtol=1e-4, atol=1e-30)
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID, ids=backend_ids(SIGMOID))
+def test_sigmoid_focal_loss_keeps_its_digits_for_confident_elements(backend, device):
+    """log1p(exp(-|x|)), not log(1 + exp(-|x|)), which is 0 from |x| ~ 17 on in fp32."""
+    x = torch.tensor([15.0, 17.0, 20.0, 30.0], device=device)
+    t = torch.ones(4, device=device)
+    got = marsops.sigmoid_focal_loss(x, t, alpha=None, gamma=0.0, reduction="none", backend=backend)
+    exact = torch.log1p(torch.exp(-x.double().cpu()))  # BCE of a positive
+    torch.testing.assert_close(got.double().cpu(), exact, rtol=1e-5, atol=0)
+
+
+def test_sigmoid_reference_is_exact_past_softplus_threshold():
+    """The fp64 oracle itself: F.softplus returns x past 20, off by exp(-x) (2e-9 at 20.5)."""
+    x = torch.tensor([20.5, -20.5, 40.0], dtype=torch.float64)
+    got = reference.sigmoid_focal_loss(x, torch.zeros(3, dtype=torch.float64), alpha=None, gamma=0.0,
+                                       reduction="none")
+    torch.testing.assert_close(got, torch.log1p(torch.exp(-x.abs())) + x.clamp_min(0), rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID, ids=backend_ids(SIGMOID))
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, torch.uint64])
+def test_sigmoid_focal_takes_unsigned_integer_targets(backend, device, dtype):
+    x = torch.randn(2, 3, 4, device=device)
+    t = torch.randint(0, 2, (2, 3, 4), device=device)
+    assert_close(marsops.sigmoid_focal_loss(x, t.to(dtype), backend=backend),
+                 marsops.sigmoid_focal_loss(x, t, backend=backend))
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID, ids=backend_ids(SIGMOID))
+def test_sigmoid_focal_of_a_scalar_keeps_its_shape(backend, device):
+    x, t = torch.tensor(0.3, device=device), torch.tensor(1.0, device=device)
+    loss = marsops.sigmoid_focal_loss(x, t, pos_weight=torch.tensor([2.0], device=device), reduction="none",
+                                      backend=backend)
+    assert loss.shape == ()
+
+
+@pytest.mark.parametrize("backend,device", REGION, ids=backend_ids(REGION))
+@pytest.mark.parametrize("name", ["dice_loss", "jaccard_loss", "tversky_loss", "dice_ce_loss"])
+@pytest.mark.parametrize("dtype,logit", [(torch.float32, -95.0), (torch.float64, -400.0)])
+def test_region_gradient_of_a_vanishing_absent_class_is_finite(backend, device, name, dtype, logit):
+    """smooth = 0, a class absent from the target with a mass whose square (fp64) or inverse (fp32)
+    leaves the dtype's range: the gradient is the fp64 formula's, not NaN."""
+    if dtype == torch.float64 and backend == "triton":
+        pytest.skip("triton computes in fp32")
+    x = torch.tensor([0.0, 0.0, logit], dtype=dtype, device=device).view(1, 3, 1, 1).requires_grad_()
+    t = torch.zeros(1, 1, 1, dtype=torch.long, device=device)
+    getattr(marsops, name)(x, t, smooth=0.0, backend=backend).backward()
+    exact = x.detach().double().cpu().requires_grad_()
+    getattr(marsops, name)(exact, t.cpu(), smooth=0.0, backend="reference").backward()
+    assert torch.isfinite(x.grad).all(), x.grad
+    torch.testing.assert_close(x.grad.double().cpu(), exact.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_weighted_mean_divides_by_any_nonzero_weight_sum_as_cross_entropy(backend, device):
+    """Only a sum of exactly 0 gives the documented 0: a negative sum divides (F.cross_entropy),
+    a NaN weight makes the loss NaN (F.cross_entropy), never a 0 beside NaN gradients."""
+    x, t, _ = focal_setup(device, c=3)
+    for w in (torch.tensor([1.0, -3.0, 0.5]), torch.tensor([1.0, float("nan"), 0.5])):
+        w = w.to(device)
+        leaf = x.clone().requires_grad_()
+        loss = marsops.focal_loss(leaf, t, w, gamma=0.0, reduction="weighted_mean", backend=backend)
+        loss.backward()
+        ce = x.clone().requires_grad_()
+        expected = F.cross_entropy(ce, t, weight=w)
+        expected.backward()
+        torch.testing.assert_close(loss.double().cpu(), expected.double().cpu(), equal_nan=True, rtol=2e-4,
+                                   atol=1e-6)
+        if torch.isnan(expected):
+            assert torch.isnan(loss)
+        else:
+            assert_close(leaf.grad, ce.grad)
+
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+def test_forward_mode_ad_through_class_weights_is_refused(backend, device):
+    import torch.autograd.forward_ad as forward_ad
+
+    x, t, w = focal_setup(device)
+    with forward_ad.dual_level():
+        dual = forward_ad.make_dual(w, torch.ones_like(w))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            marsops.focal_loss(x, t, dual, backend=backend)
+        if (backend, device) in REGION:
+            with pytest.raises(RuntimeError, match="forward-mode AD"):
+                marsops.dice_loss(x, t, weight=dual, backend=backend)
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            marsops.sigmoid_focal_loss(x, (x > 0).float(), pos_weight=dual, backend=backend)
+
+
+def test_negative_region_weights_are_refused_in_compiled_code_too():
+    x, t = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
+    fn = torch.compile(lambda x, t, w: marsops.dice_loss(x, t, weight=w, backend="cpu"), fullgraph=True)
+    assert torch.isfinite(fn(x, t, torch.tensor([1.0, 2.0, 1.0])))
+    with pytest.raises(RuntimeError, match="weight must be >= 0"):
+        fn(x, t, torch.tensor([1.0, -1.0, 1.0]))
+
+
+@pytest.mark.parametrize("classes,error,match", [([1, 3, 3], ValueError, "each class once"),
+                                                 (3, TypeError, "sequence of class indices"),
+                                                 ([1.5], TypeError, "integer")])
+def test_region_classes_are_checked_like_streaming_iou(classes, error, match):
+    x, t = torch.randn(2, 4, 3, 3), torch.randint(0, 4, (2, 3, 3))
+    with pytest.raises(error, match=match):
+        marsops.dice_loss(x, t, classes=classes)
+    with pytest.raises(error, match=match):
+        marsops.StreamingIoU(4, classes=classes)
+
+
+def test_reference_backend_compiles_with_fullgraph():
+    """The fallback where nothing is built: its label checks are asserts inside the graph."""
+    x, t = torch.randn(2, 5, 4, 4, requires_grad=True), torch.randint(0, 5, (2, 4, 4))
+
+    def step(x, t):
+        loss = marsops.focal_loss(x, t, backend="reference") + marsops.dice_loss(x, t, backend="reference")
+        return loss, marsops.confusion_matrix(x.detach(), t, 5, backend="reference")
+
+    loss, cm = torch.compile(step, fullgraph=True)(x, t)
+    eager_loss, eager_cm = step(x, t)
+    assert_close(loss, eager_loss)
+    assert torch.equal(cm, eager_cm)
+    bad = t.clone()
+    bad[0, 0, 0] = 7
+    # Our assert, or inductor's own bounds check of an index op that ran first: an error either way.
+    with pytest.raises(RuntimeError, match="outside|out of bounds"):
+        torch.compile(step, fullgraph=True)(x, bad)

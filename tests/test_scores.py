@@ -147,3 +147,78 @@ def test_torchmetrics_adapter():
         TorchmetricsIoU(5, classes=[7])
     with pytest.raises(ValueError, match="shape"):
         metric.update(torch.randn(2, 4, 3), torch.zeros(2, 3, dtype=torch.long))
+
+
+# ---- found by the second review -----------------------------------------------------------------
+
+def test_a_computed_result_does_not_change_with_later_updates():
+    metric = marsops.StreamingIoU(3)
+    t = torch.tensor([[0, 1, 2, 2]])
+    metric.update(t, t)
+    result = metric.compute()
+    before = (result.matrix.clone(), result.fbeta(1.0).clone())
+    metric.update(torch.tensor([[1, 1, 1, 1]]), t)
+    metric.reset()
+    assert torch.equal(result.matrix, before[0]) and torch.equal(result.fbeta(1.0), before[1])
+
+
+def test_scores_checks_classes_and_reads_a_generator_once():
+    m = torch.tensor([[5, 1, 0], [2, 7, 1], [0, 3, 4]])
+    listed = marsops.scores(m, [1, 2])
+    generated = marsops.scores(m, (c for c in [1, 2]))
+    assert generated.classes == (1, 2)
+    for a, b in ((listed.miou, generated.miou), (listed.mdice, generated.mdice),
+                 (listed.mean_fbeta(1.0), generated.mean_fbeta(1.0))):
+        assert torch.equal(a, b) and torch.isfinite(a)
+    for bad in ([-1], [3], [1, 1]):
+        with pytest.raises(ValueError, match="subset"):
+            marsops.scores(m, bad)
+    with pytest.raises(TypeError):
+        marsops.scores(m, [1.5])
+
+
+def test_fbeta_tends_to_recall():
+    r = marsops.scores(torch.tensor([[5, 1, 0], [2, 7, 1], [0, 3, 4]]))
+    for beta in (float("inf"), 1e200):
+        torch.testing.assert_close(r.fbeta(beta), r.recall)
+
+
+def test_an_ignore_index_that_is_a_class_is_left_out_of_the_mean_as_torchmetrics():
+    tm = pytest.importorskip("torchmetrics.classification")
+    x, t = _batch(c=4, ignore=0)
+    t[t == 0] = 1
+    t[:, :2] = 0  # the ignored label: some pixels of "class 0", no truth for it
+    metric = marsops.StreamingIoU(4, ignore_index=0)
+    metric.update(x, t)
+    assert metric.classes == (1, 2, 3)
+    oracle = tm.MulticlassJaccardIndex(4, ignore_index=0, average="macro")
+    oracle.update(x, t)
+    torch.testing.assert_close(metric.compute().miou.float(), oracle.compute(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 4, 4), (0, 3)])
+def test_per_image_update_of_an_empty_batch_counts_nothing(shape):
+    metric = marsops.StreamingIoU(3, per_image=True)
+    metric.update(torch.randn(shape), torch.zeros((0,) + shape[2:], dtype=torch.long))
+    assert metric.local.sum() == 0 and metric.local_images.sum() == 0
+
+
+def test_per_image_update_compiles_with_fullgraph():
+    x, t = _batch(c=5)
+    eager, compiled = marsops.StreamingIoU(5, per_image=True), marsops.StreamingIoU(5, per_image=True)
+    eager.update(x, t.clamp_max(4))
+    torch.compile(compiled.update, fullgraph=True)(x, t.clamp_max(4))
+    assert torch.equal(eager.local_images, compiled.local_images) and torch.equal(eager.local, compiled.local)
+
+
+@pytest.mark.parametrize("call,error,match", [
+    (lambda: marsops.StreamingIoU(3, per_image="no"), TypeError, "True or False"),
+    (lambda: marsops.StreamingIoU(3, classes=3), TypeError, "sequence of class indices"),
+    (lambda: marsops.StreamingIoU(3, backend="bogus"), ValueError, "unknown backend"),
+    (lambda: marsops.flip4_argmax(torch.randn(4, 3, 4, 4), softmax="no"), TypeError, "True or False"),
+    (lambda: marsops.confusion_matrix(torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long), 2**31),
+     ValueError, "num_classes must be in"),
+])
+def test_loose_arguments_are_refused(call, error, match):
+    with pytest.raises(error, match=match):
+        call()

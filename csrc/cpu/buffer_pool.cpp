@@ -30,6 +30,7 @@ Pool& pool() {
   return *p;
 }
 
+#ifdef TORCH_DYNAMIC_VERSION_CALL  // headers of torch >= 2.14 (see buffer_pool.h)
 void give_back(void* /*data*/, void* ctx) {
   Block* block = static_cast<Block*>(ctx);
   Block* dropped = nullptr;
@@ -76,14 +77,20 @@ size_t element_size(ScalarType t) {
     default: return 1;
   }
 }
+#endif
 
 }  // namespace
 
 Tensor pooled_empty(const std::vector<int64_t>& sizes, ScalarType dtype) {
+  const auto cpu = st::Device(torch::headeronly::DeviceType::CPU);
+#ifndef TORCH_DYNAMIC_VERSION_CALL
+  // Built with the headers of a torch older than 2.14, which cannot call torch_from_blob only where
+  // the running torch has it: no cache.
+  return st::empty(sizes, dtype, std::nullopt, cpu);
+#else
   int64_t numel = 1;
   for (int64_t s : sizes) numel *= s;
   const size_t nbytes = static_cast<size_t>(numel) * element_size(dtype);
-  const auto cpu = st::Device(torch::headeronly::DeviceType::CPU);
   if (nbytes < kPoolMinBytes || aoti_torch_abi_version() < TORCH_VERSION_2_11_0) {
     return st::empty(sizes, dtype, std::nullopt, cpu);  // small, or torch 2.10: no deleters, so no cache
   }
@@ -99,6 +106,7 @@ Tensor pooled_empty(const std::vector<int64_t>& sizes, ScalarType dtype) {
     return st::empty(sizes, dtype, std::nullopt, cpu);
   }
   return st::view(st::view(Tensor(handle), dtype), sizes);
+#endif
 }
 
 void empty_pool() {

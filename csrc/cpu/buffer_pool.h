@@ -6,7 +6,8 @@
 // large outputs are tensors over memory this cache holds (allocated by torch, so its accounting
 // sees it): when torch frees such a tensor, a deleter brings the memory back here, and the next
 // output of that size reuses it, faulted in already. That needs torch_from_blob with a deleter
-// (torch >= 2.11); on torch 2.10 outputs are plain tensors.
+// (torch >= 2.11 at run time) and headers that can call it only where it exists (a build against
+// torch >= 2.14); otherwise outputs are plain tensors.
 #pragma once
 #include "../stable.h"
 

@@ -108,7 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
     });
     check_labels(pre, s.C, ignore_index);
     const double d = denominator(pre, reduction);
-    a.grad_scale = d > 0 ? 1.0 / d : 0.0;  // nothing counted: zero loss, zero gradient
+    a.grad_scale = d != 0 ? 1.0 / d : 0.0;  // nothing counted: zero loss, zero gradient
   }
   Tensor loss = empty_loss(logits_in, target_in, reduction);
   Tensor grad = compute_grad ? empty_gradient(logits_in, s.class_last, pooled_empty) : empty_on(logits_in, {0}, dtype);
@@ -141,7 +141,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
   check_labels(stats, s.C, ignore_index);
   if (reduction != kNone) {
     const double d = denominator(stats, reduction);
-    st::fill_(loss, reduction == kSum ? stats.loss_sum : (d > 0 ? stats.loss_sum / d : 0.0));
+    st::fill_(loss, reduction == kSum ? stats.loss_sum : (d != 0 ? stats.loss_sum / d : 0.0));
   }
   return {loss, grad, confusion};
 }

@@ -5,7 +5,8 @@
 //   loss = a_t q^gamma ce,   a_t = alpha t + (1 - alpha)(1 - t)  (1 without alpha)
 //   dloss/dx = a_t (gamma q^(gamma-1) dq/dx ce + q^gamma dce/dx),
 //   dce/dx = (1 - t) p - w t (1 - p),   dq/dx = -p (1 - p)(2t - 1)
-// where the first term is 0 at q = 0 (its limit; q^(gamma-1) alone would be inf for gamma < 1).
+// with q^(gamma-1) dq/dx computed as q^gamma (dq/dx / q), where |dq/dx / q| <= 1 (q^(gamma-1)
+// alone overflows for a tiny q and gamma < 1), and the first term 0 at q = 0, its limit.
 #pragma once
 #include "softmax_block.h"
 
@@ -60,7 +61,8 @@ struct SigmoidFocalTerms {
     V g = qg * dce;
     if (gamma != acc_t(0)) {
       const V dq = zero - p * omp * (t + t - one);
-      g = g + v_where(q > zero, V(gamma) * qg / q * dq * ce, zero);  // NaN at q = 0 is selected away
+      const V r = v_min(v_max(dq / v_where(q > zero, q, one), zero - one), one);
+      g = g + v_where(q > zero, V(gamma) * qg * r * ce, zero);
     }
     loss = at * qg * ce;
     grad = at * g * V(scale);

@@ -68,6 +68,10 @@ template <typename T> inline T v_max(T a, T b) { return (a > b || a != a) ? a : 
 template <typename T> inline Vectorized<T> v_max(const Vectorized<T>& a, const Vectorized<T>& b) {
   return at::vec::maximum(a, b);
 }
+template <typename T> inline T v_min(T a, T b) { return (a < b || a != a) ? a : b; }
+template <typename T> inline Vectorized<T> v_min(const Vectorized<T>& a, const Vectorized<T>& b) {
+  return at::vec::minimum(a, b);
+}
 template <typename T> inline T v_where(bool m, T a, T b) { return m ? a : b; }
 template <typename T> inline Vectorized<T> v_where(const Vectorized<T>& m, const Vectorized<T>& a, const Vectorized<T>& b) {
   return Vectorized<T>::blendv(b, a, m);

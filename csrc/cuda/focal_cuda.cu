@@ -54,7 +54,7 @@ __global__ void target_stats_kernel(const tgt_t* __restrict__ y, const float* __
   }
   if (!last_block_done(counter)) return;
   const double d = sum_column(partial, gridDim.x, 2, weighted_mean ? 1 : 0, shared);
-  if (threadIdx.x == 0) *scale = d > 0 ? static_cast<float>(1.0 / d) : 0.0f;
+  if (threadIdx.x == 0) *scale = d != 0 ? static_cast<float>(1.0 / d) : 0.0f;
 }
 
 // hist: the (C, C) int64 output of the confusion counts, or nullptr. With shared_bins, each block
@@ -168,7 +168,7 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
   if (!last_block_done(counter)) return;
   const double total_loss = sum_column(partial, gridDim.x, 3, 0, shared);
   const double d = reduction == kSum ? 1.0 : sum_column(partial, gridDim.x, 3, reduction == kMean ? 1 : 2, shared);
-  if (threadIdx.x == 0) *loss_out = static_cast<in_t>(reduction == kSum ? total_loss : (d > 0 ? total_loss / d : 0.0));
+  if (threadIdx.x == 0) *loss_out = static_cast<in_t>(reduction == kSum ? total_loss : (d != 0 ? total_loss / d : 0.0));
 }
 
 std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, const Tensor& target_in,

@@ -40,19 +40,29 @@ def find_outliers(images: torch.Tensor, masks: torch.Tensor, min_repeats: int = 
     (on the [0, 1] scale). The default `min_repeats=2` is the rule of the module docstring."""
     if min_repeats < 2:
         raise ValueError(f"find_outliers: min_repeats must be >= 2 (a mask always matches itself), got {min_repeats}")
+    if not (isinstance(images, torch.Tensor) and isinstance(masks, torch.Tensor)):
+        raise TypeError("find_outliers: images and masks must be tensors")
+    if images.dim() < 3 or masks.dim() < 2 or images.shape[0] != masks.shape[0] or \
+            tuple(images.shape[-2:]) != tuple(masks.shape[-2:]):
+        raise ValueError(f"find_outliers: images (N, [1,] H, W) and masks (N, H, W) must match, got images "
+                         f"{tuple(images.shape)} and masks {tuple(masks.shape)}")
     masks, images = masks.cpu(), images.cpu()
+    hashed = images.view(torch.int16) if images.dtype == torch.bfloat16 else images  # numpy has no bfloat16
     groups = {}
     for i, m in enumerate(masks):
         if m.numel() and bool((m != m.flatten()[0]).any()):  # single-class masks repeat honestly
             groups.setdefault(_digest(m), []).append(i)
     repeated = []
     for g in groups.values():
-        distinct_images = {_digest(images[i]) for i in g}
+        distinct_images = {_digest(hashed[i]) for i in g}
         if len(g) >= min_repeats and len(distinct_images) >= 2:
             repeated.append(g)
     repeated.sort(key=lambda g: g[0])
-    flat = images.reshape(images.shape[0], -1).float()
-    constant = torch.nonzero(flat.std(dim=1) < min_std).flatten().tolist() if flat.shape[1] > 1 else []
+    pixels = images[0].numel() if images.shape[0] else 0
+    constant = []
+    if pixels > 1:
+        std = images.reshape(images.shape[0], pixels).float().std(dim=1)
+        constant = torch.nonzero(std < min_std).flatten().tolist()
     in_groups = {i for g in repeated for i in g}
     constant = [i for i in constant if i not in in_groups]
     kept = torch.tensor(sorted(set(range(images.shape[0])) - in_groups - set(constant)), dtype=torch.long)

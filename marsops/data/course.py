@@ -68,8 +68,10 @@ def load_npz(path, mask_dtype=torch.int64) -> MarsData:
     except ValueError as exc:  # object arrays need pickle
         raise DataError(f"{path}: refused to load ({exc}); object arrays are not accepted") from exc
     for name, arr in (("training_set", train), ("test_set", test)):
-        if arr is not None and not np.issubdtype(arr.dtype, np.number):
-            raise DataError(f"{path}: {name} must be numeric, found dtype {arr.dtype}")
+        if arr is not None and not isinstance(arr, np.ndarray):  # a zip member that is not an .npy array
+            raise DataError(f"{path}: {name} is not an array (the archive member is not in .npy format)")
+        if arr is not None and not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise DataError(f"{path}: {name} must hold real numbers, found dtype {arr.dtype}")
     if train.ndim != 4 or train.shape[1] != 2:
         raise DataError(f"{path}: training_set must have shape (N, 2, H, W), found {train.shape}")
     if test is not None and (test.ndim != 3 or test.shape[1:] != train.shape[2:]):

@@ -26,7 +26,7 @@ _FIELD_BIAS = torch.tensor([0.28, 0.02, -0.12])
 
 def smooth_noise(n, channels, height, width, cells, g):
     """Smooth random fields: a coarse grid of normals upsampled bicubically, unit variance-ish."""
-    grid = torch.randn(n, channels, cells, cells * width // height, generator=g)
+    grid = torch.randn(n, channels, cells, max(1, cells * width // height), generator=g)
     return F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
 
 
@@ -116,11 +116,21 @@ def terrain(n, height=64, width=128, seed=0, chunk=512):
 
 def generate(n_train=2615, n_test=1000, seed=0, outlier_fraction=OUTLIER_FRACTION, height=64, width=128):
     """(train_images, train_masks, test_images, outlier_indices) as numpy arrays in the course's
-    value ranges; the outliers are planted among the training images."""
+    value ranges; the outliers are planted among the training images (at least two when any: one
+    image alone cannot share its mask, so find_outliers could not tell it)."""
+    for name, n in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"generate: {name} must be an int >= 0, got {n!r}")
+    if not 0.0 <= outlier_fraction <= 1.0:
+        raise ValueError(f"generate: outlier_fraction must be in [0, 1], got {outlier_fraction!r}")
+    if height < 8 or width < 8:
+        raise ValueError(f"generate: height and width must be at least 8, got {height} x {width}")
     images, masks = terrain(n_train, height, width, seed)
     test_images, _ = terrain(n_test, height, width, seed + 1)
     g = torch.Generator().manual_seed(seed + 2)
     n_out = int(round(n_train * outlier_fraction))
+    if n_out == 1 and n_train >= 2:
+        n_out = 2
     outliers = torch.randperm(n_train, generator=g)[:n_out].sort().values
     if n_out:
         shared_mask = terrain(1, height, width, seed + 3)[1][0]

@@ -78,7 +78,7 @@ def _target_stats_kernel(y_ptr, w_ptr, partial_ptr, scale_ptr, counter_ptr, n, C
             d = _column_sum(partial_ptr, tl.num_programs(0), 1, 2, REDUCE)
         else:
             d = _column_sum(partial_ptr, tl.num_programs(0), 0, 2, REDUCE)
-        tl.store(scale_ptr, tl.where(d > 0, 1.0 / tl.where(d > 0, d, 1.0), 0.0).to(tl.float32))
+        tl.store(scale_ptr, tl.where(d != 0, 1.0 / tl.where(d != 0, d, 1.0), 0.0).to(tl.float32))
 
 
 @triton.jit
@@ -262,7 +262,7 @@ def _focal_forward_kernel(x_ptr, y_ptr, w_ptr, scale_ptr, loss_ptr, grad_ptr, pa
                     d = _column_sum(partial_ptr, programs, 1, 4, REDUCE)
                 else:
                     d = _column_sum(partial_ptr, programs, 2, 4, REDUCE)
-                value = tl.where(d > 0, total / tl.where(d > 0, d, 1.0), 0.0)
+                value = tl.where(d != 0, total / tl.where(d != 0, d, 1.0), 0.0)
             # Through fp32: a direct fp64 -> bf16 cast is wrong in the Triton interpreter.
             tl.store(loss_ptr, value.to(tl.float32).to(loss_ptr.dtype.element_ty))
 
