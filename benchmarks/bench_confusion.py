@@ -70,7 +70,16 @@ def main(argv=None):
                     r["vs eager"] = base / r["ms"]
                     r["% copy bw"] = 100 * r["GB/s"] / bandwidth
             rows += shape_rows
-    compare_layouts(rows)
+
+    def step_on(impl, label, layout):
+        n, c, h, w = SHAPES[label]
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(n, c, h, w, generator=g).to(device).contiguous(memory_format=LAYOUTS[layout])
+        t = torch.randint(0, c, (n, h, w), generator=g).to(device)
+        fn = candidates(device, c)[impl]
+        return lambda: fn(x, t, c)
+
+    compare_layouts(rows, step_on, device, 7 if args.quick else 15)
     print(f"confusion matrix from fp32 logits; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
     print(harness.markdown_table(rows, ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s",
                                         "% copy bw", "peak MB"]))

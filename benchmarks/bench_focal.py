@@ -51,12 +51,17 @@ def nhwc_candidates(fns):
     return {k: v for k, v in fns.items() if k == "reference (eager)" or k.startswith("marsops")}
 
 
-def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
+def inputs(shape, device, layout="NCHW"):
     g = torch.Generator().manual_seed(0)
     n, c, h, w_ = shape
     logits = torch.randn(shape, generator=g).to(device).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
     target = torch.randint(0, c, (n, h, w_), generator=g).to(device)
     weight = (torch.tensor(REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
+    return logits, target, weight
+
+
+def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
+    logits, target, weight = inputs(shape, device, layout)
     min_bytes = logits.numel() * 4 * 2 + target.numel() * target.element_size()  # read x, y; write grad
     rows = []
     for name, fn in fns.items():
@@ -78,12 +83,14 @@ def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
     return rows
 
 
-def compare_layouts(rows):
-    """'vs NCHW': an NHWC row's speed relative to the same impl and shape on NCHW logits."""
-    nchw = {(r["shape"], r["impl"]): r.get("ms") for r in rows if r.get("layout") == "NCHW"}
+def compare_layouts(rows, step_on, device, repeats):
+    """'vs NCHW' of every NHWC row: its speed relative to the same impl on NCHW logits of the same
+    shape, timed alternately (harness.paired_speedup), not from the two rows' separate timings.
+    step_on(impl, shape_label, layout) -> the row's timed call."""
     for r in rows:
-        if r.get("layout") == "NHWC" and "ms" in r and nchw.get((r["shape"], r["impl"])):
-            r["vs NCHW"] = nchw[(r["shape"], r["impl"])] / r["ms"]
+        if r.get("layout") == "NHWC" and "ms" in r:
+            r["vs NCHW"] = harness.paired_speedup(step_on(r["impl"], r["shape"], "NCHW"),
+                                                  step_on(r["impl"], r["shape"], "NHWC"), device, repeats)
 
 
 def main(argv=None):
@@ -96,7 +103,17 @@ def main(argv=None):
         repeats = 5 if args.quick else 15
         rows += bench_shape(label, shape, device, fns, repeats)
         rows += bench_shape(label, shape, device, nhwc_candidates(fns), repeats, layout="NHWC")
-    compare_layouts(rows)
+
+    def step_on(impl, label, layout):
+        logits, target, weight = inputs(SHAPES[label], device, layout)
+
+        def step():
+            fns[impl](logits, target, weight).backward()
+            logits.grad = None
+
+        return step
+
+    compare_layouts(rows, step_on, device, 7 if args.quick else 15)
     for r in rows:
         if "GB/s" in r:
             r["% copy bw"] = 100 * r["GB/s"] / bandwidth

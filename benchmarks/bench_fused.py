@@ -80,12 +80,17 @@ def bench_loss(label, shape, device, repeats, bandwidth):
     cm = torch.zeros(c, c, dtype=torch.int64, device=device)
     min_bytes = x.numel() * 4 * 2 + t.numel() * t.element_size()  # read logits and labels, write the gradient
     rows = []
-    for name, fn in loss_candidates(device, c).items():
+    candidates = loss_candidates(device, c)
+
+    def step_of(fn):
         def step():
             fn(x, t, weight, cm).backward()
             x.grad = None
 
-        row = harness.measure(step, device, repeats, part="loss + confusion", shape=label, impl=name)
+        return step
+
+    for name, fn in candidates.items():
+        row = harness.measure(step_of(fn), device, repeats, part="loss + confusion", shape=label, impl=name)
         if "ms" in row:
             row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
             row["% copy bw"] = 100 * row["GB/s"] / bandwidth
@@ -95,9 +100,11 @@ def bench_loss(label, shape, device, repeats, bandwidth):
     for r in rows:
         if "ms" in r:
             r["vs eager"] = eager / r["ms"]
-            alone = base.get(r["impl"].split(":")[0] + ": loss alone")
-            if alone and r["impl"].startswith("marsops ") and ":" in r["impl"]:
-                r["vs loss alone"] = r["ms"] / alone
+            alone = r["impl"].split(":")[0] + ": loss alone"
+            if alone in candidates and r["impl"].startswith("marsops ") and ":" in r["impl"]:
+                # time relative to the loss alone, from alternating runs (harness.paired_speedup)
+                r["vs loss alone"] = 1.0 / harness.paired_speedup(step_of(candidates[alone]),
+                                                                  step_of(candidates[r["impl"]]), device, repeats)
     return rows
 
 

@@ -43,6 +43,27 @@ def time_ms(fn, device, repeats=15, warmup=3):
     return statistics.median(samples), q[0], q[3]
 
 
+def paired_speedup(fn_base, fn, device, repeats=15, warmup=2):
+    """How much faster fn runs than fn_base (> 1: faster), from runs that alternate between the two,
+    the median of each pair's ratio: a machine whose speed drifts between two separately timed
+    rows (other tenants, clocks) moves both halves of a pair alike."""
+    for _ in range(warmup):
+        fn_base()
+        fn()
+    ratios = []
+    for i in range(repeats):
+        first, second = (fn_base, fn) if i % 2 == 0 else (fn, fn_base)
+        times = {}
+        for f in (first, second):
+            sync(device)
+            t0 = time.perf_counter()
+            f()
+            sync(device)
+            times[f] = time.perf_counter() - t0
+        ratios.append(times[fn_base] / times[fn])
+    return statistics.median(ratios)
+
+
 def gpu_launches(fn, device):
     """Kernels, memsets and copies fn() puts on the GPU (torch's profiler), or None on CPUs."""
     if device.type != "cuda":
