@@ -171,7 +171,7 @@ def test_whole_training_step_compiles_with_fullgraph():
 @st.composite
 def tta_case(draw):
     n, c = draw(st.integers(0, 3)), draw(st.sampled_from([1, 2, 5, 19, 70]))
-    spatial = draw(st.sampled_from([(1, 1), (3, 5), (6, 7), (2, 4, 5)]))
+    spatial = draw(st.sampled_from([(1, 1), (3, 5), (6, 7), (2, 4, 5), (2, 37)]))  # 37: SIMD blocks and a tail
     g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
     outputs = torch.randn((4 * n, c) + spatial, generator=g) * draw(st.sampled_from([1.0, 10.0]))
     if draw(st.booleans()):
@@ -191,6 +191,23 @@ def merged_argmax(outputs, softmax):
     top2 = merged.topk(min(2, merged.shape[1]), dim=1).values
     margin = (top2[:, 0] - top2[:, -1]) if merged.shape[1] > 1 else torch.ones_like(top2[:, 0])
     return merged.argmax(1), margin
+
+
+@pytest.mark.parametrize("backend,device", TTA, ids=backend_ids(TTA))
+@pytest.mark.parametrize("softmax", [True, False])
+@pytest.mark.parametrize("c", [1, 2, 5, 19])
+def test_flip4_argmax_of_nonfinite_outputs_follows_torch(backend, device, softmax, c):
+    """NaN, +inf and all -inf views: a view whose max is not finite has an all-NaN softmax in torch,
+    and a NaN average wins the argmax (whose first NaN is class 0 then)."""
+    g = torch.Generator().manual_seed(c)
+    outputs = torch.randn(4 * 3, c, 5, 37, generator=g)
+    flat = outputs.view(-1)
+    where = torch.randperm(flat.numel(), generator=g)[:60]
+    flat[where[:20]], flat[where[20:40]], flat[where[40:]] = float("nan"), float("inf"), -float("inf")
+    outputs[0, :, 0, :] = -float("inf")  # a whole row of one view at -inf in every class
+    pred = marsops.flip4_argmax(outputs.to(device), softmax=softmax, backend=backend).cpu()
+    expected, _ = merged_argmax(outputs, softmax)
+    assert torch.equal(pred, expected)
 
 
 @pytest.mark.parametrize("backend,device", TTA, ids=backend_ids(TTA))

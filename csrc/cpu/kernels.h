@@ -6,6 +6,8 @@
 
 #include <cstdint>
 
+#include "../tta_common.h"
+
 namespace marsops::cpu {
 
 using torch::headeronly::ScalarType;
@@ -119,6 +121,9 @@ struct SimdKernels {
   // Elements [begin, end) of the flattened (planes, P) index: loss sum and count of the counted
   // elements (and the first bad target: bad_label, or for float targets bad with label 0).
   FocalStats (*sigmoid_focal)(const SigmoidArgs&, int64_t begin, int64_t end);
+  // The views_argmax predictions of output row `row` ((n, d, h) flattened) into pred[0 .. W).
+  void (*views_argmax_row)(const void* outputs, ScalarType dtype, const ViewsGeometry& g, bool softmax, int64_t row,
+                           int64_t* pred);
 };
 
 // One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).

@@ -1,9 +1,10 @@
-// CPU implementation of marsops::views_argmax: rows of output pixels in parallel, each pixel's K
-// views read in place through the outputs' strides (tta_common.h), predictions and private
-// confusion counts per task.
+// CPU implementation of marsops::views_argmax: rows of output pixels in parallel, each row's
+// predictions from the SIMD kernel (tta_kernel.h: the K views read in place through the outputs'
+// strides), then private confusion counts per task.
 #include <mutex>
 
 #include "../tta_checks.h"
+#include "kernels.h"
 
 namespace marsops::cpu {
 namespace {
@@ -34,17 +35,16 @@ std::tuple<Tensor, Tensor> views_argmax_cpu(const Tensor& outputs, const std::op
       const tgt_t* labels = count ? static_cast<const tgt_t*>(s.target.const_data_ptr()) : nullptr;
       st::parallel_for(0, rows, kRowsPerTask, [&](int64_t r0, int64_t r1) {
         std::vector<int64_t> hist(count ? g.C * g.C : 0, 0);
+        std::vector<int64_t> row_pred(pred_out ? 0 : g.W);
         bool local_bad = false;
         int64_t local_label = 0;
         for (int64_t r = r0; r < r1; ++r) {
-          const int64_t h = r % g.H, d = (r / g.H) % g.D, n = r / (g.H * g.D);
+          int64_t* preds = pred_out ? pred_out + r * g.W : row_pred.data();
+          simd_kernels().views_argmax_row(y, outputs.scalar_type(), g, softmax, r, preds);
+          if (!count) continue;
           for (int64_t w = 0; w < g.W; ++w) {
             const int64_t pix = r * g.W + w;
-            const int64_t p = views_argmax_pixel(
-                [&](int k, int64_t c) { return static_cast<float>(y[g.at(k, n, c, d, h, w)]); }, g.views.count, g.C,
-                softmax);
-            if (pred_out) pred_out[pix] = p;
-            if (!count) continue;
+            const int64_t p = preds[w];
             const int64_t t = static_cast<int64_t>(labels[pix]);
             if (ignore_index.has_value() && t == *ignore_index) continue;
             if (t < 0 || t >= g.C) {
