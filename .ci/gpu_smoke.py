@@ -287,6 +287,8 @@ def run_child(backend, device, start, jsonl):
     for index, (name, check) in enumerate(list(cases([backend], device))):
         if index < start:
             continue
+        with open(jsonl, "a") as f:  # so a crash is blamed on the case that was running, not the next
+            f.write(json.dumps(dict(backend=backend, index=index, case=name, status="started")) + "\n")
         t0 = time.perf_counter()
         try:
             check()
@@ -316,10 +318,12 @@ def cuda_usable() -> bool:
         return False
 
 
-def read_records(jsonl):
+def read_records(jsonl, finished=True):
+    """The cases' results (finished) or their start markers."""
     if not jsonl.exists():
         return []
-    return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    return [r for r in records if (r["status"] != "started") == finished]
 
 
 def drive(backends, device, jsonl):
@@ -331,17 +335,30 @@ def drive(backends, device, jsonl):
         while start < total:
             cmd = [sys.executable, __file__, "--child", backend, "--start", str(start), "--jsonl", str(jsonl)]
             rc = subprocess.call(cmd + (["--dry-run"] if DRY else []))
-            done = [r["index"] for r in read_records(jsonl) if r["backend"] == backend and r["index"] >= start]
-            if rc in (0, 3) and (rc == 0 or done):
-                start = max(done) + 1 if rc == 3 else total
-                continue
-            crashed = max(done) + 1 if done else start  # the case that was running when the process died
-            names = [name for name, _ in cases([backend], device)]
-            with open(jsonl, "a") as f:
-                f.write(json.dumps(dict(backend=backend, index=crashed, case=names[crashed], status="FAIL",
-                                        seconds=0.0, detail=f"the process died (exit {rc})")) + "\n")
-            print(f"FAIL  {names[crashed]}  the process died (exit {rc})", flush=True)
-            start = crashed + 1
+            done = {r["index"] for r in read_records(jsonl) if r["backend"] == backend and r["index"] >= start}
+            begun = [r["index"] for r in read_records(jsonl, finished=False) if r["backend"] == backend
+                     and r["index"] >= start]
+            if rc == 0 and len(done) == total - start:
+                break
+            running = [i for i in begun if i not in done]  # started, never finished: it ended the process
+            if running:
+                crashed = running[0]
+                name = next(r["case"] for r in read_records(jsonl, finished=False) if r["backend"] == backend
+                            and r["index"] == crashed)
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps(dict(backend=backend, index=crashed, case=name, status="FAIL", seconds=0.0,
+                                            detail=f"the process died (exit {rc})")) + "\n")
+                print(f"FAIL  {name}  the process died (exit {rc})", flush=True)
+                start = crashed + 1
+            elif done:  # it stopped between cases (exit 3 after a sticky error, or dying while exiting)
+                start = max(done) + 1
+            else:  # it died before its first case (an import error): nothing more to learn here
+                print(f"gpu_smoke: the {backend} process died before any case (exit {rc})", flush=True)
+                with open(jsonl, "a") as f:
+                    f.write(json.dumps(dict(backend=backend, index=start, case=f"{backend}: start", status="FAIL",
+                                            seconds=0.0, detail=f"the process died before any case (exit {rc})"))
+                            + "\n")
+                break
 
 
 def main():

@@ -115,10 +115,9 @@ class IoUResult:
             raise ValueError(f"IoUResult.fbeta: beta must be > 0, got {beta}")
         m = self.matrix.double()
         diag, true, pred = m.diagonal(), m.sum(1), m.sum(0)
-        b2 = beta * beta  # inf past 1e154: the limit, recall
-        if b2 == float("inf"):
-            return diag / true
-        return (1 + b2) * diag / (b2 * true + pred)
+        b2 = beta * beta  # inf past 1e154, whose limit is the recall
+        # (1 + b2) TP / (b2 (TP + FN) + TP + FP), divided through by 1 + b2: no overflow for any beta.
+        return diag / (true / (1 + 1 / b2) + pred / (1 + b2))
 
     def mean_fbeta(self, beta: float) -> Tensor:
         """fbeta averaged over the chosen classes, NaN ones left out."""

@@ -30,8 +30,12 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:
     """log(1 + exp(x)) to the dtype's accuracy everywhere (F.softplus returns x itself past its
-    threshold of 20, off by exp(-x), about 2e-9 at 20: more than fp64 tests allow)."""
-    return x.clamp_min(0) + torch.log1p(torch.exp(-x.abs()))
+    threshold of 20, off by exp(-x), about 2e-9 at 20: more than fp64 tests allow), with autograd's
+    derivative sigmoid(x) everywhere, x = 0 included (abs and clamp have none there), and no
+    exponential of a positive number."""
+    positive = x > 0
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
+    return torch.where(positive, x, zero) + torch.log1p(torch.exp(torch.where(positive, -x, x)))
 
 
 def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean", label_smoothing=0.0):

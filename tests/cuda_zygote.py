@@ -12,9 +12,11 @@ import os
 import sys
 import traceback
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout's marsops
 
-import marsops
+import torch  # noqa: E402
+
+import marsops  # noqa: E402
 
 torch.set_num_threads(1)  # no CPU thread pool is started here: forked children could not use it
 

@@ -80,6 +80,7 @@ def assert_label_error(device, code, match):
             exec(code, {"torch": torch, "marsops": marsops})
         return
     rc, output = _run_in_fresh_cuda_process(code)
+    assert rc is not None, f"the fresh process did not report back for: {code}\n{output[-2000:]}"
     assert rc != 0, f"no device-side assertion fired for: {code}\n{output[-2000:]}"
     assert re.search(match, output), output[-3000:]
 

@@ -426,6 +426,24 @@ def test_sigmoid_focal_loss_keeps_its_digits_for_confident_elements(backend, dev
     torch.testing.assert_close(got.double().cpu(), exact, rtol=1e-5, atol=0)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+def test_sigmoid_focal_gradient_at_zero_logits_matches_every_backend(gamma):
+    """A zero-initialised head: the reference's softplus must have derivative sigmoid(0) = 0.5 there."""
+    x = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    reference.sigmoid_focal_loss(x, t, gamma=gamma, reduction="sum").backward()
+    oracle = torch.zeros(4, dtype=torch.float64, requires_grad=True)
+    p = torch.sigmoid(oracle)
+    p_t = p * t + (1 - p) * (1 - t)
+    bce = F.binary_cross_entropy_with_logits(oracle, t, reduction="none")  # torchvision's formula
+    ((0.25 * t + 0.75 * (1 - t)) * bce * (1 - p_t) ** gamma).sum().backward()
+    torch.testing.assert_close(x.grad, oracle.grad)
+    for backend, device in SIGMOID[1:]:
+        leaf = torch.zeros(4, device=device, requires_grad=True)
+        marsops.sigmoid_focal_loss(leaf, t.float().to(device), gamma=gamma, reduction="sum", backend=backend).backward()
+        torch.testing.assert_close(leaf.grad.double().cpu(), oracle.grad, rtol=1e-6, atol=1e-7)
+
+
 def test_sigmoid_reference_is_exact_past_softplus_threshold():
     """The fp64 oracle itself: F.softplus returns x past 20, off by exp(-x) (2e-9 at 20.5)."""
     x = torch.tensor([20.5, -20.5, 40.0], dtype=torch.float64)
