@@ -85,6 +85,21 @@ def assert_label_error(device, code, match):
     assert re.search(match, output), output[-3000:]
 
 
+def run_gloo_processes(worker, nprocs=2) -> dict:
+    """Runs worker(rank, world, port, results) in `nprocs` spawned processes that can form a gloo
+    group on 127.0.0.1:port; returns what they put in `results`."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.start_processes(worker, args=(nprocs, port, results), nprocs=nprocs, join=True, start_method="spawn")
+    return dict(results)
+
+
 _ZYGOTE = None
 
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 import marsops
 from marsops import reference
-from helpers import assert_close, assert_label_error, backend_ids, kernel_backends
+from helpers import assert_close, assert_label_error, backend_ids, kernel_backends, run_gloo_processes
 
 FUSED = kernel_backends("focal_loss_forward")
 ALL = [("reference", "cpu")] + FUSED
@@ -231,15 +231,7 @@ def _sync_twice_worker(rank, world, port, results):
 
 
 def test_sync_twice_counts_once_across_two_gloo_processes():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.start_processes(_sync_twice_worker, args=(2, port, results), nprocs=2, join=True, start_method="spawn")
+    results = run_gloo_processes(_sync_twice_worker)
     expected = torch.zeros(3, 3, dtype=torch.long)
     for rank in range(2):
         g = torch.Generator().manual_seed(rank)

@@ -7,7 +7,7 @@ from hypothesis import given, strategies as st
 
 import marsops
 from marsops import reference
-from helpers import assert_label_error, backend_ids, kernel_backends
+from helpers import assert_label_error, backend_ids, kernel_backends, run_gloo_processes
 
 BACKENDS = kernel_backends("confusion_matrix")
 ALL = [("reference", "cpu")] + BACKENDS
@@ -214,16 +214,7 @@ def _sync_worker(rank, world, port, results):
 
 
 def test_sync_sums_counts_across_two_gloo_processes():
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    manager = mp.Manager()
-    results = manager.dict()
-    mp.start_processes(_sync_worker, args=(2, port, results), nprocs=2, join=True, start_method="spawn")
+    results = run_gloo_processes(_sync_worker)
     expected = torch.zeros(3, 3, dtype=torch.long)
     for rank in range(2):
         g = torch.Generator().manual_seed(rank)
