@@ -52,7 +52,9 @@ def chart(values, path, title):
     names = [k for k, v in values.items() if v]
     fig, ax = plt.subplots(figsize=(10, 3.4))
     bars = ax.barh(names, [values[n] for n in names], color="tab:orange")
-    for (name, target), bar in zip(TARGETS, bars):
+    targets = dict(TARGETS)
+    for name, bar in zip(names, bars):  # the measured ones only: a missing value has no bar
+        target = targets[name]
         ax.plot([target, target], [bar.get_y(), bar.get_y() + bar.get_height()], color="k", lw=2)
     ax.bar_label(bars, fmt="%.1fx", fontsize=8)
     ax.set_xscale("log")
