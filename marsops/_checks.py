@@ -2,6 +2,7 @@
 import contextlib
 import operator
 
+import numpy as np
 import torch
 
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -40,7 +41,7 @@ def as_float(name: str, value, op: str) -> float:
 
 def as_bool(name: str, value, op: str) -> bool:
     """value as a bool: True / False (numpy bools too), nothing else (bool("no") is True)."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, (bool, np.bool_)):
         return bool(value)
     raise TypeError(f"marsops.{op}: {name} must be True or False, got {value!r}")
 
