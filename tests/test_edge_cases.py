@@ -209,13 +209,18 @@ def test_bad_argument_types_raise_clear_errors(call, error, match):
 
 # ---- 8. StreamingIoU.sync is idempotent ---------------------------------------------------------
 
+def _rank_batch(rank):
+    """The logits and labels process `rank` counts."""
+    g = torch.Generator().manual_seed(rank)
+    return torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+
+
 def _sync_twice_worker(rank, world, port, results):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        g = torch.Generator().manual_seed(rank)
-        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
+        logits, target = _rank_batch(rank)
         metric = marsops.StreamingIoU(3)
         metric.update(logits, target)
         local = metric.local.clone()
@@ -232,11 +237,7 @@ def _sync_twice_worker(rank, world, port, results):
 
 def test_sync_twice_counts_once_across_two_gloo_processes():
     results = run_gloo_processes(_sync_twice_worker)
-    expected = torch.zeros(3, 3, dtype=torch.long)
-    for rank in range(2):
-        g = torch.Generator().manual_seed(rank)
-        logits, target = torch.randn(2, 3, 10, generator=g), torch.randint(0, 3, (2, 10), generator=g)
-        expected += reference.confusion_matrix(logits, target, 3)
+    expected = sum(reference.confusion_matrix(*_rank_batch(rank), 3) for rank in range(2))
     for rank in range(2):
         r = results[rank]
         assert r["first"] == r["second"] == expected.tolist()
