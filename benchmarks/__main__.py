@@ -1,6 +1,7 @@
 """Every benchmark, one report:
 
     python -m benchmarks [--quick] [--readme]
+    python -m benchmarks --smoke        every script at tiny sizes, results in a temporary folder (CI)
 
 Runs the focal-loss, confusion-matrix, flip, fused loss+metric / TTA, region / sigmoid loss and
 training-step benchmarks, writes
@@ -9,10 +10,10 @@ bar chart of the speedups (speedups_<cpu|gpu>.png); with --readme, replaces the 
 performance section with the report.
 """
 import argparse
+import os
 import re
+import tempfile
 from pathlib import Path
-
-from . import bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_train_step, harness
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 # Targets from the issues, for the report's shapes on the CPU.
@@ -70,7 +71,18 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="report shapes only, fewer repeats, small model")
     parser.add_argument("--readme", action="store_true", help="write the report into README.md")
+    parser.add_argument("--smoke", action="store_true",
+                        help="check that every benchmark runs: tiny sizes, two runs each, no README, results in a "
+                             "temporary folder unless MARSOPS_BENCH_RESULTS names one (harness.smoke)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        if args.readme:
+            parser.error("--smoke measures nothing worth a README: drop --readme")
+        os.environ["MARSOPS_BENCH_SMOKE"] = "1"
+        os.environ.setdefault("MARSOPS_BENCH_RESULTS", tempfile.mkdtemp(prefix="marsops-bench-smoke-"))
+    # Imported here: in smoke mode their shapes are sized when they load.
+    from . import bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_train_step, harness
+
     flags = ["--quick"] if args.quick else []
     device = harness.device_from_env()
     tag = "gpu" if device.type == "cuda" else "cpu"

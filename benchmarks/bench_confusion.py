@@ -7,12 +7,11 @@ eager and marsops also on channels_last (NHWC) logits.
 import torch
 
 import marsops
-from marsops import backend as _backend
 
 from . import harness
 from .bench_focal import LAYOUTS, compare_layouts
 
-SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)}
+SHAPES = harness.sized({"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)})
 
 
 def eager(x, t, c):
@@ -23,10 +22,8 @@ def candidates(device, num_classes):
     fns = {"eager argmax+bincount": eager}
     compiled = torch.compile(eager, dynamic=False)
     fns["torch.compile(argmax+bincount)"] = compiled
-    for b in _backend.BACKENDS[1:]:
-        if _backend.unavailable_reason(b, "confusion_matrix", device.type) is None:
-            if not (b == "triton" and device.type == "cpu"):
-                fns[f"marsops {b}"] = lambda x, t, c, b=b: marsops.confusion_matrix(x, t, c, backend=b)
+    for b in harness.kernel_backends(device, "confusion_matrix"):
+        fns[f"marsops {b}"] = lambda x, t, c, b=b: marsops.confusion_matrix(x, t, c, backend=b)
     try:
         from torchmetrics.classification import MulticlassJaccardIndex
 
@@ -55,20 +52,11 @@ def main(argv=None):
         fns = candidates(device, c)
         for layout, memory_format in LAYOUTS.items():
             xl = x.contiguous(memory_format=memory_format)
-            shape_rows = []
-            for name, fn in fns.items():
-                if layout == "NHWC" and not (name.startswith("eager") or name.startswith("marsops")):
-                    continue
-                row = harness.measure(lambda: fn(xl, t, c), device, 5 if args.quick else 11, shape=label,
-                                      layout=layout, impl=name)
-                if "ms" in row:
-                    row["GB/s"] = bytes_read / (row["ms"] * 1e-3) / 1e9
-                shape_rows.append(row)
-            base = next(r["ms"] for r in shape_rows if r["impl"].startswith("eager"))
-            for r in shape_rows:
-                if "ms" in r:
-                    r["vs eager"] = base / r["ms"]
-                    r["% copy bw"] = 100 * r["GB/s"] / bandwidth
+            shape_rows = [harness.measure_traffic(lambda: fn(xl, t, c), device, 5 if args.quick else 11, bytes_read,
+                                                  bandwidth, shape=label, layout=layout, impl=name)
+                          for name, fn in fns.items()
+                          if layout == "NCHW" or name.startswith("eager") or name.startswith("marsops")]
+            harness.add_speedups(shape_rows, "vs eager", shape_rows[0].get("ms"))
             rows += shape_rows
 
     def step_on(impl, label, layout):

@@ -8,13 +8,13 @@ against ttach-style per-transform calls (torch.rot90 / transpose / flip, then ca
 import torch
 
 import marsops
-from marsops import backend as _backend
 
 from . import harness
 
 # (images shape, masks dtype): the report's batch with int64 masks, and a large RGB one.
-SHAPES = {"report 256x1x64x128": (256, 1, 64, 128), "large 32x3x512x1024": (32, 3, 512, 1024)}
-VOLUMES = {"report-size volume 32x1x32x64x64": (32, 1, 32, 64, 64), "large volume 4x2x64x256x256": (4, 2, 64, 256, 256)}
+SHAPES = harness.sized({"report 256x1x64x128": (256, 1, 64, 128), "large 32x3x512x1024": (32, 3, 512, 1024)})
+VOLUMES = harness.sized({"report-size volume 32x1x32x64x64": (32, 1, 32, 64, 64),
+                         "large volume 4x2x64x256x256": (4, 2, 64, 256, 256)})
 
 
 def cat_of_flips(images, masks):
@@ -23,18 +23,15 @@ def cat_of_flips(images, masks):
 
 def flip4_candidates(device):
     fns = {"torch.cat of torch.flip": cat_of_flips, "torch.compile(cat of flips)": torch.compile(cat_of_flips)}
-    for b in _backend.BACKENDS[1:]:
-        if _backend.unavailable_reason(b, "flip_views", device.type) is None and not (b == "triton" and device.type == "cpu"):
-            fns[f"marsops {b}"] = lambda x, m, b=b: marsops.flip4(x, m, backend=b)
+    for b in harness.kernel_backends(device, "flip_views"):
+        fns[f"marsops {b}"] = lambda x, m, b=b: marsops.flip4(x, m, backend=b)
     return fns
 
 
 def random_flip_candidates(device):
     fns = {"marsops reference": lambda x, m: marsops.random_flip(x, m, backend="reference")}
-    for b in _backend.BACKENDS[1:]:
-        if _backend.unavailable_reason(b, "flip_by_flags", device.type) is None and not (
-                b == "triton" and device.type == "cpu"):
-            fns[f"marsops {b}"] = lambda x, m, b=b: marsops.random_flip(x, m, backend=b)
+    for b in harness.kernel_backends(device, "flip_by_flags"):
+        fns[f"marsops {b}"] = lambda x, m, b=b: marsops.random_flip(x, m, backend=b)
     try:
         import kornia.augmentation as K
 
@@ -49,11 +46,6 @@ def random_flip_candidates(device):
     return fns
 
 
-def _backends(device):
-    return [b for b in _backend.BACKENDS[1:] if _backend.unavailable_reason(b, "flip_views", device.type) is None
-            and not (b == "triton" and device.type == "cpu")]
-
-
 def volume_candidates(device):
     """The 8 flips of volumes (N, C, D, H, W) with their (N, D, H, W) masks."""
 
@@ -62,7 +54,7 @@ def volume_candidates(device):
         return (torch.cat([x.flip(d) if d else x for d in dims]), torch.cat([m.flip(d) if d else m for d in dims]))
 
     fns = {"torch.cat of torch.flip": eager}
-    for b in _backends(device):
+    for b in harness.kernel_backends(device, "flip_views"):
         fns[f"marsops {b}"] = lambda x, m, b=b: marsops.flip4(x, m, dims=(-3, -2, -1), backend=b)
     return fns
 
@@ -76,7 +68,7 @@ def d4_candidates(device):
         return torch.cat([v for v, _ in views]), torch.cat([w for _, w in views])
 
     fns = {"per-transform torch.rot90 / transpose + cat": ttach_style}
-    for b in _backends(device):
+    for b in harness.kernel_backends(device, "flip_views"):
         fns[f"marsops {b}"] = lambda x, m, b=b: marsops.d4(x, m, backend=b)
     return fns
 
@@ -84,17 +76,9 @@ def d4_candidates(device):
 def run(kind, fns, label, images, masks, device, repeats, bandwidth):
     out_factor = {"flip4": 4, "flip8 (volume)": 8, "d4": 8}.get(kind, 1)
     moved = (images.numel() * images.element_size() + masks.numel() * masks.element_size()) * (1 + out_factor)
-    rows = []
-    for name, fn in fns.items():
-        row = harness.measure(lambda: fn(images, masks), device, repeats, op=kind, shape=label, impl=name)
-        if "ms" in row:
-            row["GB/s"] = moved / (row["ms"] * 1e-3) / 1e9
-            row["% copy bw"] = 100 * row["GB/s"] / bandwidth
-        rows.append(row)
-    base = rows[0].get("ms")
-    for r in rows:
-        if "ms" in r and base:
-            r["speedup"] = base / r["ms"]
+    rows = [harness.measure_traffic(lambda: fn(images, masks), device, repeats, moved, bandwidth, op=kind, shape=label,
+                                    impl=name) for name, fn in fns.items()]
+    harness.add_speedups(rows, "speedup", rows[0].get("ms"))
     return rows
 
 

@@ -7,12 +7,11 @@ reference and marsops also on channels_last (NHWC) logits, as a channels_last mo
 import torch
 
 import marsops
-from marsops import backend as _backend, reference
+from marsops import reference
 
 from . import harness
 
-REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
-SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)}
+SHAPES = harness.sized({"report 256x5x64x128": (256, 5, 64, 128), "large 8x19x512x1024": (8, 19, 512, 1024)})
 
 
 def candidates(device):
@@ -20,11 +19,8 @@ def candidates(device):
     fns = {"reference (eager)": lambda x, t, w: reference.focal_loss(x, t, w, 0.5, -100, "mean")}
     compiled = torch.compile(reference.focal_loss)
     fns["reference (torch.compile)"] = lambda x, t, w: compiled(x, t, w, 0.5, -100, "mean")
-    for b in _backend.BACKENDS[1:]:
-        if _backend.unavailable_reason(b, "focal_loss_forward", device.type) is None:
-            if b == "triton" and device.type == "cpu":
-                continue  # the interpreter is a test vehicle, not a contender
-            fns[f"marsops {b}"] = lambda x, t, w, b=b: marsops.focal_loss(x, t, w, 0.5, backend=b)
+    for b in harness.kernel_backends(device, "focal_loss_forward"):
+        fns[f"marsops {b}"] = lambda x, t, w, b=b: marsops.focal_loss(x, t, w, 0.5, backend=b)
     try:
         import kornia.losses
 
@@ -56,11 +52,11 @@ def inputs(shape, device, layout="NCHW"):
     n, c, h, w_ = shape
     logits = torch.randn(shape, generator=g).to(device).contiguous(memory_format=LAYOUTS[layout]).requires_grad_()
     target = torch.randint(0, c, (n, h, w_), generator=g).to(device)
-    weight = (torch.tensor(REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
+    weight = (torch.tensor(harness.REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
     return logits, target, weight
 
 
-def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
+def bench_shape(label, shape, device, fns, repeats, bandwidth, layout="NCHW"):
     logits, target, weight = inputs(shape, device, layout)
     min_bytes = logits.numel() * 4 * 2 + target.numel() * target.element_size()  # read x, y; write grad
     rows = []
@@ -69,17 +65,14 @@ def bench_shape(label, shape, device, fns, repeats, layout="NCHW"):
             fn(logits, target, weight).backward()
             logits.grad = None
 
-        row = harness.measure(step, device, repeats, shape=label, layout=layout, impl=name)
+        row = harness.measure_traffic(step, device, repeats, min_bytes, bandwidth, shape=label, layout=layout,
+                                      impl=name)
         if "ms" in row:
-            row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
             row["grad MB"] = logits.numel() * 4 / 2**20
         rows.append(row)
     base = {r["impl"]: r.get("ms") for r in rows}
-    for r in rows:
-        if "ms" in r:
-            r["vs eager"] = base["reference (eager)"] / r["ms"]
-            if "reference (torch.compile)" in base:
-                r["vs compile"] = base["reference (torch.compile)"] / r["ms"]
+    harness.add_speedups(rows, "vs eager", base.get("reference (eager)"))
+    harness.add_speedups(rows, "vs compile", base.get("reference (torch.compile)"))
     return rows
 
 
@@ -101,8 +94,8 @@ def main(argv=None):
         if args.quick and not label.startswith("report"):
             continue
         repeats = 5 if args.quick else 15
-        rows += bench_shape(label, shape, device, fns, repeats)
-        rows += bench_shape(label, shape, device, nhwc_candidates(fns), repeats, layout="NHWC")
+        rows += bench_shape(label, shape, device, fns, repeats, bandwidth)
+        rows += bench_shape(label, shape, device, nhwc_candidates(fns), repeats, bandwidth, layout="NHWC")
 
     def step_on(impl, label, layout):
         logits, target, weight = inputs(SHAPES[label], device, layout)
@@ -114,9 +107,6 @@ def main(argv=None):
         return step
 
     compare_layouts(rows, step_on, device, 7 if args.quick else 15)
-    for r in rows:
-        if "GB/s" in r:
-            r["% copy bw"] = 100 * r["GB/s"] / bandwidth
     cols = ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs NCHW", "GB/s", "% copy bw",
             "peak MB", "grad MB"]
     print(f"focal loss fwd+bwd, fp32, gamma 0.5, mean; device {device}; copy bandwidth {bandwidth:.1f} GB/s")

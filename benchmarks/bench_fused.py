@@ -9,29 +9,24 @@ torch. At the report's shape and a Cityscapes-size one.
 import torch
 
 import marsops
-from marsops import backend as _backend, reference
+from marsops import reference
 
 from . import harness
 
-REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
-LOSS_SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "cityscapes 8x19x512x1024": (8, 19, 512, 1024)}
-TTA_SHAPES = {"report 4x128x5x64x128": (128, 5, 64, 128), "cityscapes 4x2x19x512x1024": (2, 19, 512, 1024)}
+LOSS_SHAPES = harness.sized({"report 256x5x64x128": (256, 5, 64, 128), "cityscapes 8x19x512x1024": (8, 19, 512, 1024)})
+TTA_SHAPES = harness.sized({"report 4x128x5x64x128": (128, 5, 64, 128),
+                            "cityscapes 4x2x19x512x1024": (2, 19, 512, 1024)})
 
 
 def eager_confusion(x, t, c):
     return torch.bincount(t.flatten() * c + x.argmax(1).flatten(), minlength=c * c).view(c, c)
 
 
-def kernel_backends(device, op):
-    return [b for b in _backend.BACKENDS[1:] if _backend.unavailable_reason(b, op, device.type) is None
-            and not (b == "triton" and device.type == "cpu")]  # the interpreter is a test vehicle
-
-
 def loss_candidates(device, c):
     """name -> fn(x, t, w, cm): a loss (for backward) and the counts added to cm."""
     fns = {"eager: log_softmax+nll focal, argmax+bincount": lambda x, t, w, cm: (
         cm.add_(eager_confusion(x.detach(), t, c)), reference.focal_loss(x, t, w, 0.5))[1]}
-    for b in kernel_backends(device, "focal_loss_forward"):
+    for b in harness.kernel_backends(device, "focal_loss_forward"):
         fns[f"marsops {b}: loss alone"] = lambda x, t, w, cm, b=b: marsops.focal_loss(x, t, w, 0.5, backend=b)
         fns[f"marsops {b}: loss, then confusion_matrix"] = lambda x, t, w, cm, b=b: (
             cm.add_(marsops.confusion_matrix(x.detach(), t, c, backend=b)),
@@ -59,7 +54,7 @@ def tta_candidates(device, c):
         cm.add_(eager_confusion(merged, t, c))
 
     fns = {"eager: softmax, torch.flip, mean, argmax, bincount": eager}
-    for b in kernel_backends(device, "views_argmax"):
+    for b in harness.kernel_backends(device, "views_argmax"):
         fns[f"marsops {b}: flip4_merge + argmax + confusion_matrix"] = lambda y, t, cm, b=b: cm.add_(
             marsops.confusion_matrix(marsops.flip4_merge(y.softmax(1), backend=b).argmax(1), t, c, backend=b))
         metric = marsops.StreamingIoU(c, device=device, backend=b)
@@ -76,10 +71,9 @@ def bench_loss(label, shape, device, repeats, bandwidth):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(shape, generator=g).to(device).requires_grad_()
     t = torch.randint(0, c, (n, h, w), generator=g).to(device)
-    weight = (torch.tensor(REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
+    weight = (torch.tensor(harness.REPORT_WEIGHTS) if c == 5 else torch.rand(c, generator=g)).to(device)
     cm = torch.zeros(c, c, dtype=torch.int64, device=device)
     min_bytes = x.numel() * 4 * 2 + t.numel() * t.element_size()  # read logits and labels, write the gradient
-    rows = []
     candidates = loss_candidates(device, c)
 
     def step_of(fn):
@@ -89,17 +83,11 @@ def bench_loss(label, shape, device, repeats, bandwidth):
 
         return step
 
-    for name, fn in candidates.items():
-        row = harness.measure(step_of(fn), device, repeats, part="loss + confusion", shape=label, impl=name)
-        if "ms" in row:
-            row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
-            row["% copy bw"] = 100 * row["GB/s"] / bandwidth
-        rows.append(row)
-    base = {r["impl"]: r.get("ms") for r in rows}
-    eager = base[next(iter(base))]
+    rows = [harness.measure_traffic(step_of(fn), device, repeats, min_bytes, bandwidth, part="loss + confusion",
+                                    shape=label, impl=name) for name, fn in candidates.items()]
+    harness.add_speedups(rows, "vs eager", rows[0].get("ms"))
     for r in rows:
         if "ms" in r:
-            r["vs eager"] = eager / r["ms"]
             alone = r["impl"].split(":")[0] + ": loss alone"
             if alone in candidates and r["impl"].startswith("marsops ") and ":" in r["impl"]:
                 # time relative to the loss alone, from alternating runs (harness.paired_speedup)
@@ -115,17 +103,9 @@ def bench_tta(label, shape, device, repeats, bandwidth):
     t = torch.randint(0, c, (n, h, w), generator=g).to(device)
     cm = torch.zeros(c, c, dtype=torch.int64, device=device)
     min_bytes = y.numel() * 4 + t.numel() * t.element_size()
-    rows = []
-    for name, fn in tta_candidates(device, c).items():
-        row = harness.measure(lambda: fn(y, t, cm), device, repeats, part="TTA evaluation", shape=label, impl=name)
-        if "ms" in row:
-            row["GB/s"] = min_bytes / (row["ms"] * 1e-3) / 1e9
-            row["% copy bw"] = 100 * row["GB/s"] / bandwidth
-        rows.append(row)
-    eager = rows[0].get("ms")
-    for r in rows:
-        if "ms" in r and eager:
-            r["vs eager"] = eager / r["ms"]
+    rows = [harness.measure_traffic(lambda: fn(y, t, cm), device, repeats, min_bytes, bandwidth, part="TTA evaluation",
+                                    shape=label, impl=name) for name, fn in tta_candidates(device, c).items()]
+    harness.add_speedups(rows, "vs eager", rows[0].get("ms"))
     return rows
 
 

@@ -7,17 +7,12 @@ shape and a Cityscapes-size one. Time and peak memory.
 import torch
 
 import marsops
-from marsops import backend as _backend, reference
+from marsops import reference
 
 from . import harness
 
-SHAPES = {"report 256x5x64x128": (256, 5, 64, 128), "cityscapes 8x19x512x1024": (8, 19, 512, 1024)}
+SHAPES = harness.sized({"report 256x5x64x128": (256, 5, 64, 128), "cityscapes 8x19x512x1024": (8, 19, 512, 1024)})
 DICE = (2.0, 0.0, 1.0, 1.0)
-
-
-def _kernel_backends(device, op):
-    return [b for b in _backend.BACKENDS[1:] if _backend.unavailable_reason(b, op, device.type) is None
-            and not (b == "triton" and device.type == "cpu")]  # the interpreter is a test vehicle
 
 
 def dice_candidates(device, c):
@@ -32,7 +27,7 @@ def dice_candidates(device, c):
     fns["dice: reference (torch.compile)"] = lambda x, t: compiled(x, t, ones, DICE, 1.0)
     fns["dice+ce: reference (torch.compile)"] = lambda x, t: compiled(x, t, ones, DICE, 1.0, focal_lambda=1.0,
                                                                       focal_reduction="weighted_mean")
-    for b in _kernel_backends(device, "region_stats"):
+    for b in harness.kernel_backends(device, "region_stats"):
         fns[f"dice: marsops {b}"] = lambda x, t, b=b: marsops.dice_loss(x, t, backend=b)
         fns[f"dice+ce: marsops {b}"] = lambda x, t, b=b: marsops.dice_ce_loss(x, t, backend=b)
     try:
@@ -59,7 +54,7 @@ def sigmoid_candidates(device):
     fns = {"sigmoid focal: reference (eager)": lambda x, t: reference.sigmoid_focal_loss(x, t, 0.25, 2.0)}
     compiled = torch.compile(reference.sigmoid_focal_loss)
     fns["sigmoid focal: reference (torch.compile)"] = lambda x, t: compiled(x, t, 0.25, 2.0)
-    for b in _kernel_backends(device, "sigmoid_focal_loss_forward"):
+    for b in harness.kernel_backends(device, "sigmoid_focal_loss_forward"):
         fns[f"sigmoid focal: marsops {b}"] = lambda x, t, b=b: marsops.sigmoid_focal_loss(x, t, backend=b)
     try:
         from torchvision.ops import sigmoid_focal_loss as tv
@@ -89,10 +84,9 @@ def bench_shape(label, shape, device, fns, make_target, repeats):
         group = {r["impl"]: r.get("ms") for r in rows if r["loss"] == loss_name}
         eager = group.get("reference (eager)")
         compiled = group.get("reference (torch.compile)")
-        for r in rows:
-            if r["loss"] == loss_name and "ms" in r:
-                r["vs eager"] = eager / r["ms"] if eager else None
-                r["vs compile"] = compiled / r["ms"] if compiled else None
+        same_loss = [r for r in rows if r["loss"] == loss_name]
+        harness.add_speedups(same_loss, "vs eager", eager)
+        harness.add_speedups(same_loss, "vs compile", compiled)
     return rows
 
 

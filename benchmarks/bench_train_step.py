@@ -17,22 +17,23 @@ from training import loop
 
 from . import harness
 
-REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
+# The images of one step before flip4 (a batch of 128 after it), and of the host-sync count's epoch.
+STEP_IMAGES, EPOCH_IMAGES = harness.sized({"step": (32, 1, 64, 128), "epoch": (64, 1, 64, 128)}).values()
 
 
 def make_step(backend, width, device, nchw_logits=False):
     torch.manual_seed(0)
     net = models.MultipathUNet(width=width).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=1e-3)
-    crit = marsops.FocalLoss(torch.tensor(REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
+    crit = marsops.FocalLoss(torch.tensor(harness.REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
     if nchw_logits:
         focal = crit
         crit = lambda logits, y, **kw: focal(logits.contiguous(), y, **kw)  # noqa: E731
     metric = marsops.StreamingIoU(5, classes=[1, 2, 3, 4], device=device, backend=backend)
     train_step = loop.make_step(net, crit, opt, device, metric=metric)
     g = torch.Generator().manual_seed(0)
-    images = torch.rand(32, 1, 64, 128, generator=g).to(device)
-    masks = torch.randint(0, 5, (32, 64, 128), generator=g).to(device)
+    images = torch.rand(STEP_IMAGES, generator=g).to(device)
+    masks = torch.randint(0, 5, (STEP_IMAGES[0],) + STEP_IMAGES[2:], generator=g).to(device)
 
     def step():
         x, y = marsops.flip4(images, masks, backend=backend)
@@ -41,20 +42,20 @@ def make_step(backend, width, device, nchw_logits=False):
     return step
 
 
-def host_syncs_per_step(backend, width, device, steps=4):
+def host_syncs_per_step(backend, width, device, batch=16):
     """Host reads per step of train.py's epoch loop (the optimizer's host-side step counters not
-    counted), over `steps` steps."""
+    counted), over an epoch of EPOCH_IMAGES in batches of `batch`."""
     torch.manual_seed(0)
     net = models.MultipathUNet(width=width).to(device, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    crit = marsops.FocalLoss(torch.tensor(REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
+    crit = marsops.FocalLoss(torch.tensor(harness.REPORT_WEIGHTS, device=device), gamma=0.5, backend=backend)
     metric = marsops.StreamingIoU(5, device=device, backend=backend)
     step = loop.make_step(net, crit, opt, device, metric=metric)
-    images, masks = torch.rand(16 * steps, 1, 64, 128, device=device), torch.randint(0, 5, (16 * steps, 64, 128),
-                                                                                    device=device)
+    images = torch.rand(EPOCH_IMAGES, device=device)
+    masks = torch.randint(0, 5, (EPOCH_IMAGES[0],) + EPOCH_IMAGES[2:], device=device)
     with harness.HostReads() as reads:
-        loop.train_one_epoch(net, step, images, masks, 16, torch.Generator().manual_seed(0), device)
-    return reads.device_reads() / steps
+        loop.train_one_epoch(net, step, images, masks, batch, torch.Generator().manual_seed(0), device)
+    return reads.device_reads() / -(-EPOCH_IMAGES[0] // batch)
 
 
 def main(argv=None):
