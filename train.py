@@ -11,6 +11,7 @@
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import time
@@ -20,7 +21,7 @@ import torch
 
 import marsops
 import model as models
-from marsops import data
+from marsops import backend as _backend, data
 from training import checkpoint, loop, plots
 
 NUM_CLASSES = data.NUM_CLASSES
@@ -33,6 +34,10 @@ PRESETS = {
     # The report: the full data, width 32, ReduceLROnPlateau patience 25, early stopping.
     "report": dict(width=32, synthetic_train=2615, epochs=500, lr_patience=25, early_stop=50),
 }
+# What a call may set besides --resume / --predict; everything else comes from the run's config.json.
+RESUME_OPTIONS = {"epochs", "no_progress", "device", "threads", "backend", "deterministic", "cuda_graph",
+                  "check_every"}
+PREDICT_OPTIONS = {"data", "tta", "batch_size", "device", "threads", "backend", "amp", "no_progress"}
 
 
 def get_args_parser():
@@ -55,7 +60,7 @@ def get_args_parser():
     g.add_argument("--loss", choices=["focal", "ce"], default="focal")
     g.add_argument("--gamma", type=float, default=0.5)
     g.add_argument("--background-weight", type=float, default=0.0)
-    g.add_argument("--backend", default="auto", help="marsops backend: auto, reference, cpu, cuda, triton")
+    g.add_argument("--backend", default="auto", choices=("auto",) + _backend.BACKENDS, help="marsops backend")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
     g.add_argument("--batch-size", type=int, default=128)
@@ -96,15 +101,39 @@ def parse_args(argv=None):
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    errors = check_args(args)
+    if errors:
+        parser.error("; ".join(errors))
+    return args
+
+
+def check_args(args):
+    """What is wrong with the options, one message each (NaN fails every range check)."""
     errors = []
     if args.batch_size < 4 or (not args.no_flips and args.batch_size % 4):
         errors.append("--batch-size must be a multiple of 4 (flip4 groups) and at least 4")
     if not 0 < args.val_fraction < 1:
         errors.append("--val-fraction must be in (0, 1): the validation set picks the best checkpoint")
-    if args.lr <= 0 or args.epochs < 1 or args.width < 1:
-        errors.append("--lr, --epochs and --width must be positive")
-    if args.gamma < 0:
-        errors.append("--gamma must be >= 0")
+    if not (0 < args.lr < math.inf) or args.epochs < 1 or args.width < 1:
+        errors.append("--lr, --epochs and --width must be positive (and --lr finite)")
+    for flag, value in (("--gamma", args.gamma), ("--weight-decay", args.weight_decay),
+                        ("--background-weight", args.background_weight)):
+        if not 0 <= value < math.inf:
+            errors.append(f"{flag} must be a finite number >= 0")
+    if not 0 < args.lr_factor < 1:
+        errors.append("--lr-factor must be in (0, 1): ReduceLROnPlateau multiplies the learning rate by it")
+    if args.lr_patience < 0 or args.early_stop < 1:
+        errors.append("--lr-patience must be >= 0 and --early-stop >= 1")
+    if args.min_repeats < 2:
+        errors.append("--min-repeats must be >= 2 (a mask shared by that many different images marks outliers)")
+    if args.synthetic_train < 1 or args.synthetic_test < 0:
+        errors.append("--synthetic-train must be >= 1 and --synthetic-test >= 0")
+    if args.threads is not None and args.threads < 1:
+        errors.append("--threads must be >= 1")
+    try:
+        torch.device(args.device)
+    except RuntimeError:
+        errors.append(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
     if args.cuda_graph and not args.device.startswith("cuda"):
         errors.append("--cuda-graph needs --device cuda")
     if args.check_every < 1:
@@ -112,9 +141,41 @@ def parse_args(argv=None):
     bad_paths = set(args.paths.split(",")) - set(models.PATHS)
     if bad_paths:
         errors.append(f"--paths: unknown {sorted(bad_paths)}; choose from {models.PATHS}")
-    if errors:
-        parser.error("; ".join(errors))
-    return args
+    for flag, folder in (("--out", args.out), ("--cache", args.cache)):
+        if Path(folder).exists() and not Path(folder).is_dir():
+            errors.append(f"{flag} {folder} is a file, not a folder")
+    if sum(bool(m) for m in (args.predict, args.resume, args.tune is not None)) > 1:
+        errors.append("--predict, --resume and --tune are separate modes: give one")
+    if args.tune is not None and args.tune < 1:
+        errors.append("--tune needs N >= 1 trials")
+    if args.storage and args.tune is None:
+        errors.append("--storage is the Optuna storage of --tune")
+    return errors
+
+
+def given_options(argv):
+    """The options (dest names) that argv sets itself, not through a default or a preset."""
+    probe, unset = get_args_parser(), object()
+    probe.set_defaults(**{k: unset for k in vars(probe.parse_args([]))})
+    return {k for k, v in vars(probe.parse_args(argv)).items() if v is not unset}
+
+
+def saved_run(run_dir, given, allowed, mode):
+    """The options run_dir/config.json saved, after refusing options given that `mode` cannot change."""
+    fixed = sorted(given - allowed - {mode})
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise checkpoint.CheckpointError(
+            f"--{mode} uses the configuration {run_dir} was trained with, so {flags} cannot be given; what can: "
+            + ", ".join("--" + k.replace("_", "-") for k in sorted(allowed)))
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: not a readable run configuration ({exc})") from exc
+    if not isinstance(saved, dict):
+        raise checkpoint.CheckpointError(f"{path}: not a run configuration (expected a JSON object)")
+    return saved
 
 
 # ---- setup ------------------------------------------------------------------------------------
@@ -167,12 +228,28 @@ def dataset_path(args, rank, world):
     return path
 
 
+def load_data(args, rank=0, world=1):
+    """The data set, refused here when the model cannot take its image size."""
+    path = dataset_path(args, rank, world)
+    d = data.load(path, mask_dtype=torch.uint8)
+    divisor = models.MODELS[args.model].SIZE_DIVISOR
+    h, w = d.images.shape[-2:]
+    if h % divisor or w % divisor:
+        raise data.DataError(f"{path}: the images are {h}x{w}; the {args.model} model needs a height and width "
+                             f"divisible by {divisor} (crop or pad the data)")
+    return d
+
+
 def prepare_data(args, device, rank, world, log):
     """Load, clean, split (before any augmentation), weights, and the flip4 expansion on device."""
-    d = data.load(dataset_path(args, rank, world), mask_dtype=torch.uint8)
+    d = load_data(args, rank, world)
     report = data.find_outliers(d.images, d.masks, min_repeats=args.min_repeats)
     log(f"data: {len(d.images)} images; {report.summary()}")
     train_idx, val_idx = data.split_indices(len(report.kept), args.val_fraction, args.seed)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise data.DataError(f"{len(report.kept)} of {len(d.images)} images remain after outlier cleaning: too few "
+                             f"for both a training and a validation set (--val-fraction {args.val_fraction} gives "
+                             f"{len(train_idx)} and {len(val_idx)})")
     train_idx, val_idx = report.kept[train_idx], report.kept[val_idx]
     weights = data.inverse_frequency_weights(d.masks[train_idx], NUM_CLASSES, args.background_weight)
     log(f"split: {len(train_idx)} train / {len(val_idx)} validation; class weights {weights.tolist()}")
@@ -203,6 +280,36 @@ def build(args, device, weights):
 
 # ---- training ---------------------------------------------------------------------------------
 
+def better(miou, best):
+    """Whether a validation mIoU beats the best so far; NaN (no scored class in the validation
+    labels or the predictions) ranks below every number."""
+    return not math.isnan(miou) and (math.isnan(best) or miou > best)
+
+
+def trim_metrics(path, epoch):
+    """Drops metrics.csv rows after `epoch`: a kill between a row's append and its checkpoint's
+    save leaves one, which the resumed run writes again."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epoch]
+    if len(kept) != len(rows):
+        def write(tmp):
+            with open(tmp, "w", newline="") as f:
+                csv.writer(f).writerows(kept)
+
+        checkpoint.atomic_write(path, write)
+
+def new_run_dir(args):
+    """--out/--name, or --out/<timestamp>[-k], a folder no run uses yet."""
+    if args.name:
+        return Path(args.out) / args.name
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path, k = Path(args.out) / stamp, 2
+    while path.exists():
+        path, k = Path(args.out) / f"{stamp}-{k}", k + 1
+    return path
+
+
 def train(args, log=print):
     """Runs (or resumes) training; returns the best validation mIoU."""
     if args.deterministic:
@@ -212,18 +319,22 @@ def train(args, log=print):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
-    run_dir = Path(args.resume) if args.resume else Path(args.out) / (args.name or time.strftime("%Y%m%d-%H%M%S"))
-    if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            (run_dir / "config.json").write_text(json.dumps(vars(args), indent=2) + "\n")
+    run_dir = Path(args.resume) if args.resume else new_run_dir(args)
+    if rank == 0 and not args.resume and (run_dir / "config.json").exists():
+        raise checkpoint.CheckpointError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
+                                         "choose another --name")
     log = log if rank == 0 else (lambda *a, **k: None)
     d = prepare_data(args, device, rank, world, log)
     net, criterion, optimizer, scheduler = build(args, device, d["weights"])
+    if rank == 0 and not args.resume:  # once the data and the model are known to work: no half-made runs
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config = json.dumps(vars(args), indent=2) + "\n"
+        checkpoint.atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config))
     state = dict(epoch=0, best_miou=float("-inf"), best_epoch=0)
     if args.resume:
-        ckpt = checkpoint.load(run_dir / "last.pt", map_location=device)
-        net.load_state_dict(ckpt["model"])
+        last = run_dir / "last.pt"
+        ckpt = checkpoint.load(last, map_location=device, required=("model", "optimizer", "scheduler", "state", "rng"))
+        checkpoint.load_model(net, ckpt, last, f"this run's {args.model} of width {args.width}")
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update(ckpt["state"])
@@ -242,6 +353,7 @@ def train(args, log=print):
         with open(metrics_csv, "w", newline="") as f:
             csv.writer(f).writerow(columns)
     elif rank == 0:  # a run resumed keeps the columns it started with
+        trim_metrics(metrics_csv, state["epoch"])
         with open(metrics_csv) as f:
             columns = next(csv.reader(f))
     train_x, train_y = d["train"]
@@ -262,6 +374,9 @@ def train(args, log=print):
         progress = tqdm(total=(args.epochs - state["epoch"]) * len(train_x), unit="img", dynamic_ncols=True)
     try:
         while state["epoch"] < args.epochs:
+            if state["epoch"] and state["epoch"] - state["best_epoch"] >= args.early_stop:  # resumed ones too
+                log(f"early stop: no better validation mIoU for {args.early_stop} epochs")
+                break
             epoch = state["epoch"] + 1
             t0 = time.perf_counter()
             shuffle = torch.Generator().manual_seed(args.seed * 100_003 + epoch)  # same order on every rank
@@ -272,8 +387,9 @@ def train(args, log=print):
                 train_loss = loop.train_one_epoch(train_net, step, train_x, train_y, args.batch_size, shuffle, device,
                                                   rank, world, progress, args.check_every, graphed)
             except loop.NonFiniteLoss as exc:
-                log(f"error: {exc} in epoch {epoch}; stopping. The last good checkpoint is {run_dir / 'last.pt'} "
-                    f"(epoch {state['epoch']}); try a lower --lr.")
+                kept = (f"The last good checkpoint is {run_dir / 'last.pt'} (epoch {state['epoch']})" if state["epoch"]
+                        else "No checkpoint was written (the first epoch diverged)")
+                log(f"error: {exc} in epoch {epoch}; stopping. {kept}; try a lower --lr.")
                 raise SystemExit(1)
             if world > 1:
                 train_metric.sync()
@@ -284,7 +400,7 @@ def train(args, log=print):
             miou = scores.miou.item()
             scheduler.step(miou)
             state["epoch"] = epoch
-            improved = miou > state["best_miou"]
+            improved = state["best_epoch"] == 0 or better(miou, state["best_miou"])  # the first epoch always
             if improved:
                 state.update(best_miou=miou, best_epoch=epoch)
             row = dict(epoch=epoch, train_loss=f"{train_loss:.6f}", train_miou=f"{train_miou:.6f}",
@@ -306,9 +422,6 @@ def train(args, log=print):
                 else:
                     log(f"epoch {epoch}: train loss {train_loss:.4f}, train mIoU {train_miou:.4f}, val loss "
                         f"{val_loss:.4f}, val mIoU {miou:.4f}")
-            if epoch - state["best_epoch"] >= args.early_stop:
-                log(f"early stop: no better validation mIoU for {args.early_stop} epochs")
-                break
     finally:
         if progress is not None:
             progress.close()
@@ -319,8 +432,9 @@ def train(args, log=print):
 
 def finish(run_dir, net, val_x, val_y, args, device, log):
     """Pictures of the best model: curves, validation predictions, confusion matrix."""
-    best = checkpoint.load(run_dir / "best.pt", map_location=device)
-    net.load_state_dict(best["model"])
+    path = run_dir / "best.pt"
+    best = checkpoint.load(path, map_location=device, required=("model", "state", "matrix"))
+    checkpoint.load_model(net, best, path, f"this run's {args.model} of width {args.width}")
     plots.curves(run_dir / "metrics.csv", run_dir / "curves.png")
     sample = torch.arange(min(6, len(val_x)))
     pred = loop.predict(net, val_x[sample], args.batch_size, device)
@@ -332,17 +446,20 @@ def finish(run_dir, net, val_x, val_y, args, device, log):
 
 # ---- prediction and tuning --------------------------------------------------------------------
 
-def predict(args, log=print):
+def predict(args, given=frozenset(), log=print):
     run_dir = Path(args.predict)
-    saved = json.loads((run_dir / "config.json").read_text())
+    saved = saved_run(run_dir, given, PREDICT_OPTIONS, "predict")
     cfg = argparse.Namespace(**{**vars(parse_args([])), **saved, "data": args.data or saved.get("data"),
                                 "backend": args.backend, "cuda_graph": False})
     device = device_for(args, 0)
-    d = data.load(dataset_path(cfg, 0, 1), mask_dtype=torch.uint8)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    d = load_data(cfg)
     if d.test_images is None:
         sys.exit(f"error: {cfg.data or 'the data set'} has no test_set to predict")
     net, _, _, _ = build(cfg, device, torch.ones(NUM_CLASSES, device=device))
-    net.load_state_dict(checkpoint.load(run_dir / "best.pt", map_location=device)["model"])
+    path = run_dir / "best.pt"
+    checkpoint.load_model(net, checkpoint.load(path, map_location=device), path, f"its {cfg.model} of width {cfg.width}")
     pred = loop.predict(net, d.test_images, args.batch_size, device, tta=args.tta, amp=args.amp, backend=args.backend)
     data.write_submission(run_dir / "submission.csv", pred)
     import numpy as np
@@ -380,22 +497,21 @@ def tune(args, log=print):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     try:
         if args.predict:
-            return predict(args)
-        if args.tune:
+            return predict(args, given_options(argv))
+        if args.tune is not None:
             return tune(args)
-        if args.resume:  # the run's own configuration, with --epochs and run options from this call
-            saved = json.loads((Path(args.resume) / "config.json").read_text())
-            keep = {"resume", "epochs", "no_progress", "device", "threads", "backend", "deterministic", "cuda_graph",
-                    "check_every"}
+        if args.resume:  # the run's own configuration, with the run options this call gives (RESUME_OPTIONS)
+            given = given_options(argv)
+            saved = saved_run(args.resume, given, RESUME_OPTIONS, "resume")
             defaults = vars(parse_args([]))  # options added since the run started
-            args = argparse.Namespace(**{**defaults, **saved, **{k: v for k, v in vars(args).items() if k in keep}})
+            args = argparse.Namespace(**{**defaults, **saved, **{k: getattr(args, k) for k in given},
+                                         "resume": args.resume})
         return train(args)
-    except data.DataError as exc:
-        sys.exit(f"error: {exc}")
-    except FileNotFoundError as exc:
+    except (data.DataError, checkpoint.CheckpointError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")
     finally:
         # A process that exits with its process group alive can abort in gloo's threads.

@@ -30,6 +30,8 @@ class MultipathUNet(nn.Module):
     paths: which bottleneck paths are on (at least one), for ablations.
     """
 
+    SIZE_DIVISOR = 8  # three 2x poolings
+
     def __init__(self, in_channels=1, num_classes=5, width=32, paths=PATHS):
         super().__init__()
         if not paths:
@@ -46,7 +48,7 @@ class MultipathUNet(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
-        check_input(x, 8, "MultipathUNet")
+        check_input(x, self.SIZE_DIVISOR, "MultipathUNet")
         x, skips = self.encoder(x)
         fused = self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
         x = fused + self.excite(fused)  # SE re-weighting with a residual add

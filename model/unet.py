@@ -7,6 +7,8 @@ from .parts import Decoder, DoubleConv, Encoder, check_input
 class UNet(nn.Module):
     """Three-stage UNet for (N, in_channels, H, W) images, H and W divisible by 8; returns logits."""
 
+    SIZE_DIVISOR = 8  # three 2x poolings
+
     def __init__(self, in_channels=1, num_classes=5, width=32):
         super().__init__()
         widths = (width, 2 * width, 4 * width)
@@ -16,6 +18,6 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x):
-        check_input(x, 8, "UNet")
+        check_input(x, self.SIZE_DIVISOR, "UNet")
         x, skips = self.encoder(x)
         return self.head(self.decoder(self.bottleneck(x), skips))

@@ -68,8 +68,29 @@ def test_png_folder(tmp_path):
     assert torch.allclose(d.images[:, 0], torch.from_numpy(images).float() / 255)
     (tmp_path / "images" / "9.png").write_bytes(b"not a png")
     Image.fromarray(masks[0].astype(np.uint8)).save(tmp_path / "masks" / "9.png")
-    with pytest.raises(DataError, match="unreadable"):
+    with pytest.raises(DataError, match=r"images/9.png: unreadable"):
         data.load(tmp_path)
+    Image.fromarray(images[0].astype(np.uint8)).save(tmp_path / "images" / "9.png")
+    (tmp_path / "masks" / "9.png").write_bytes(b"not a png")  # the error names the mask, not its image
+    with pytest.raises(DataError, match=r"masks/9.png: unreadable"):
+        data.load(tmp_path)
+
+
+def test_every_corrupted_byte_loads_or_is_a_clear_error(tmp_path):
+    """Flipped bytes of a compressed npz end in DataError (bad zip, bad CRC, bad deflate stream:
+    zlib.error), never another exception."""
+    path = tmp_path / "small.npz"
+    data.write_npz(path, n_train=2, n_test=1, seed=0)
+    raw = path.read_bytes()
+    bad = tmp_path / "bad.npz"
+    for offset in range(0, min(len(raw), 400), 3):
+        damaged = bytearray(raw)
+        damaged[offset] ^= 0x5A
+        bad.write_bytes(bytes(damaged))
+        try:
+            data.load_npz(bad)
+        except DataError:
+            pass
 
 
 def test_cleaning_finds_exactly_the_planted_outliers(small_set):

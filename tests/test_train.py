@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,119 @@ def test_val_fraction_zero_is_refused(capsys):
     with pytest.raises(SystemExit):
         train.parse_args(["--val-fraction", "0"])
     assert "--val-fraction" in capsys.readouterr().err
+
+
+# ---- bad options, bad run folders, bad checkpoints: one clear line each -------------------------
+
+@pytest.mark.parametrize("flags,match", [
+    (["--gamma", "nan"], "--gamma"), (["--lr", "inf"], "--lr"), (["--lr", "nan"], "--lr"),
+    (["--weight-decay", "-1"], "--weight-decay"), (["--background-weight", "nan"], "--background-weight"),
+    (["--background-weight", "-5"], "--background-weight"), (["--lr-factor", "2"], "--lr-factor"),
+    (["--lr-factor", "-0.5"], "--lr-factor"), (["--lr-patience", "-1"], "--lr-patience"),
+    (["--early-stop", "0"], "--early-stop"), (["--min-repeats", "1"], "--min-repeats"),
+    (["--synthetic-train", "-5"], "--synthetic-train"), (["--synthetic-train", "0"], "--synthetic-train"),
+    (["--threads", "0"], "--threads"), (["--threads", "-1"], "--threads"), (["--device", "gpu"], "--device"),
+    (["--backend", "bogus"], "invalid choice"), (["--tune", "0"], "--tune"),
+    (["--storage", "sqlite:///x.db"], "--storage"), (["--predict", "a", "--resume", "a"], "separate modes"),
+    (["--predict", "a", "--tune", "3"], "separate modes"),
+])
+def test_nonsense_values_are_refused(flags, match, capsys):
+    with pytest.raises(SystemExit):
+        train.parse_args(flags)
+    assert match in capsys.readouterr().err
+
+
+def test_out_and_cache_must_be_folders(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    for flag in ("--out", "--cache"):
+        with pytest.raises(SystemExit):
+            train.parse_args([flag, str(tmp_path / "file")])
+        assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_resume_keeps_the_saved_epochs_and_refuses_options_it_cannot_change(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "r")
+    run_dir = tmp_path / "runs" / "r"
+    with pytest.raises(SystemExit, match="--lr, --preset cannot be given"):
+        train.main(["--resume", str(run_dir), "--lr", "5", "--preset", "report"])
+    train.main(["--resume", str(run_dir)])  # no --epochs: the run's own 1, already done; not the preset's 15
+    assert [r["epoch"] for r in read_metrics(run_dir)] == ["1"]
+    with pytest.raises(SystemExit, match="--epochs cannot be given"):
+        train.main(["--predict", str(run_dir), "--epochs", "3"])
+
+
+def test_a_new_run_does_not_reuse_a_folder_that_holds_one(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "dup")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(tmp_path, "--epochs", "1", "--name", "dup")
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "dup")] == ["1"]
+
+
+def test_resume_of_an_early_stopped_run_does_not_train_on(tmp_path):
+    run(tmp_path, "--epochs", "2", "--name", "es")
+    run_dir = tmp_path / "runs" / "es"
+    ckpt = checkpoint.load(run_dir / "last.pt")
+    ckpt["state"].update(epoch=2, best_epoch=1)  # epoch 2 did not improve: with --early-stop 1, stopped
+    checkpoint.atomic_save(ckpt, run_dir / "last.pt")
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "early_stop": 1}))
+    train.main(["--resume", str(run_dir), "--epochs", "5"])
+    assert checkpoint.load(run_dir / "last.pt")["state"]["epoch"] == 2
+    assert len(read_metrics(run_dir)) == 2
+
+
+def test_resume_drops_metrics_rows_past_the_checkpoint(tmp_path):
+    """A kill between an epoch's metrics row and its last.pt leaves a row the resumed run writes again."""
+    run(tmp_path, "--epochs", "1", "--name", "k")
+    run_dir = tmp_path / "runs" / "k"
+    with open(run_dir / "metrics.csv") as f:
+        lines = f.read().splitlines()
+    (run_dir / "metrics.csv").write_text("\n".join(lines + ["2" + lines[1][1:]]) + "\n")  # epoch 2's row, no last.pt
+    train.main(["--resume", str(run_dir), "--epochs", "2"])
+    assert [r["epoch"] for r in read_metrics(run_dir)] == ["1", "2"]
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda p: p.write_bytes(p.read_bytes()[:3000]), "unreadable checkpoint"),
+    (lambda p: p.write_bytes(b""), "unreadable checkpoint"),
+    (lambda p: p.write_bytes(os.urandom(4096)), "unreadable checkpoint|refused"),
+    (lambda p: torch.save({"model": {}, "hook": subprocess.Popen}, p), "refused"),  # pickles a class
+    (lambda p: torch.save({"model": {}}, p), "not a train.py checkpoint"),
+])
+def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage, match):
+    run(tmp_path, "--epochs", "1", "--name", "c")
+    run_dir = tmp_path / "runs" / "c"
+    damage(run_dir / "last.pt")
+    with pytest.raises(SystemExit, match=match):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
+
+
+def test_a_checkpoint_of_another_model_or_a_corrupt_config_is_one_clear_error(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "w4")
+    run(tmp_path, "--epochs", "1", "--name", "w8", "--width", "8")
+    w4, w8 = tmp_path / "runs" / "w4", tmp_path / "runs" / "w8"
+    (w8 / "best.pt").write_bytes((w4 / "best.pt").read_bytes())
+    with pytest.raises(SystemExit, match="do not fit its multipath_unet of width 8"):
+        train.main(["--predict", str(w8)])
+    (w4 / "config.json").write_text('{"width": 4,')
+    with pytest.raises(SystemExit, match="not a readable run configuration"):
+        train.main(["--resume", str(w4), "--epochs", "2"])
+
+
+def test_data_the_model_cannot_take_or_too_small_to_split_is_refused(tmp_path):
+    from marsops import data
+
+    g = np.random.default_rng(0)
+    data.save_npz(tmp_path / "odd.npz", g.integers(0, 255, (8, 60, 124)), g.integers(0, 5, (8, 60, 124)))
+    with pytest.raises(SystemExit, match="divisible by 8"):
+        run(tmp_path, "--data", str(tmp_path / "odd.npz"), "--epochs", "1")
+    data.save_npz(tmp_path / "two.npz", g.integers(0, 255, (2, 64, 128)), g.integers(0, 5, (2, 64, 128)))
+    with pytest.raises(SystemExit, match="too few for both a training and a validation set"):
+        run(tmp_path, "--data", str(tmp_path / "two.npz"), "--epochs", "1")
+
+
+def test_first_epoch_divergence_says_no_checkpoint_was_written(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--epochs", "1", "--name", "inf", "--lr", "1e30")
+    out = capsys.readouterr().out
+    assert "No checkpoint was written" in out and "last.pt" not in out

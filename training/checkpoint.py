@@ -1,5 +1,7 @@
-"""Checkpoints written atomically (temp file + rename) and loaded safely (weights_only)."""
+"""Checkpoints written atomically (temp file + rename) and loaded safely (weights_only), with a
+clear error for files that are corrupt, not ours, or of another model."""
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -9,16 +11,49 @@ import torch
 
 def atomic_save(obj, path):
     """torch.save to `path` so that a crash leaves either the old file or the new one, whole."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_write(path, write):
+    """write(tmp) then a rename onto `path`: a crash leaves the old file or the new one, whole."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
+    write(tmp)
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def load(path, map_location="cpu"):
-    return torch.load(path, map_location=map_location, weights_only=True)
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, holding more than weights, or not fitting the model."""
+
+
+def load(path, map_location="cpu", required=("model",)):
+    """The checkpoint at `path`, which must hold the keys `required`. Only tensors and plain values
+    are unpickled (weights_only): anything else is refused, not run."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values, so it was "
+                              "not written by train.py (or was altered); it has not been loaded") from exc
+    except Exception as exc:  # noqa: BLE001 - garbage makes the unpickler raise anything (KeyError, EOFError, ...)
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: unreadable checkpoint (truncated or corrupt?): {reason}") from exc
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: not a train.py checkpoint (missing {missing})")
+    return ckpt
+
+
+def load_model(net, ckpt, path, what):
+    """Loads ckpt['model'] into net; `what` describes the model the run expects."""
+    try:
+        net.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc))
+        raise CheckpointError(f"{path}: its weights do not fit {what} ({first})") from exc
 
 
 def rng_state():

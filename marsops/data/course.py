@@ -5,6 +5,7 @@ in 0..4; "test_set" (M, 64, 128) images. Loaded images are float32 in [0, 1] wit
 dimension (N, 1, H, W); masks int64 (or uint8) (N, H, W).
 """
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -63,7 +64,7 @@ def load_npz(path, mask_dtype=torch.int64) -> MarsData:
             test = f["test_set"] if "test_set" in keys else None
     except DataError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
         raise DataError(f"{path}: not a readable npz file (truncated or corrupt?): {exc}") from exc
     except ValueError as exc:  # object arrays need pickle
         raise DataError(f"{path}: refused to load ({exc}); object arrays are not accepted") from exc
@@ -94,11 +95,12 @@ def load_png_folder(folder, mask_dtype=torch.int64) -> MarsData:
         mask_file = folder / "masks" / f.name
         if not mask_file.is_file():
             raise DataError(f"{folder}: image {f.name} has no mask {mask_file}")
-        try:
-            images.append(np.asarray(Image.open(f).convert("L"), dtype=np.float64))
-            masks.append(np.asarray(Image.open(mask_file), dtype=np.float64))
-        except OSError as exc:
-            raise DataError(f"{f}: unreadable PNG: {exc}") from exc
+        for png, out, convert in ((f, images, "L"), (mask_file, masks, None)):
+            try:
+                with Image.open(png) as im:
+                    out.append(np.asarray(im.convert(convert) if convert else im, dtype=np.float64))
+            except OSError as exc:
+                raise DataError(f"{png}: unreadable PNG: {exc}") from exc
         if images[-1].shape != masks[-1].shape:
             raise DataError(f"{f.name}: image {images[-1].shape} and mask {masks[-1].shape} differ in size")
     if len({a.shape for a in images}) > 1:
