@@ -22,6 +22,16 @@ def atomic_write(path, write):
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    try:  # the rename itself survives a power cut once the folder is synced (POSIX; not possible on Windows)
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class CheckpointError(ValueError):
