@@ -299,6 +299,7 @@ def trim_metrics(path, epoch):
 
         checkpoint.atomic_write(path, write)
 
+
 def new_run_dir(args):
     """--out/--name, or --out/<timestamp>[-k], a folder no run uses yet."""
     if args.name:
@@ -510,6 +511,9 @@ def main(argv=None):
             defaults = vars(parse_args([]))  # options added since the run started
             args = argparse.Namespace(**{**defaults, **saved, **{k: getattr(args, k) for k in given},
                                          "resume": args.resume})
+            errors = check_args(args)  # a hand-edited config, or this call's options against the saved ones
+            if errors:
+                raise checkpoint.CheckpointError(f"--resume {args.resume}: " + "; ".join(errors))
         return train(args)
     except (data.DataError, checkpoint.CheckpointError, FileNotFoundError) as exc:
         sys.exit(f"error: {exc}")

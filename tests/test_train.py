@@ -295,3 +295,12 @@ def test_first_epoch_divergence_says_no_checkpoint_was_written(tmp_path, capsys)
         run(tmp_path, "--epochs", "1", "--name", "inf", "--lr", "1e30")
     out = capsys.readouterr().out
     assert "No checkpoint was written" in out and "last.pt" not in out
+
+
+def test_resume_checks_the_saved_configuration_too(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "edited")
+    run_dir = tmp_path / "runs" / "edited"
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, "gamma": -1.0}))  # edited by hand
+    with pytest.raises(SystemExit, match="--gamma must be a finite number"):
+        train.main(["--resume", str(run_dir), "--epochs", "2"])
