@@ -131,9 +131,17 @@ def check_args(args):
     if args.threads is not None and args.threads < 1:
         errors.append("--threads must be >= 1")
     try:
-        torch.device(args.device)
-    except RuntimeError:
-        errors.append(f"--device {args.device!r} is not a device (cpu, cuda, cuda:1, ...)")
+        device = torch.device(args.device)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        errors.append(f"--device {args.device!r}: train.py runs on cpu, cuda or cuda:<index>")
+    elif args.backend != "auto":
+        reason = _backend.unavailable_reason(args.backend, "focal_loss_forward", device.type)
+        if reason:
+            errors.append(f"--backend {args.backend} cannot run on --device {args.device}: {reason}")
+    if not 0 <= args.seed < 2**32:
+        errors.append("--seed must be in [0, 2^32)")
     if args.cuda_graph and not args.device.startswith("cuda"):
         errors.append("--cuda-graph needs --device cuda")
     if args.check_every < 1:
@@ -142,8 +150,9 @@ def check_args(args):
     if bad_paths:
         errors.append(f"--paths: unknown {sorted(bad_paths)}; choose from {models.PATHS}")
     for flag, folder in (("--out", args.out), ("--cache", args.cache)):
-        if Path(folder).exists() and not Path(folder).is_dir():
-            errors.append(f"{flag} {folder} is a file, not a folder")
+        existing = next(p for p in (Path(folder), *Path(folder).absolute().parents) if p.exists())
+        if not existing.is_dir():
+            errors.append(f"{flag} {folder}: {existing} is a file, not a folder")
     if sum(bool(m) for m in (args.predict, args.resume, args.tune is not None)) > 1:
         errors.append("--predict, --resume and --tune are separate modes: give one")
     if args.tune is not None and args.tune < 1:
@@ -175,7 +184,23 @@ def saved_run(run_dir, given, allowed, mode):
         raise checkpoint.CheckpointError(f"{path}: not a readable run configuration ({exc})") from exc
     if not isinstance(saved, dict):
         raise checkpoint.CheckpointError(f"{path}: not a run configuration (expected a JSON object)")
+    for action in get_args_parser()._actions:  # what argparse would have checked, had it parsed these
+        if action.dest in saved and not fits(action, saved[action.dest]):
+            raise checkpoint.CheckpointError(f"{path}: {action.dest} = {saved[action.dest]!r} is not a valid "
+                                             f"--{action.dest.replace('_', '-')}")
     return saved
+
+
+def fits(action, value):
+    """Whether a saved value is one the option's parser could have produced."""
+    if value is None:
+        return action.default is None or action.dest in PRESETS["cpu"]
+    if action.nargs == 0:  # store_true
+        return isinstance(value, bool)
+    kind = action.type or str
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else \
+        isinstance(value, kind) and not isinstance(value, bool)
+    return ok and (action.choices is None or value in action.choices)
 
 
 # ---- setup ------------------------------------------------------------------------------------
@@ -208,6 +233,11 @@ def device_for(args, rank):
     if args.device.startswith("cuda"):
         if not torch.cuda.is_available():
             sys.exit("error: --device cuda but no GPU is visible")
+        index = torch.device(args.device).index
+        if index is not None and index >= torch.cuda.device_count():
+            sys.exit(f"error: --device {args.device} but only {torch.cuda.device_count()} GPU(s) are visible")
+        if index is not None and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            return torch.device("cuda", index)
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)) % torch.cuda.device_count())
     return torch.device(args.device)
 
@@ -287,10 +317,12 @@ def better(miou, best):
 
 
 def trim_metrics(path, epoch):
-    """Drops metrics.csv rows after `epoch`: a kill between a row's append and its checkpoint's
-    save leaves one, which the resumed run writes again."""
+    """Drops metrics.csv rows after `epoch` (a kill between a row's append and its checkpoint's
+    save leaves one, which the resumed run writes again); returns the header, None if empty."""
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
+    if not rows:
+        return None
     kept = rows[:1] + [r for r in rows[1:] if r and r[0].isdigit() and int(r[0]) <= epoch]
     if len(kept) != len(rows):
         def write(tmp):
@@ -298,21 +330,34 @@ def trim_metrics(path, epoch):
                 csv.writer(f).writerows(kept)
 
         checkpoint.atomic_write(path, write)
+    return rows[0]
 
 
-def new_run_dir(args):
-    """--out/--name, or --out/<timestamp>[-k], a folder no run uses yet."""
-    if args.name:
-        return Path(args.out) / args.name
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    path, k = Path(args.out) / stamp, 2
-    while path.exists():
-        path, k = Path(args.out) / f"{stamp}-{k}", k + 1
-    return path
+def new_run_dir(out, name=None, base=None):
+    """The folder of a new run, created: out/name, which must not hold a run (a checkpoint) yet;
+    or out/<base or a timestamp>[-k], a folder made here (no other run can take it too)."""
+    if name:
+        path = Path(out) / name
+        if (path / "last.pt").exists():
+            raise checkpoint.CheckpointError(f"{path} already holds a run: continue it with --resume {path}, or "
+                                             "choose another --name")
+        path.mkdir(parents=True, exist_ok=True)  # a run that died before its first checkpoint starts over
+        return path
+    base = base or time.strftime("%Y%m%d-%H%M%S")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    for k in range(1, 10_000):
+        path = Path(out) / (base if k == 1 else f"{base}-{k}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise checkpoint.CheckpointError(f"{out}: no free run folder named {base}-k")
 
 
-def train(args, log=print):
-    """Runs (or resumes) training; returns the best validation mIoU."""
+def train(args, log=print, run_base=None):
+    """Runs (or resumes) training; returns the best validation mIoU. run_base: the new run's
+    folder name when args.name is not given, suffixed -k if taken."""
     if args.deterministic:
         make_deterministic()
     rank, world = distributed(torch.device(args.device).type)
@@ -320,15 +365,24 @@ def train(args, log=print):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
-    run_dir = Path(args.resume) if args.resume else new_run_dir(args)
-    if rank == 0 and not args.resume and (run_dir / "config.json").exists():
-        raise checkpoint.CheckpointError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, or "
-                                         "choose another --name")
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "last.pt").exists() and (run_dir / "config.json").exists():
+            raise checkpoint.CheckpointError(f"{run_dir} has no checkpoint: it stopped during its first epoch; start "
+                                             f"it again (train.py --name {run_dir.name} --out {run_dir.parent} ...)")
+    elif rank == 0:
+        run_dir = new_run_dir(args.out, args.name, run_base)
+    else:  # only rank 0 writes the run's files
+        run_dir = Path(args.out) / (args.name or run_base or "rank0-names-it")
     log = log if rank == 0 else (lambda *a, **k: None)
-    d = prepare_data(args, device, rank, world, log)
-    net, criterion, optimizer, scheduler = build(args, device, d["weights"])
-    if rank == 0 and not args.resume:  # once the data and the model are known to work: no half-made runs
-        run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        d = prepare_data(args, device, rank, world, log)
+        net, criterion, optimizer, scheduler = build(args, device, d["weights"])
+    except BaseException:
+        if rank == 0 and not args.resume and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # no half-made run folders
+        raise
+    if rank == 0 and not args.resume:
         config = json.dumps(vars(args), indent=2) + "\n"
         checkpoint.atomic_write(run_dir / "config.json", lambda tmp: tmp.write_text(config))
     state = dict(epoch=0, best_miou=float("-inf"), best_epoch=0)
@@ -350,13 +404,11 @@ def train(args, log=print):
     metrics_csv = run_dir / "metrics.csv"
     columns = ["epoch", "train_loss", "train_miou", "val_loss", "val_miou", *IOU_COLUMNS, "pixel_accuracy", "lr",
                "seconds"]
-    if rank == 0 and not metrics_csv.exists():
+    if rank == 0 and args.resume and metrics_csv.exists():  # a run resumed keeps the columns it started with
+        columns = trim_metrics(metrics_csv, state["epoch"]) or columns
+    if rank == 0 and (not args.resume or not metrics_csv.exists() or metrics_csv.stat().st_size == 0):
         with open(metrics_csv, "w", newline="") as f:
             csv.writer(f).writerow(columns)
-    elif rank == 0:  # a run resumed keeps the columns it started with
-        trim_metrics(metrics_csv, state["epoch"])
-        with open(metrics_csv) as f:
-            columns = next(csv.reader(f))
     train_x, train_y = d["train"]
     val_x, val_y = d["val"]
     # The training mIoU comes from the loss's own pass over the logits (focal_loss(confusion=...)).
@@ -456,8 +508,8 @@ def predict(args, given=frozenset(), log=print):
     if args.threads:
         torch.set_num_threads(args.threads)
     d = load_data(cfg)
-    if d.test_images is None:
-        sys.exit(f"error: {cfg.data or 'the data set'} has no test_set to predict")
+    if d.test_images is None or len(d.test_images) == 0:
+        sys.exit(f"error: {cfg.data or 'the data set'} has no test_set images to predict")
     net, _, _, _ = build(cfg, device, torch.ones(NUM_CLASSES, device=device))
     path = run_dir / "best.pt"
     checkpoint.load_model(net, checkpoint.load(path, map_location=device), path, f"its {cfg.model} of width {cfg.width}")
@@ -483,11 +535,11 @@ def tune(args, log=print):
         trial_args.gamma = trial.suggest_float("gamma", 0.0, 3.0)
         trial_args.batch_size = trial.suggest_categorical("batch_size", [64, 128, 256])
         trial_args.width = trial.suggest_categorical("width", [8, 16, 32])
-        trial_args.name = f"{args.study_name}-trial{trial.number}"
-        trial_args.tune = None
+        trial_args.name = None  # the folder: <study>-trial<n>, suffixed -k where an earlier call made one
+        trial_args.tune = trial_args.storage = None  # a trial resumes as a plain run
         trial_args.no_progress = True
         try:
-            return train(trial_args, log=lambda *a, **k: None)
+            return train(trial_args, log=lambda *a, **k: None, run_base=f"{args.study_name}-trial{trial.number}")
         except SystemExit:  # a diverging trial (non-finite loss): failed, and the study goes on
             return float("nan")
 
@@ -510,7 +562,7 @@ def main(argv=None):
             saved = saved_run(args.resume, given, RESUME_OPTIONS, "resume")
             defaults = vars(parse_args([]))  # options added since the run started
             args = argparse.Namespace(**{**defaults, **saved, **{k: getattr(args, k) for k in given},
-                                         "resume": args.resume})
+                                         "resume": args.resume, "predict": None, "tune": None, "storage": None})
             errors = check_args(args)  # a hand-edited config, or this call's options against the saved ones
             if errors:
                 raise checkpoint.CheckpointError(f"--resume {args.resume}: " + "; ".join(errors))

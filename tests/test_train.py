@@ -193,7 +193,9 @@ def test_val_fraction_zero_is_refused(capsys):
     (["--threads", "0"], "--threads"), (["--threads", "-1"], "--threads"), (["--device", "gpu"], "--device"),
     (["--backend", "bogus"], "invalid choice"), (["--tune", "0"], "--tune"),
     (["--storage", "sqlite:///x.db"], "--storage"), (["--predict", "a", "--resume", "a"], "separate modes"),
-    (["--predict", "a", "--tune", "3"], "separate modes"),
+    (["--predict", "a", "--tune", "3"], "separate modes"), (["--device", "mps"], "--device"),
+    (["--device", "meta"], "--device"), (["--device", "cpu:1"], "--device"), (["--seed", str(2**70)], "--seed"),
+    (["--device", "cpu", "--backend", "cuda"], "--backend cuda cannot run on --device cpu"),
 ])
 def test_nonsense_values_are_refused(flags, match, capsys):
     with pytest.raises(SystemExit):
@@ -204,9 +206,10 @@ def test_nonsense_values_are_refused(flags, match, capsys):
 def test_out_and_cache_must_be_folders(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for flag in ("--out", "--cache"):
-        with pytest.raises(SystemExit):
-            train.parse_args([flag, str(tmp_path / "file")])
-        assert "is a file, not a folder" in capsys.readouterr().err
+        for folder in (tmp_path / "file", tmp_path / "file" / "below"):
+            with pytest.raises(SystemExit):
+                train.parse_args([flag, str(folder)])
+            assert "is a file, not a folder" in capsys.readouterr().err
 
 
 def test_resume_keeps_the_saved_epochs_and_refuses_options_it_cannot_change(tmp_path):
@@ -304,3 +307,55 @@ def test_resume_checks_the_saved_configuration_too(tmp_path):
     (run_dir / "config.json").write_text(json.dumps({**config, "gamma": -1.0}))  # edited by hand
     with pytest.raises(SystemExit, match="--gamma must be a finite number"):
         train.main(["--resume", str(run_dir), "--epochs", "2"])
+
+
+def test_a_run_that_died_in_its_first_epoch_starts_over_under_its_name(tmp_path):
+    with pytest.raises(SystemExit):
+        run(tmp_path, "--epochs", "1", "--name", "div", "--lr", "1e30")
+    run_dir = tmp_path / "runs" / "div"
+    with pytest.raises(SystemExit, match="has no checkpoint: it stopped during its first epoch"):
+        train.main(["--resume", str(run_dir)])
+    run(tmp_path, "--epochs", "1", "--name", "div")
+    assert [r["epoch"] for r in read_metrics(run_dir)] == ["1"]
+    assert json.loads((run_dir / "config.json").read_text())["lr"] == 3e-3
+
+
+def test_new_run_folders_are_reserved_and_never_shared(tmp_path):
+    first, second = train.new_run_dir(tmp_path, None, "s-trial0"), train.new_run_dir(tmp_path, None, "s-trial0")
+    assert (first.name, second.name) == ("s-trial0", "s-trial0-2") and first.is_dir() and second.is_dir()
+
+
+def test_tune_trials_get_free_folders_and_resume_as_plain_runs(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(train, "train", lambda args, log, run_base: seen.append((args, run_base)) or 0.5)
+    for _ in range(2):  # a second call into the same --out: in-memory studies number their trials from 0 again
+        run(tmp_path, "--epochs", "1", "--tune", "1")
+    assert [base for _, base in seen] == ["marsops-trial0", "marsops-trial0"]
+    assert all(a.name is None and a.tune is None and a.storage is None for a, _ in seen)
+
+
+@pytest.mark.parametrize("key,value", [("model", "foo"), ("lr", None), ("paths", 5), ("device", 3),
+                                       ("loss", "dice"), ("width", "4"), ("no_flips", "yes")])
+def test_a_saved_configuration_of_the_wrong_type_or_choice_is_one_clear_error(tmp_path, key, value):
+    run(tmp_path, "--epochs", "1", "--name", "cfg")
+    run_dir = tmp_path / "runs" / "cfg"
+    config = json.loads((run_dir / "config.json").read_text())
+    (run_dir / "config.json").write_text(json.dumps({**config, key: value}))
+    for call in (["--resume", str(run_dir), "--epochs", "2"], ["--predict", str(run_dir)]):
+        with pytest.raises(SystemExit, match=f"{key} = .* is not a valid"):
+            train.main(call)
+
+
+def test_resume_with_an_empty_metrics_file_writes_its_header_again(tmp_path):
+    run(tmp_path, "--epochs", "1", "--name", "empty")
+    run_dir = tmp_path / "runs" / "empty"
+    (run_dir / "metrics.csv").write_text("")
+    train.main(["--resume", str(run_dir), "--epochs", "2"])
+    assert [r["epoch"] for r in read_metrics(run_dir)] == ["2"]
+
+
+def test_predict_without_test_images_is_one_clear_error(tmp_path):
+    train.main([*TINY, "--synthetic-test", "0", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "runs"),
+                "--epochs", "1", "--name", "t0"])
+    with pytest.raises(SystemExit, match="no test_set images"):
+        train.main(["--predict", str(tmp_path / "runs" / "t0")])
