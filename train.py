@@ -193,8 +193,8 @@ def saved_run(run_dir, given, allowed, mode):
 
 def fits(action, value):
     """Whether a saved value is one the option's parser could have produced."""
-    if value is None:
-        return action.default is None or action.dest in PRESETS["cpu"]
+    if value is None:  # an option left unset; the preset's ones never are once parsed
+        return action.default is None and action.dest not in PRESETS["cpu"]
     if action.nargs == 0:  # store_true
         return isinstance(value, bool)
     kind = action.type or str
