@@ -326,6 +326,7 @@ def test_new_run_folders_are_reserved_and_never_shared(tmp_path):
 
 
 def test_tune_trials_get_free_folders_and_resume_as_plain_runs(tmp_path, monkeypatch):
+    pytest.importorskip("optuna", reason="optuna is the optional 'tune' extra")
     seen = []
     monkeypatch.setattr(train, "train", lambda args, log, run_base: seen.append((args, run_base)) or 0.5)
     for _ in range(2):  # a second call into the same --out: in-memory studies number their trials from 0 again
