@@ -100,7 +100,7 @@ setup(
     version="0.1.0",
     description="Fused CPU/CUDA/Triton kernels for semantic-segmentation training: focal loss, "
     "streaming IoU, flip augmentation; and a Mars-terrain Multipath UNet recipe",
-    packages=find_packages(include=["marsops", "marsops.*", "model", "model.*", "training", "training.*"]),
+    packages=find_packages(include=["marsops", "marsops.*"]),  # only marsops at top level
     python_requires=">=3.10",
     install_requires=[f"torch>={TARGET_TORCH}", "numpy"],
     extras_require={

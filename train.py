@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 import marsops
-import model as models
+from marsops import models
 from marsops import backend as _backend, data
-from training import checkpoint, loop, plots
+from marsops.recipes.mars import checkpoint, loop, plots
 
 NUM_CLASSES = data.NUM_CLASSES
 SCORED_CLASSES = [1, 2, 3, 4]  # the leaderboard's mean IoU ignores background

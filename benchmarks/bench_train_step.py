@@ -1,7 +1,7 @@
-"""A whole training step of the recipe, as train.py runs it (training/loop.py's make_step): flip4
-of 32 images to a batch of 128, Multipath UNet forward + backward, the focal loss counting the
-training confusion matrix in the same pass, and an AdamW step; marsops' kernels against the same
-step with the reference ops, and with marsops fed NCHW copies of the model's channels_last logits
+"""A whole training step of the recipe, as train.py runs it (marsops/recipes/mars/loop.py's
+make_step): flip4 of 32 images to a batch of 128, Multipath UNet forward + backward, the focal
+loss counting the training confusion matrix in the same pass, and an AdamW step; marsops' kernels
+against the same step with the reference ops, and with marsops fed NCHW copies of the model's channels_last logits
 (what the kernels did before they read channels_last in place). Also counts the host reads
 (synchronisations on a GPU) per step.
 
@@ -12,8 +12,8 @@ import argparse
 import torch
 
 import marsops
-import model as models
-from training import loop
+from marsops import models
+from marsops.recipes.mars import loop
 
 from . import harness
 

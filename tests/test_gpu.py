@@ -57,8 +57,8 @@ def test_no_op_synchronises_with_the_host(backend, device):
 def test_training_step_never_synchronises(backend, device):
     """train.py's step (forward, the loss counting the training confusion matrix, backward, AdamW)
     under torch's sync debug mode: any host synchronisation is an error."""
-    import model as models
-    from training import loop
+    from marsops import models
+    from marsops.recipes.mars import loop
 
     torch.manual_seed(0)
     net = models.MultipathUNet(width=4).to("cuda", memory_format=torch.channels_last)
@@ -102,7 +102,7 @@ def test_cuda_graph_resume_matches_an_uninterrupted_run(tmp_path):
     """The capture's warm-up steps are undone, so a run killed and resumed with --cuda-graph ends
     where an uninterrupted one does."""
     import train
-    from training import checkpoint
+    from marsops.recipes.mars import checkpoint
 
     common = ["--synthetic-train", "96", "--synthetic-test", "4", "--width", "4", "--batch-size", "32",
               "--no-progress", "--device", "cuda", "--cuda-graph", "--deterministic", "--cache",

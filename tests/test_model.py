@@ -3,8 +3,8 @@ determinism, channels_last, torch.compile and bad inputs."""
 import pytest
 import torch
 
-import model
-from model import MultipathUNet, UNet, build_model, count_parameters
+from marsops import models as model
+from marsops.models import MultipathUNet, UNet, build_model, count_parameters
 
 SMALL = dict(width=4)
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import train
-from training import checkpoint
+from marsops.recipes.mars import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--synthetic-train", "64", "--synthetic-test", "6", "--width", "4", "--batch-size", "32", "--no-progress",
@@ -144,7 +144,7 @@ def test_tune_runs_trials_into_a_shared_storage(tmp_path):
 
 
 def test_batches_pair_up_across_processes_and_evaluation_sees_every_sample():
-    from training import loop
+    from marsops.recipes.mars import loop
 
     for n, batch, world in ((196, 512, 2), (153, 64, 2), (100, 32, 3), (7, 2, 3)):
         per_rank = [loop.batches(n, batch, torch.Generator().manual_seed(0), rank=r, world=world) for r in range(world)]

@@ -1,4 +1,5 @@
-"""Segmentation models of the Mars-terrain recipe, picked by name with build_model()."""
+"""Segmentation models of the Mars-terrain recipe (the Multipath UNet and a plain UNet), picked by
+name with build_model()."""
 from .multipath_unet import PATHS, MultipathUNet
 from .unet import UNet
 

@@ -1,1 +1,0 @@
-"""Pieces of the training script: checkpoints, the epoch loop, plots and tuning."""
