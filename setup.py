@@ -18,12 +18,16 @@ already installed, faster and offline.
 import glob
 import os
 import platform
+import re
 import shutil
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 TARGET_TORCH = "2.10"
+# The version is written once, in marsops/_version.py (marsops.__version__ imports it).
+VERSION = re.search(r'^__version__ = "([^"]+)"$', (Path(__file__).parent / "marsops" / "_version.py").read_text(),
+                    re.M).group(1)
 
 
 def find_cuda_home():
@@ -95,23 +99,34 @@ def extensions():
     return exts
 
 
+EXTRAS = {
+    "test": ["pytest", "hypothesis"],
+    # Oracles we did not write, used by the tests where installed (torchvision: resolved together with
+    # torch, so it matches it).
+    "oracles": ["monai", "torchmetrics", "torchvision"],
+    # Triton's interpreter runs the Triton kernels on CPU tensors in the tests (CUDA builds of torch
+    # bring it anyway).
+    "triton": ["triton; platform_system == 'Linux'"],
+    "bench": ["kornia", "torchmetrics", "segmentation-models-pytorch", "monai"],
+    "plots": ["matplotlib"],
+    "train": ["tqdm", "matplotlib"],
+    "tune": ["optuna"],
+    "docs": ["sphinx", "myst-parser"],
+    "examples": ["segmentation-models-pytorch", "monai"],
+}
+# The README's one install command, `pip install -e ".[dev]"`: everything the tests and train.py use.
+EXTRAS["dev"] = sorted({r for k in ("test", "oracles", "triton", "train", "tune") for r in EXTRAS[k]})
+
 setup(
     name="marsops",
-    version="0.1.0",
+    version=VERSION,
     description="Fused CPU/CUDA/Triton kernels for semantic-segmentation training: focal loss, "
     "streaming IoU, flip augmentation; and a Mars-terrain Multipath UNet recipe",
     packages=find_packages(include=["marsops", "marsops.*"]),  # only marsops at top level
+    package_data={"marsops": ["py.typed"]},  # PEP 561: the package ships its type hints
     python_requires=">=3.10",
     install_requires=[f"torch>={TARGET_TORCH}", "numpy"],
-    extras_require={
-        "test": ["pytest", "hypothesis"],
-        # Oracles we did not write, used by the tests where installed (torchvision: match torch's version).
-        "oracles": ["monai", "torchmetrics", "torchvision"],
-        "bench": ["kornia", "torchmetrics", "segmentation-models-pytorch", "monai"],
-        "plots": ["matplotlib"],
-        "train": ["tqdm", "matplotlib"],
-        "tune": ["optuna"],
-    },
+    extras_require=EXTRAS,
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -1,4 +1,5 @@
 """marsops: fused CPU / CUDA / Triton kernels for semantic-segmentation training."""
+from ._version import __version__
 from .augment import d4, d4_argmax, d4_merge, flip4, flip4_argmax, flip4_merge, random_flip
 from .backend import backends, empty_cache
 from .focal import FocalLoss, focal_loss
@@ -14,4 +15,3 @@ __all__ = [
     "FocalLoss", "IoUResult", "StreamingIoU", "backends", "confusion_matrix", "d4", "d4_argmax", "d4_merge",
     "empty_cache", "flip4", "flip4_argmax", "flip4_merge", "focal_loss", "random_flip", "scores",
 ]
-__version__ = "0.1.0"
