@@ -2,12 +2,12 @@
 #pragma once
 #include <optional>
 
+#include "reduction.h"
 #include "saved_grad.h"
 #include "stable.h"
 
 namespace marsops {
 
-enum Reduction : int64_t { kNone = 0, kSum = 1, kMean = 2, kWeightedMean = 3 };
 
 // Logits viewed as (N, C, P) contiguous, or as (N, P, C) contiguous when class_last (channels_last
 // logits, read in place); target as (N, P) contiguous.

@@ -16,6 +16,8 @@
 #include <torch/headeronly/util/BFloat16.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "numeric.h"  // acc_t
+
 #include <cstdint>
 #include <sstream>
 #include <stdexcept>
@@ -69,12 +71,6 @@ inline bool is_integral(ScalarType t) {
 }
 
 inline std::string dtype_str(ScalarType t) { return torch::headeronly::toString(t); }
-
-// The type arithmetic is done in: fp16 / bf16 are computed in fp32.
-template <typename T> struct acc { using type = T; };
-template <> struct acc<torch::headeronly::Half> { using type = float; };
-template <> struct acc<torch::headeronly::BFloat16> { using type = float; };
-template <typename T> using acc_t = typename acc<T>::type;
 
 // Calls f(T{}) with T the C++ type of a floating dtype (fp32, fp64, fp16, bf16).
 template <typename F>

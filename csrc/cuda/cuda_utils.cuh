@@ -1,4 +1,9 @@
-// Small helpers shared by the CUDA kernels (stable ABI: no c10/cuda headers).
+// Host-side helpers of the CUDA ops (stable ABI: no c10/cuda headers). The device code lives in
+// the torch-free *_kernels.cuh headers; the launch configurations in launch_config.h.
+//
+// Built with MARSOPS_SIMT (tests/cuda_emulation), these same host files compile with the host
+// compiler: kernels launch on the SIMT emulation, the CUDA runtime calls they make come from its
+// shim, and the ops register for CPU tensors in the test-only `marsops_emulated_cuda` library.
 #pragma once
 #include "../stable.h"
 
@@ -6,15 +11,29 @@
 #include <torch/csrc/stable/c/shim.h>
 #include <torch/csrc/stable/macros.h>
 
-#include <cuda_runtime.h>
-
 #include <array>
 #include <atomic>
+#include <utility>
+
+#include "launch_config.h"
+
+#if defined(MARSOPS_SIMT)
+#include "simt_runtime.h"  // tests/cuda_emulation: cudaStream_t, cudaMemsetAsync, ..., STD_CUDA_CHECK
+#define MARSOPS_CUDA_OPS_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(marsops_emulated_cuda, CPU, m)
+#else
+#include <cuda_runtime.h>
+#define MARSOPS_CUDA_OPS_IMPL(m) STABLE_TORCH_LIBRARY_IMPL(marsops, CUDA, m)
+#endif
 
 namespace marsops::cuda {
 
-constexpr int kThreads = 256;
-constexpr int64_t kMaxSharedBins = 8192;  // confusion counts per block in shared memory: 32 KB
+#if defined(MARSOPS_SIMT)
+struct DeviceGuard {  // the emulation has one device
+  explicit DeviceGuard(int32_t) {}
+};
+inline cudaStream_t current_stream(const Tensor&) { return nullptr; }
+#else
+using DeviceGuard = st::accelerator::DeviceGuard;
 
 // The stream torch is using on the tensor's device: every kernel launches there.
 inline cudaStream_t current_stream(const Tensor& t) {
@@ -22,57 +41,39 @@ inline cudaStream_t current_stream(const Tensor& t) {
   TORCH_ERROR_CODE_CHECK(aoti_torch_get_current_cuda_stream(t.get_device_index(), &stream));
   return static_cast<cudaStream_t>(stream);
 }
+#endif
 
 inline int multiprocessors(int device) {
+#if defined(MARSOPS_SIMT)
+  const bool cache = false;  // the emulation's SM count changes between tests
+#else
+  const bool cache = true;
+#endif
   static std::array<std::atomic<int>, 64> cached{};  // 0: not asked yet
   if (device < 0 || device >= static_cast<int>(cached.size())) device = 0;
   int sms = cached[device].load(std::memory_order_relaxed);
-  if (sms == 0) {
+  if (sms == 0 || !cache) {
     STD_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     cached[device].store(sms, std::memory_order_relaxed);
   }
   return sms;
 }
 
-// A grid-stride launch size: enough blocks to fill the GPU, never more than the work needs.
-// Fixed for a device and a problem size, so per-block partial sums are reduced deterministically.
-inline int grid_size(const Tensor& on, int64_t work, int threads = kThreads) {
-  const int64_t needed = (work + threads - 1) / threads;
-  const int64_t most = static_cast<int64_t>(multiprocessors(on.get_device_index())) * 8;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(needed, most)));
+// launch_config.h's grid-stride configuration for the GPU holding `on`.
+inline LaunchConfig grid_stride_on(const Tensor& on, int64_t work, size_t shared_bytes = 0) {
+  return grid_stride(work, multiprocessors(on.get_device_index()), shared_bytes);
 }
 
-// Sums v over the block into thread 0 (fixed order: deterministic).
-template <typename T>
-__device__ __forceinline__ T block_sum(T v, T* shared) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) shared[warp] = v;
-  __syncthreads();
-  T total = 0;
-  if (threadIdx.x == 0)
-    for (int i = 0; i < (blockDim.x + 31) / 32; ++i) total += shared[i];
-  __syncthreads();
-  return total;
-}
-
-// After each block wrote its partial results: true in the one block that finishes last, which
-// may then read every block's partials. `counter` starts at 0 (the op zeroes it).
-__device__ __forceinline__ bool last_block_done(unsigned int* counter) {
-  __shared__ bool last;
-  __threadfence();  // this block's partials are visible before it is counted
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
+// kernel<<<config, stream>>>(args...), checked.
+template <typename... Params, typename... Args>
+void launch(void (*kernel)(Params...), const LaunchConfig& config, cudaStream_t stream, Args&&... args) {
+#if defined(MARSOPS_SIMT)
+  (void)stream;
+  STD_CUDA_CHECK(::simt::launch(config.grid, config.block, config.shared_bytes, kernel, std::forward<Args>(args)...));
+#else
+  kernel<<<config.grid, config.block, config.shared_bytes, stream>>>(std::forward<Args>(args)...);
+  STD_CUDA_KERNEL_LAUNCH_CHECK();
+#endif
 }
 
 }  // namespace marsops::cuda
-
-// A device-side assertion with our message (what torch's CUDA_KERNEL_ASSERT_MSG does): the
-// kernel stops, the CUDA context reports "device-side assert triggered", and stderr shows msg.
-#define MARSOPS_DEVICE_ASSERT(cond, msg)                                              \
-  do {                                                                                \
-    if (!(cond)) __assert_fail(msg, __FILE__, static_cast<unsigned int>(__LINE__), __func__); \
-  } while (0)

@@ -1,175 +1,15 @@
-// CUDA implementation of marsops::focal_loss_forward: one thread per pixel (grid-stride). In NCHW
-// the class loop reads a pixel's logits with stride P, so a warp's loads are coalesced; in
-// channels_last (class-last) a pixel's classes are contiguous and a warp reads one contiguous run. The
-// loss and the gradient come out of the same pass. Per-block partial sums are reduced by the
-// block that finishes last, in a fixed order (deterministic), so a call is one memset and one
-// kernel (two with the label pre-pass of the mean reductions), and nothing waits for the host.
+// CUDA implementation of marsops::focal_loss_forward, host side (the kernels: focal_kernels.cuh).
+// A call is one memset and one kernel (two with the label pre-pass of the mean reductions), and
+// nothing waits for the host.
 #include <cassert>
 #include <type_traits>
 
 #include "../focal_common.h"
-#include "../focal_math.h"
 #include "cuda_utils.cuh"
+#include "focal_kernels.cuh"
 
 namespace marsops::cuda {
 namespace {
-
-// The label of pixel i, or -1 when ignored; a label outside [0, C) stops the kernel.
-template <typename tgt_t>
-__device__ __forceinline__ int64_t read_label(const tgt_t* y, int64_t i, int64_t C, int64_t ignore_index) {
-  const int64_t t = static_cast<int64_t>(y[i]);
-  if (t == ignore_index) return -1;
-  MARSOPS_DEVICE_ASSERT(t >= 0 && t < C,
-                        "marsops.focal_loss: target contains a label outside [0, C) that is not ignore_index");
-  return t;
-}
-
-// Sums the first `n` rows of a (blocks, k) partials array, column `col`, over the whole block
-// (fixed assignment of rows to threads, then a fixed-order block sum: deterministic).
-__device__ double sum_column(const double* partial, int n, int k, int col, double* shared) {
-  double v = 0;
-  for (int b = threadIdx.x; b < n; b += blockDim.x) v += __ldcg(partial + b * k + col);
-  return block_sum(v, shared);
-}
-
-// 1 / the mean's denominator (0 when nothing is counted), from the labels alone: the main pass
-// writes the gradient already divided by it.
-template <typename tgt_t>
-__global__ void target_stats_kernel(const tgt_t* __restrict__ y, const float* __restrict__ w, int64_t n, int64_t C,
-                                    int64_t ignore_index, bool weighted_mean, double* __restrict__ partial,
-                                    float* __restrict__ scale, unsigned int* counter) {
-  __shared__ double shared[32];
-  double count = 0, wsum = 0;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t t = read_label(y, i, C, ignore_index);
-    if (t < 0) continue;
-    count += 1;
-    wsum += w ? w[t] : 1.0f;
-  }
-  count = block_sum(count, shared);
-  wsum = block_sum(wsum, shared);
-  if (threadIdx.x == 0) {
-    partial[blockIdx.x * 2 + 0] = count;
-    partial[blockIdx.x * 2 + 1] = wsum;
-  }
-  if (!last_block_done(counter)) return;
-  const double d = sum_column(partial, gridDim.x, 2, weighted_mean ? 1 : 0, shared);
-  if (threadIdx.x == 0) *scale = d != 0 ? static_cast<float>(1.0 / d) : 0.0f;
-}
-
-// hist: the (C, C) int64 output of the confusion counts, or nullptr. With shared_bins, each block
-// counts into shared memory first (C * C <= kMaxSharedBins) and adds its counts at the end.
-template <typename in_t, typename tgt_t>
-__global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __restrict__ y,
-                                     const float* __restrict__ w, int64_t total, int64_t C, int64_t P,
-                                     int64_t pixel_stride, int64_t class_stride, float gamma, float eps,
-                                     int64_t ignore_index, const float* __restrict__ grad_scale, int64_t reduction,
-                                     in_t* __restrict__ loss_out, saved_grad_t<in_t>* __restrict__ grad,
-                                     double* __restrict__ partial,
-                                     unsigned int* counter, unsigned long long* __restrict__ hist, bool shared_bins) {
-  __shared__ double shared[32];
-  extern __shared__ unsigned int bins[];
-  if (hist && shared_bins) {
-    for (int64_t j = threadIdx.x; j < C * C; j += blockDim.x) bins[j] = 0;
-    __syncthreads();
-  }
-  double loss_sum = 0, count = 0, wsum = 0;
-  const float scale = grad_scale ? *grad_scale : 1.0f;
-  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t n = i / P, p = i - n * P;
-    const in_t* xp = x + n * C * P + p * pixel_stride;
-    const int64_t t = read_label(y, i, C, ignore_index);
-    const bool valid = t >= 0;
-    const float wt = valid ? (w ? w[t] : 1.0f) : 0.0f;
-    float m = -INFINITY, best = 0;
-    int64_t pred = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const float v = static_cast<float>(xp[c * class_stride]);
-      m = fmaxf(m, v);
-      if (c == 0 || v > best || (v != v && best == best)) {  // argmax: first maximum; NaN wins, as torch
-        best = v;
-        pred = c;
-      }
-    }
-    if (hist && valid) {
-      if (shared_bins) {
-        atomicAdd(&bins[t * C + pred], 1u);
-      } else {
-        atomicAdd(&hist[t * C + pred], 1ull);
-      }
-    }
-    float s = 0, other = 0, xt = 0, et = 0;
-    for (int64_t c = 0; c < C; ++c) {
-      const float xc = static_cast<float>(xp[c * class_stride]);
-      const float e = expf(xc - m);
-      s += e;
-      if (c == t) {
-        xt = xc;
-        et = e;
-      } else {
-        other += e;
-      }
-    }
-    const float inv_s = 1.0f / s, log_s = logf(s);
-    float loss = 0, coef = 0;
-    if (valid) focal_terms(xt - m - log_s, et * inv_s, other * inv_s, wt, gamma, loss, coef);
-    // Label smoothing: + eps / C of every class's focal term (each class's coefficient is recomputed
-    // in the gradient loop rather than stored).
-    auto class_terms = [&](int64_t c, float& lc, float& cc) {
-      const float e = expf(static_cast<float>(xp[c * class_stride]) - m);
-      focal_terms(static_cast<float>(xp[c * class_stride]) - m - log_s, e * inv_s, fmaxf((s - e) * inv_s, 0.0f),
-                  w ? w[c] : 1.0f, gamma, lc, cc);
-    };
-    float smooth_sum = 0;
-    if (valid && eps > 0) {
-      float smooth_loss = 0;
-      for (int64_t c = 0; c < C; ++c) {
-        float lc, cc;
-        class_terms(c, lc, cc);
-        smooth_loss += lc;
-        smooth_sum += cc;
-      }
-      loss = (1.0f - eps) * loss + eps / C * smooth_loss;
-    }
-    if (reduction == kNone) loss_out[i] = static_cast<in_t>(loss);
-    if (grad) {
-      const float cs = (1.0f - eps) * coef * scale, ss = eps / C * scale;
-      saved_grad_t<in_t>* gp = grad + n * C * P + p * pixel_stride;
-      for (int64_t c = 0; c < C; ++c) {
-        const float pc = expf(static_cast<float>(xp[c * class_stride]) - m) * inv_s;
-        float g = cs * ((c == t ? 1.0f : 0.0f) - pc);
-        if (eps > 0) {
-          float lc, cc;
-          class_terms(c, lc, cc);
-          g += ss * (cc - pc * smooth_sum);
-        }
-        // Ignored pixels get an exact 0, whatever their logits hold (NaN and inf included).
-        gp[c * class_stride] = static_cast<saved_grad_t<in_t>>(valid ? g : 0.0f);
-      }
-    }
-    loss_sum += loss;
-    count += valid;
-    wsum += wt;
-  }
-  if (hist && shared_bins) {
-    __syncthreads();
-    for (int64_t j = threadIdx.x; j < C * C; j += blockDim.x)
-      if (bins[j]) atomicAdd(&hist[j], static_cast<unsigned long long>(bins[j]));
-  }
-  if (reduction == kNone) return;
-  loss_sum = block_sum(loss_sum, shared);
-  count = block_sum(count, shared);
-  wsum = block_sum(wsum, shared);
-  if (threadIdx.x == 0) {
-    partial[blockIdx.x * 3 + 0] = loss_sum;
-    partial[blockIdx.x * 3 + 1] = count;
-    partial[blockIdx.x * 3 + 2] = wsum;
-  }
-  if (!last_block_done(counter)) return;
-  const double total_loss = sum_column(partial, gridDim.x, 3, 0, shared);
-  const double d = reduction == kSum ? 1.0 : sum_column(partial, gridDim.x, 3, reduction == kMean ? 1 : 2, shared);
-  if (threadIdx.x == 0) *loss_out = static_cast<in_t>(reduction == kSum ? total_loss : (d != 0 ? total_loss / d : 0.0));
-}
 
 std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_in, const Tensor& target_in,
                                                            const std::optional<Tensor>& weight, double gamma,
@@ -178,7 +18,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
   MARSOPS_CHECK(logits_in.scalar_type() != ScalarType::Double, "marsops.focal_loss: the CUDA kernel computes in "
                 "fp32; float64 logits are supported by the cpu and reference backends");
   const auto s = focal_shapes(logits_in, target_in, weight, gamma, reduction, label_smoothing);
-  const st::accelerator::DeviceGuard guard(logits_in.get_device_index());
+  const DeviceGuard guard(logits_in.get_device_index());
   const ScalarType dtype = logits_in.scalar_type();
   Tensor loss = empty_loss(logits_in, target_in, reduction);
   auto device_empty = [&](const std::vector<int64_t>& sizes, ScalarType t) { return empty_on(logits_in, sizes, t); };
@@ -198,38 +38,33 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
   if (weight.has_value()) w = st::contiguous(st::to(*weight, ScalarType::Float));
   const float* w_ptr = w.defined() ? w.const_data_ptr<float>() : nullptr;
   const bool prepass = compute_grad && (reduction == kMean || reduction == kWeightedMean);
-  const int blocks = grid_size(logits_in, total);
-  // Workspace: main partials (blocks x 3 doubles), pre-pass partials (blocks x 2), the gradient
-  // scale (a float in 8 bytes), two block counters (zeroed; the only other operation).
-  const int64_t main_bytes = blocks * 3 * 8, pre_bytes = prepass ? blocks * 2 * 8 : 0;
-  Tensor workspace = empty_on(logits_in, {main_bytes + pre_bytes + 16}, ScalarType::Byte);
+  const LaunchConfig pre_config = grid_stride_on(logits_in, total);
+  const LaunchConfig config = grid_stride_on(logits_in, total, shared_bins_bytes(s.C, count_confusion));
+  const FocalWorkspace layout = focal_workspace(config.grid, prepass);
+  Tensor workspace = empty_on(logits_in, {layout.bytes}, ScalarType::Byte);
   char* base = static_cast<char*>(workspace.mutable_data_ptr());
-  double* main_partial = reinterpret_cast<double*>(base);
-  double* pre_partial = reinterpret_cast<double*>(base + main_bytes);
-  float* scale = reinterpret_cast<float*>(base + main_bytes + pre_bytes);
-  unsigned int* counters = reinterpret_cast<unsigned int*>(base + main_bytes + pre_bytes + 8);
+  double* main_partial = reinterpret_cast<double*>(base + layout.main_partial);
+  double* pre_partial = reinterpret_cast<double*>(base + layout.pre_partial);
+  float* scale = reinterpret_cast<float*>(base + layout.scale);
+  unsigned int* counters = reinterpret_cast<unsigned int*>(base + layout.counters);
   STD_CUDA_CHECK(cudaMemsetAsync(counters, 0, 2 * sizeof(unsigned int), stream));
   dispatch_integral(s.target.scalar_type(), "marsops.focal_loss", [&](auto y_tag) {
     using tgt_t = decltype(y_tag);
     const tgt_t* y = s.target.const_data_ptr<tgt_t>();
     if (prepass) {
-      target_stats_kernel<tgt_t><<<blocks, kThreads, 0, stream>>>(y, w_ptr, total, s.C, ignore_index,
-                                                                 reduction == kWeightedMean, pre_partial, scale,
-                                                                 counters + 1);
-      STD_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(target_stats_kernel<tgt_t>, pre_config, stream, y, w_ptr, total, s.C, ignore_index,
+             reduction == kWeightedMean, pre_partial, scale, counters + 1);
     }
     dispatch_floating(dtype, "marsops.focal_loss", [&](auto x_tag) {
       using in_t = decltype(x_tag);
       if constexpr (!std::is_same_v<in_t, double>) {
-        const bool shared_bins = count_confusion && s.C * s.C <= kMaxSharedBins;
-        focal_forward_kernel<in_t, tgt_t><<<blocks, kThreads, shared_bins ? s.C * s.C * sizeof(unsigned int) : 0,
-                                            stream>>>(
-            s.logits.const_data_ptr<in_t>(), y, w_ptr, total, s.C, s.P, s.class_last ? s.C : 1,
-            s.class_last ? 1 : s.P, static_cast<float>(gamma), static_cast<float>(label_smoothing), ignore_index,
-            prepass ? scale : nullptr, reduction, static_cast<in_t*>(loss.mutable_data_ptr()),
-            compute_grad ? static_cast<saved_grad_t<in_t>*>(grad.mutable_data_ptr()) : nullptr, main_partial, counters,
-            count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr, shared_bins);
-        STD_CUDA_KERNEL_LAUNCH_CHECK();
+        launch(focal_forward_kernel<in_t, tgt_t>, config, stream, s.logits.const_data_ptr<in_t>(), y, w_ptr, total,
+               s.C, s.P, s.class_last ? s.C : 1, s.class_last ? 1 : s.P, static_cast<float>(gamma),
+               static_cast<float>(label_smoothing), ignore_index, prepass ? scale : nullptr, reduction,
+               static_cast<in_t*>(loss.mutable_data_ptr()),
+               compute_grad ? static_cast<saved_grad_t<in_t>*>(grad.mutable_data_ptr()) : nullptr, main_partial,
+               counters, count_confusion ? static_cast<unsigned long long*>(confusion.mutable_data_ptr()) : nullptr,
+               shared_bins(s.C));
       }
     });
   });
@@ -238,6 +73,6 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cuda(const Tensor& logits_
 
 }  // namespace
 
-STABLE_TORCH_LIBRARY_IMPL(marsops, CUDA, m) { m.impl("focal_loss_forward", TORCH_BOX(&focal_loss_forward_cuda)); }
+MARSOPS_CUDA_OPS_IMPL(m) { m.impl("focal_loss_forward", TORCH_BOX(&focal_loss_forward_cuda)); }
 
 }  // namespace marsops::cuda
