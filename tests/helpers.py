@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import marsops
+from emulated_cuda import ENABLED as EMULATED_CUDA, OPS as EMULATED_OPS
 from marsops import backend as _backend
 
 HAS_GPU = torch.cuda.is_available()
@@ -14,7 +15,11 @@ requires_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")
 
 def kernel_backends(op_name: str):
     """(backend, device) pairs whose kernels can run here: the C++ CPU kernel, Triton (its
-    interpreter on CPU when no GPU is present), and the CUDA kernel and Triton on a GPU."""
+    interpreter on CPU when no GPU is present), and the CUDA kernel and Triton on a GPU. In a
+    session with MARSOPS_EMULATED_CUDA=1 (tests/emulated_cuda.py) only the cpu backend, whose
+    kernels are then the CUDA kernels run on the SIMT emulation, for the ops CUDA implements."""
+    if EMULATED_CUDA:
+        return [("cpu", "cpu")] if op_name in EMULATED_OPS else []
     pairs = [("cpu", "cpu"), ("triton", "cpu"), ("cuda", "cuda"), ("triton", "cuda")]
     out = []
     for b, d in pairs:
@@ -28,7 +33,13 @@ def kernel_backends(op_name: str):
 
 
 def backend_ids(pairs):
-    return [f"{b}-{d}" for b, d in pairs]
+    return [f"{'cuda_emulated' if EMULATED_CUDA and b == 'cpu' else b}-{d}" for b, d in pairs]
+
+
+def computes_fp64(backend: str) -> bool:
+    """Whether the backend's fused focal loss computes float64 logits in float64: the reference and
+    the C++ CPU kernel do; the CUDA and Triton kernels compute in fp32 and refuse them."""
+    return backend == "reference" or (backend == "cpu" and not EMULATED_CUDA)
 
 
 # (rtol, atol) for comparing a kernel's output with the fp32/fp64 reference on the same inputs,
