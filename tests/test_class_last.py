@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import marsops
-from helpers import kernel_backends
+from helpers import EMULATED_CUDA, kernel_backends
 
 pytestmark = pytest.mark.skipif(("cpu", "cpu") not in kernel_backends("focal_loss_forward"),
                                 reason="the C++ CPU kernels are not built")
@@ -67,6 +67,17 @@ EVERY_C = [(c, dtype) for c in range(1, 18) for dtype in DTYPES]
 def test_every_class_count_agrees_in_both_layouts(c, dtype):
     check_focal_and_confusion(2, c, 3, 11, dtype, seed=c)
     check_region("dice_focal_loss", (2, c, 3, 11, dtype, c), per_image=c % 2 == 0)
+
+
+# The CUDA kernels read class-last logits in place too (a pixel's classes contiguous): run on the
+# emulation (.ci/emulate_cuda), they must agree across layouts the same way; they compute in fp32.
+EMULATED_C = [(c, dtype) for c, dtype in EVERY_C if dtype != torch.float64]
+
+
+@pytest.mark.skipif(not EMULATED_CUDA, reason="runs in a MARSOPS_EMULATED_CUDA=1 session (.ci/emulate_cuda)")
+@pytest.mark.parametrize("c,dtype", EMULATED_C, ids=[f"cuda_emulated-C{c}-{str(d)[6:]}" for c, d in EMULATED_C])
+def test_emulated_cuda_class_counts_agree_in_both_layouts(c, dtype):
+    check_focal_and_confusion(2, c, 3, 11, dtype, seed=c)
 
 
 @given(cases())
