@@ -2,7 +2,7 @@
 test-time augmentation.
 
 Flip names: "left-right" (horizontal) reverses W, "up-down" (vertical) reverses H, "depth"
-reverses D of volumes (N, *, D, H, W). Every op here is one kernel built on views (csrc/views.h):
+reverses D of volumes ``(N, *, D, H, W)``. Every op here is one kernel built on views (csrc/views.h):
 a view is a code, bit 0 reversing W, bit 1 H, bit 2 D, bit 3 transposing H and W (square images).
 """
 import operator
@@ -81,7 +81,7 @@ def flip4(images: Tensor, masks: Optional[Tensor] = None, dims: Sequence[int] = 
     ``out[k * N + i] = flip_k(x[i])``. One kernel per tensor.
 
     dims: the flipped dims, a subset of (-3, -2, -1); with -3 the images are volumes
-    (N, *, D, H, W) and the expansion is 2**len(dims)-fold (8 views with the depth flip), in
+    ``(N, *, D, H, W)`` and the expansion is ``2**len(dims)``-fold (8 views with the depth flip), in
     binary order over the dims from the last (``flip_views_for(dims)``).
 
     Images of any real dtype (float, integer, bool; complex is refused) are differentiable
@@ -181,7 +181,7 @@ def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5
     """Per-sample random flips, the same flip for a sample's image and mask, in one launch each.
 
     p_h: probability of a left-right (horizontal) flip; p_v: of an up-down (vertical) flip; p_d:
-    of a depth flip (volumes (N, *, D, H, W): dim -3); p_t: of a transpose of H and W (square
+    of a depth flip (volumes ``(N, *, D, H, W)``: dim -3); p_t: of a transpose of H and W (square
     images: with p_h = p_v = p_t = 0.5 every dihedral symmetry is equally likely). The decisions
     are drawn on the images' device (from `generator`, which must live there, for reproducible
     draws). Returns (images, masks, flips) with flips an (N, 4) bool tensor of [left-right,

@@ -20,8 +20,8 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     ``l_i = -weight[y_i] * (1 - p_i)**gamma * log(p_i)``; ignored elements give 0.
 
     Args:
-        logits: (N, C) or (N, C, *spatial) float tensor (fp16/bf16 are computed in fp32).
-        target: (N,) or (N, *spatial) integer tensor of class indices in [0, C) or ignore_index.
+        logits: (N, C) or ``(N, C, *spatial)`` float tensor (fp16/bf16 are computed in fp32).
+        target: (N,) or ``(N, *spatial)`` integer tensor of class indices in [0, C) or ignore_index.
         weight: optional (C,) per-class weights (None: all ones).
         gamma: focusing parameter >= 0; gamma = 0 is the (weighted) cross-entropy.
         ignore_index: target value that contributes nothing.

@@ -44,7 +44,7 @@ class TorchmetricsIoU(Metric):
                        dist_reduce_fx="sum")
 
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
-        """preds: logits (N, C, *) or predicted labels (N, *); target (N, *)."""
+        """preds: logits ``(N, C, *)`` or predicted labels ``(N, *)``; target ``(N, *)``."""
         _check_inputs(preds, target, self.num_classes, self.ignore_index)
         self.confmat += confusion_matrix(preds.detach(), target, self.num_classes, self.ignore_index, self.backend)
 

@@ -3,10 +3,12 @@ cross-entropy term (the nnU-Net / MONAI DiceFocal and DiceCE losses), fused: one
 logits for the per-class sums, one for the gradient, no softmax or one-hot tensor.
 
 With p = softmax(logits) and the sums over the non-ignored pixels of the batch (of each image
-with per_image=True): I_c = sum p_c [y = c], S_c = sum p_c, T_c = sum [y = c], and
+with per_image=True): I_c = sum p_c [y = c], S_c = sum p_c, T_c = sum [y = c], and::
+
     dice_c    = (2 I_c + smooth) / (S_c + T_c + smooth)
     jaccard_c = (I_c + smooth) / (S_c + T_c - I_c + smooth)
     tversky_c = (I_c + smooth) / (I_c + alpha (S_c - I_c) + beta (T_c - I_c) + smooth)
+
 the loss is 1 - the weighted mean of the scores over the scored classes (the mean over images of
 that with per_image). A class absent from prediction and target scores 1 (with smooth > 0:
 smooth / smooth; with smooth = 0 it is defined as 1) and so costs nothing. Sums accumulate in
@@ -33,8 +35,8 @@ def tversky_coefficients(alpha: float, beta: float):
 
 def dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, classes: Optional[Sequence[int]] = None,
               smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
-    """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits (N, C, *) and integer
-    targets (N, *) in [0, C) or ignore_index, without a one-hot tensor.
+    """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits ``(N, C, *)`` and integer
+    targets ``(N, *)`` in [0, C) or ignore_index, without a one-hot tensor.
 
     weight: (C,) class weights >= 0 of the mean (None: all 1; weights summing to 0 score nothing:
     loss 0; differentiable with backend='reference' only); classes: the classes scored (None: all);

@@ -17,10 +17,10 @@ def confusion_matrix(pred_or_logits: Tensor, target: Tensor, num_classes: int, i
     """int64 (num_classes, num_classes) matrix: entry [i, j] counts pixels of true class i predicted as j.
 
     Args:
-        pred_or_logits: logits (N, C, *) of a floating dtype (the argmax over C is fused into the
+        pred_or_logits: logits ``(N, C, *)`` of a floating dtype (the argmax over C is fused into the
             counting pass: ties go to the first class and NaN counts as the maximum, as
-            torch.argmax), or predicted labels (N, *) of an integer dtype.
-        target: (N, *) integer labels in [0, num_classes) or ignore_index.
+            torch.argmax), or predicted labels ``(N, *)`` of an integer dtype.
+        target: ``(N, *)`` integer labels in [0, num_classes) or ignore_index.
         ignore_index: target value whose pixels are not counted (None: every pixel counts).
 
     Counting uses integer atomics or private histograms: exact and deterministic, with no host

@@ -30,7 +30,7 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
         alpha: weight of the positives in [0, 1] (negatives get 1 - alpha); None or < 0: no
             weighting (torchvision's alpha=-1).
         gamma: focusing parameter >= 0.
-        pos_weight: one value, or (C,) for logits (N, C, *): the positive term's weight per class
+        pos_weight: one value, or (C,) for logits ``(N, C, *)``: the positive term's weight per class
             (BCEWithLogitsLoss's pos_weight).
         ignore_index: a label value to skip (integer targets only).
         reduction: "none" (per element), "sum", or "mean" (over the counted elements; 0 if none).

@@ -19,7 +19,7 @@ def _scale_kernel(x_ptr, scale_ptr, n, BLOCK: tl.constexpr):
 
 
 def scale_(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """x *= scale (a one-element tensor on x's device), in place; x contiguous."""
+    """``x *= scale`` (a one-element tensor on x's device), in place; x contiguous."""
     n = x.numel()
     if n:
         _scale_kernel[(triton.cdiv(n, BLOCK),)](x, scale, n, BLOCK=BLOCK)
