@@ -114,8 +114,11 @@ EXTRAS = {
     "docs": ["sphinx", "myst-parser"],
     "examples": ["segmentation-models-pytorch", "monai"],
 }
+# Rebuilding in place (`python setup.py build_ext --inplace`, `pip install --no-build-isolation`) and
+# the tests' emulated-CUDA library (torch.utils.cpp_extension.load) need these in the environment.
+EXTRAS["build"] = ["ninja", "setuptools>=64"]
 # The README's one install command, `pip install -e ".[dev]"`: everything the tests and train.py use.
-EXTRAS["dev"] = sorted({r for k in ("test", "oracles", "triton", "train", "tune") for r in EXTRAS[k]})
+EXTRAS["dev"] = sorted({r for k in ("test", "oracles", "triton", "train", "tune", "build") for r in EXTRAS[k]})
 
 setup(
     name="marsops",

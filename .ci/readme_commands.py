@@ -5,18 +5,22 @@ README does not show. The comment names each line of the block, in order:
 
     <!-- ci: install test train -->
     ```bash
-    pip install -e ".[dev]"    # comments stay: bash ignores them
+    pip install -e ".[dev]"    # a comment
     python -m pytest -q
     python train.py
     ```
 
-    python .ci/readme_commands.py install       # prints: pip install -e ".[dev]"    # comments stay ...
+    python .ci/readme_commands.py install       # prints: pip install -e '.[dev]'
     python .ci/readme_commands.py --list        # every name, with its command
+
+A line's trailing comment is dropped (so CI can append arguments) and its words are printed
+quoted for the shell (shlex: the same words, perhaps quoted differently).
 
 Fails (exit 1) if the name is not in the README, is named twice, or a marked block's line count
 differs from its names, so a README edit cannot silently drop a command from CI.
 """
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -45,7 +49,7 @@ def commands(text: str) -> dict:
         for name, command in zip(names, body):
             if name in found:
                 raise SystemExit(f"README.md:{i + 1}: command name {name!r} is marked twice")
-            found[name] = command
+            found[name] = shlex.join(shlex.split(command, comments=True))
     return found
 
 
