@@ -6,7 +6,8 @@
     python examples/smp_unet.py [--steps 30]
 
 The data are marsops' synthetic Mars terrain (64 x 128 grey images, 5 classes). The encoder
-starts from random weights (``encoder_weights=None``): nothing is downloaded.
+starts from random weights (``encoder_weights=None``): nothing is downloaded. A few steps only
+show the API at work: the score stays low (train.py's recipe reaches 0.68 after 15 epochs).
 """
 import argparse
 import time
@@ -34,7 +35,7 @@ def main() -> float:
     torch.manual_seed(0)
     start = time.perf_counter()
 
-    train_x, train_y, val_x, val_y = mars_batches(n_train=96, n_val=32)
+    train_x, train_y, val_x, val_y = mars_batches(n_train=64, n_val=32)
     # A small Unet (4 stages, narrow decoder) so that the example runs in seconds on a laptop CPU.
     model = smp.Unet("resnet18", encoder_weights=None, encoder_depth=4, decoder_channels=(64, 32, 16, 16),
                      in_channels=1, classes=data.NUM_CLASSES)
