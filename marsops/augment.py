@@ -177,7 +177,7 @@ def views_argmax_op(outputs: Tensor, target: Optional[Tensor], ignore_index: Opt
 
 def random_flip(images: Tensor, masks: Optional[Tensor] = None, p_h: float = 0.5, p_v: float = 0.5,
                 generator: Optional[torch.Generator] = None, backend: str = "auto", p_d: float = 0.0,
-                p_t: float = 0.0):
+                p_t: float = 0.0) -> Tuple[Tensor, Optional[Tensor], Tensor]:
     """Per-sample random flips, the same flip for a sample's image and mask, in one launch each.
 
     p_h: probability of a left-right (horizontal) flip; p_v: of an up-down (vertical) flip; p_d:

@@ -6,6 +6,7 @@ reference. The `backend=` argument, or the MARSOPS_BACKEND environment variable 
 argument is "auto", forces one of "reference", "cpu", "cuda", "triton".
 """
 import os
+from typing import Dict
 
 import torch
 
@@ -57,7 +58,7 @@ def _resolve(op_name: str, device_type: str, backend: str) -> str:
     return next(b for b in order if unavailable_reason(b, op_name, device_type) is None)
 
 
-def backends(op_name: str = "focal_loss_forward"):
+def backends(op_name: str = "focal_loss_forward") -> Dict[str, str]:
     """{backend: "available" or why not} for CPU and (if present) CUDA tensors."""
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     report = {}

@@ -1,6 +1,6 @@
 """Fused softmax focal loss: public API, custom-op registration (fake kernels, autograd) and the
 dispatch to the reference / C++ CPU / CUDA / Triton implementations."""
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -8,12 +8,15 @@ from torch import Tensor, nn
 from . import _checks, _extension, _saved_gradient, backend as _backend, reference
 from . import triton as _triton
 
+if TYPE_CHECKING:
+    from .metrics import StreamingIoU
+
 REDUCTIONS = reference.REDUCTIONS  # code = position: none 0, sum 1, mean 2, weighted_mean 3
 
 
 def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, gamma: float = 2.0,
                ignore_index: int = -100, reduction: str = "mean", backend: str = "auto",
-               confusion=None, label_smoothing: float = 0.0) -> Tensor:
+               confusion: Optional[Union[Tensor, "StreamingIoU"]] = None, label_smoothing: float = 0.0) -> Tensor:
     """Softmax focal loss (Lin et al. 2017) for classification and segmentation.
 
     For each element i with target y_i != ignore_index and p_i = softmax(logits_i)[y_i]:
@@ -131,7 +134,8 @@ class FocalLoss(nn.Module):
         self.gamma, self.ignore_index, self.reduction, self.backend = gamma, ignore_index, reduction, backend
         self.label_smoothing = label_smoothing
 
-    def forward(self, logits: Tensor, target: Tensor, confusion=None) -> Tensor:
+    def forward(self, logits: Tensor, target: Tensor,
+                confusion: Optional[Union[Tensor, "StreamingIoU"]] = None) -> Tensor:
         return focal_loss(logits, target, self.weight, self.gamma, self.ignore_index, self.reduction, self.backend,
                           confusion, self.label_smoothing)
 

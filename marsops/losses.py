@@ -14,7 +14,7 @@ that with per_image). A class absent from prediction and target scores 1 (with s
 smooth / smooth; with smooth = 0 it is defined as 1) and so costs nothing. Sums accumulate in
 float64 whatever the logits' dtype.
 """
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -255,7 +255,8 @@ _region_loss_op.register_autograd(_backward, setup_context=_setup_context)
 # ---- modules ------------------------------------------------------------------------------------
 
 class _RegionLossModule(nn.Module):
-    def __init__(self, weight=None, classes=None, smooth=1.0, ignore_index=-100, per_image=False, backend="auto"):
+    def __init__(self, weight: Optional[Union[Tensor, Sequence[float]]] = None, classes: Optional[Sequence[int]] = None,
+                 smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto"):
         super().__init__()
         self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
         self.classes = None if classes is None else tuple(classes)
@@ -285,7 +286,7 @@ class JaccardLoss(_RegionLossModule):
 class TverskyLoss(_RegionLossModule):
     """Module form of :func:`tversky_loss`."""
 
-    def __init__(self, alpha=0.5, beta=0.5, **kwargs):
+    def __init__(self, alpha: float = 0.5, beta: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         self.alpha, self.beta = alpha, beta
 
@@ -297,7 +298,8 @@ class TverskyLoss(_RegionLossModule):
 class DiceFocalLoss(_RegionLossModule):
     """Module form of :func:`dice_focal_loss`; ``focal_weight`` is a buffer too."""
 
-    def __init__(self, gamma=2.0, focal_weight=None, lambda_dice=1.0, lambda_focal=1.0, label_smoothing=0.0, **kwargs):
+    def __init__(self, gamma: float = 2.0, focal_weight: Optional[Union[Tensor, Sequence[float]]] = None,
+                 lambda_dice: float = 1.0, lambda_focal: float = 1.0, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("focal_weight", None if focal_weight is None else
                              torch.as_tensor(focal_weight, dtype=torch.float32))
@@ -313,7 +315,8 @@ class DiceFocalLoss(_RegionLossModule):
 class DiceCELoss(_RegionLossModule):
     """Module form of :func:`dice_ce_loss`; ``ce_weight`` is a buffer too."""
 
-    def __init__(self, ce_weight=None, lambda_dice=1.0, lambda_ce=1.0, label_smoothing=0.0, **kwargs):
+    def __init__(self, ce_weight: Optional[Union[Tensor, Sequence[float]]] = None, lambda_dice: float = 1.0,
+                 lambda_ce: float = 1.0, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("ce_weight", None if ce_weight is None else torch.as_tensor(ce_weight, dtype=torch.float32))
         self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing

@@ -1,6 +1,6 @@
 """Confusion matrix with the argmax fused in, and a streaming per-class IoU metric built on it."""
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -197,7 +197,7 @@ class StreamingIoU:
     """
 
     def __init__(self, num_classes: int, classes: Optional[Sequence[int]] = None, ignore_index: Optional[int] = None,
-                 device=None, backend: str = "auto", per_image: bool = False):
+                 device: Optional[Union[str, torch.device]] = None, backend: str = "auto", per_image: bool = False):
         op = "StreamingIoU"
         num_classes = _checks.as_int64("num_classes", num_classes, op)
         if num_classes < 1:
@@ -244,7 +244,8 @@ class StreamingIoU:
         self.local += per.sum(0).long()
         self._synced = self._synced_images = None
 
-    def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True, dims=(-2, -1)) -> None:
+    def update_flip4(self, outputs: Tensor, target: Tensor, softmax: bool = True,
+                     dims: Sequence[int] = (-2, -1)) -> None:
         """Counts flip test-time-augmented predictions: outputs (4N, C, H, W) of a flip4 batch
         (marsops.flip4 of the images; 8N, C, D, H, W with dims=(-3, -2, -1)), target (N, [D,] H, W).
         Each flip is undone, the views averaged (softmax by default) and the argmax counted, in one
@@ -277,7 +278,7 @@ class StreamingIoU:
         self.local += counts
         self._synced = None
 
-    def counts_for(self, num_classes: int, ignore_index: int, device) -> Tensor:
+    def counts_for(self, num_classes: int, ignore_index: int, device: Union[str, torch.device]) -> Tensor:
         """The local counts, for another op (focal_loss(confusion=...)) to add a pass's counts to."""
         self._refuse_per_image("focal_loss(confusion=...)")
         if num_classes != self.num_classes:
@@ -321,7 +322,7 @@ class StreamingIoU:
         self._synced = self._synced_images = None
         return self
 
-    def sync(self, group=None) -> "StreamingIoU":
+    def sync(self, group: Optional["torch.distributed.ProcessGroup"] = None) -> "StreamingIoU":
         """Sums the local counts of every process of a torch.distributed group (a collective: every
         process must call it). Idempotent: the sum always starts again from the local counts."""
         import torch.distributed as dist

@@ -4,14 +4,17 @@ npz keys: "training_set" (N, 2, 64, 128) float64 with [:, 0] images in 0..255 an
 in 0..4; "test_set" (M, 64, 128) images. Loaded images are float32 in [0, 1] with a channel
 dimension (N, 1, H, W); masks int64 (or uint8) (N, H, W).
 """
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
+
+PathLike = Union[str, os.PathLike]  # a file or folder name
 
 NUM_CLASSES = 5
 CLASS_NAMES = ("background", "soil", "bedrock", "sand", "big rocks")
@@ -46,7 +49,7 @@ def _masks(array: np.ndarray, what: str, dtype) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.uint8)).to(dtype)
 
 
-def load_npz(path, mask_dtype=torch.int64) -> MarsData:
+def load_npz(path: PathLike, mask_dtype: torch.dtype = torch.int64) -> MarsData:
     """Reads and validates a course-format npz (pickles are refused)."""
     path = Path(path)
     if not path.is_file():
@@ -82,7 +85,7 @@ def load_npz(path, mask_dtype=torch.int64) -> MarsData:
                     test_images=None if test is None else _images(test, f"{path}: test images"))
 
 
-def load_png_folder(folder, mask_dtype=torch.int64) -> MarsData:
+def load_png_folder(folder: PathLike, mask_dtype: torch.dtype = torch.int64) -> MarsData:
     """Reads folder/images/*.png (grayscale) and folder/masks/*.png (class ids) with matching names."""
     from PIL import Image
 
@@ -109,12 +112,12 @@ def load_png_folder(folder, mask_dtype=torch.int64) -> MarsData:
                     masks=_masks(np.stack(masks), f"{folder}: masks", mask_dtype))
 
 
-def load(path, mask_dtype=torch.int64) -> MarsData:
+def load(path: PathLike, mask_dtype: torch.dtype = torch.int64) -> MarsData:
     """A course npz file or a PNG folder."""
     return load_png_folder(path, mask_dtype) if Path(path).is_dir() else load_npz(path, mask_dtype)
 
 
-def save_npz(path, images: np.ndarray, masks: np.ndarray, test_images: Optional[np.ndarray] = None):
+def save_npz(path: PathLike, images: np.ndarray, masks: np.ndarray, test_images: Optional[np.ndarray] = None) -> None:
     """Writes the course format: images (N, H, W) in 0..255, masks (N, H, W) in 0..4, as float64."""
     arrays = {"training_set": np.stack([images, masks], axis=1).astype(np.float64)}
     if test_images is not None:
@@ -122,7 +125,7 @@ def save_npz(path, images: np.ndarray, masks: np.ndarray, test_images: Optional[
     np.savez_compressed(path, **arrays)
 
 
-def write_submission(path, predictions: torch.Tensor):
+def write_submission(path: PathLike, predictions: torch.Tensor) -> None:
     """The course's CSV: header `id,0,...,H*W-1`, then per test image its index and its predicted
     classes flattened row-major."""
     pred = predictions.reshape(predictions.shape[0], -1).to(torch.int64).cpu().numpy()

@@ -1,4 +1,6 @@
 """Class statistics, the report's class weights and the train/validation split."""
+from typing import Tuple
+
 import torch
 
 # The report's weights came out as [0, 0.0359, 0.0523, 0.0663, 9.2720]: each is ~0.01217 / share
@@ -25,7 +27,7 @@ def inverse_frequency_weights(masks: torch.Tensor, num_classes: int, background_
     return w.float()
 
 
-def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0):
+def split_indices(n: int, val_fraction: float = 0.2, seed: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
     """Seeded (train, validation) index split. Do it before any augmentation, so no flipped copy of
     a validation image leaks into training (the report split after augmenting)."""
     if not 0.0 <= val_fraction < 1.0:

@@ -10,11 +10,13 @@ training images are "outliers": terrain with a pasted alien picture, all sharing
 the course data.
 """
 import math
+from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .course import save_npz
+from .course import PathLike, save_npz
 
 BACKGROUND, SOIL, BEDROCK, SAND, ROCK = range(5)
 COURSE_SHARES = (0.2431, 0.3390, 0.2328, 0.1838, 0.0013)
@@ -114,7 +116,8 @@ def terrain(n, height=64, width=128, seed=0, chunk=512):
     return torch.cat(images).double(), torch.cat(masks)
 
 
-def generate(n_train=2615, n_test=1000, seed=0, outlier_fraction=OUTLIER_FRACTION, height=64, width=128):
+def generate(n_train: int = 2615, n_test: int = 1000, seed: int = 0, outlier_fraction: float = OUTLIER_FRACTION,
+             height: int = 64, width: int = 128) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_images, train_masks, test_images, outlier_indices) as numpy arrays in the course's
     value ranges; the outliers are planted among the training images (at least two when any: one
     image alone cannot share its mask, so find_outliers could not tell it)."""
@@ -140,7 +143,8 @@ def generate(n_train=2615, n_test=1000, seed=0, outlier_fraction=OUTLIER_FRACTIO
     return images.numpy(), masks.numpy(), test_images.numpy(), outliers.numpy()
 
 
-def write_npz(path, n_train=2615, n_test=1000, seed=0, outlier_fraction=OUTLIER_FRACTION):
+def write_npz(path: PathLike, n_train: int = 2615, n_test: int = 1000, seed: int = 0,
+              outlier_fraction: float = OUTLIER_FRACTION) -> np.ndarray:
     """Generates the set and writes it in the course's npz format; returns the outlier indices."""
     images, masks, test_images, outliers = generate(n_train, n_test, seed, outlier_fraction)
     save_npz(path, images, masks, test_images)

@@ -1,11 +1,13 @@
 """The report's Multipath UNet: a UNet whose bottleneck reads the encoder's features through
 up to four parallel paths, concatenates them and fuses them with a conv, a Squeeze-and-Excitation
 block and a residual add."""
+from typing import Sequence
+
+import torch
 from torch import nn
 
 from .parts import (ConvBNReLU, Decoder, DilatedSum, DoubleConv, Encoder, GlobalContext, ResidualBlock,
                     SqueezeExcite, check_input)
-import torch
 
 PATHS = ("plain", "residual", "context", "dilated")
 
@@ -32,7 +34,7 @@ class MultipathUNet(nn.Module):
 
     SIZE_DIVISOR = 8  # three 2x poolings
 
-    def __init__(self, in_channels=1, num_classes=5, width=32, paths=PATHS):
+    def __init__(self, in_channels: int = 1, num_classes: int = 5, width: int = 32, paths: Sequence[str] = PATHS):
         super().__init__()
         if not paths:
             raise ValueError("MultipathUNet: at least one bottleneck path is needed")
@@ -47,7 +49,7 @@ class MultipathUNet(nn.Module):
         self.decoder = Decoder(16 * width, widths[::-1])
         self.head = nn.Conv2d(width, num_classes, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.SIZE_DIVISOR, "MultipathUNet")
         x, skips = self.encoder(x)
         fused = self.fuse(torch.cat([branch(x) for branch in self.branches], dim=1))
