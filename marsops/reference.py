@@ -2,17 +2,27 @@
 by autograd. They are the oracle of the tests and the fallback when nothing is compiled."""
 import torch
 
+from . import _checks
+
 REDUCTIONS = ("none", "sum", "mean", "weighted_mean")
 
 
-def refuse(bad: torch.Tensor, message: str, value=None) -> None:
-    """Raises ValueError(message, with value() named) if any of `bad` is set. Under torch.compile,
-    where a branch on a tensor's values cannot be traced, it is a torch._assert_async check with
-    the message instead (a RuntimeError when the compiled code runs)."""
+def refuse(bad: torch.Tensor, message: str, values=None, name="label") -> None:
+    """Raises ValueError(message, naming the first of `values` where `bad` is set) if any of `bad`
+    is set. Under torch.compile, where a branch on a tensor's values cannot be traced, it is a
+    torch._assert_async check with the message instead (a RuntimeError when the compiled code
+    runs); under torch.func.vmap it checks every sample at once."""
     if torch.compiler.is_compiling():
         torch._assert_async(~bad.any(), message)
-    elif bad.any():
-        raise ValueError(message + (f" (found {value()})" if value else ""))
+        return
+    if not _checks.unbatched(bad).any():
+        return
+    found = ""
+    if values is not None:  # both with the vmap batching of either (when vmapped)
+        shown = _checks.unbatched(torch.where(bad, values, torch.zeros_like(values)))
+        where = _checks.unbatched(bad & torch.ones_like(values, dtype=torch.bool))
+        found = f" (found {name + ' ' if name else ''}{shown[where][0].item()})"
+    raise ValueError(message + found)
 
 
 def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) -> torch.Tensor:
@@ -24,7 +34,7 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index, op: str) 
     valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
     bad = valid & ((target < 0) | (target >= num_classes))
     refuse(bad, f"marsops.{op}: target contains a label outside [0, {num_classes}) that is not ignore_index "
-                f"({ignore_index})", lambda: f"label {int(target[bad][0])}")
+                f"({ignore_index})", target)
     return valid
 
 
@@ -40,33 +50,50 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
 
 def focal_loss(logits, target, weight=None, gamma=2.0, ignore_index=-100, reduction="mean", label_smoothing=0.0):
     """Softmax focal loss: -w[y] * (1 - p_y)^gamma * log p_y per element (see marsops.focal_loss);
-    with label smoothing eps, (1 - eps) of that + eps / C * sum_c of -w[c] (1 - p_c)^gamma log p_c."""
+    with label smoothing eps, (1 - eps) of that + eps / C * sum_c of -w[c] (1 - p_c)^gamma log p_c.
+    Sums run in float64."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     valid = check_labels(target, x.shape[1], ignore_index, "focal_loss")
     t = torch.where(valid, target.long(), 0)
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     # An ignored element never contributes, whatever its logits hold (NaN and inf included): its
     # logits are replaced before the softmax, so neither its loss nor its gradient sees them.
-    x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    x = torch.where(valid.unsqueeze(1), x, zero)
     all_logp = torch.log_softmax(x, dim=1)
+    # -log p = (m - x) + log s, m the largest logit: for the focal terms of logits so far apart that
+    # m - x overflows (where log_softmax says -inf).
+    m = x.detach().amax(1, keepdim=True)
+    log_s = torch.log(torch.exp(x - m).sum(1, keepdim=True))
     w_all = torch.ones(x.shape[1], dtype=x.dtype, device=x.device) if weight is None else weight.to(x.dtype)
 
-    def focal(logp, w):  # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1
+    def focal(logp, xc, m, log_s, w):
+        # 1 - p without cancellation; clamped so the gradient of q**gamma stays finite at p == 1
         q = (-torch.expm1(logp)).clamp_min(torch.finfo(x.dtype).tiny)
-        return -w * q**gamma * logp
+        # Finite logits more than the dtype's largest value apart (m > 0 > x): w q^gamma (-log p) as
+        # w q^gamma m - w q^gamma x + w q^gamma log s, infinite only where the loss itself leaves
+        # the dtype's range and 0 for a zero weight (not 0 * inf).
+        over = torch.isneginf(logp) & torch.isfinite(xc)
+        # Where p underflows to 0 (always where log p is -inf), dq / dlog p = -p is exactly 0: q is
+        # taken as a constant there, whose factor -log p (up to inf) would give 0 * inf.
+        a = w * torch.where(torch.exp(logp) == 0, q.detach(), q) ** gamma
+        direct = -a * torch.where(over, zero, logp)
+        split = a * torch.where(over, m, zero) - a * torch.where(over, xc, zero) + a * torch.where(over, log_s, zero)
+        return torch.where(over, split, direct)
 
-    w = torch.where(valid, w_all[t], torch.zeros((), dtype=x.dtype, device=x.device))
-    loss = focal(all_logp.gather(1, t.unsqueeze(1)).squeeze(1), w)
+    w = torch.where(valid, w_all[t], zero)
+    label = t.unsqueeze(1)
+    loss = focal(all_logp.gather(1, label), x.gather(1, label), m, log_s, w.unsqueeze(1)).squeeze(1)
     if label_smoothing:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        every_class = focal(all_logp, w_all.view(shape)).sum(1)
+        every_class = focal(all_logp, x, m, log_s, w_all.view(shape)).sum(1)
         loss = (1 - label_smoothing) * loss + label_smoothing / x.shape[1] * every_class
-        loss = torch.where(valid, loss, torch.zeros((), dtype=x.dtype, device=x.device))
+        loss = torch.where(valid, loss, zero)
     if reduction == "none":
         return loss.to(logits.dtype)
-    total = loss.sum()
+    total = loss.sum(dtype=torch.float64)  # finite wherever the sum is, whatever the partial sums
     if reduction == "sum":
         return total.to(logits.dtype)
-    denom = valid.sum().to(x.dtype) if reduction == "mean" else w.sum()
+    denom = valid.sum().double() if reduction == "mean" else w.sum(dtype=torch.float64)
     # Nothing counted (every pixel ignored, or weights summing to 0): the loss is 0, not NaN. Any other
     # denominator divides, as in F.cross_entropy: negative weight sums, and NaN weights (a NaN loss).
     counted = denom != 0
@@ -84,13 +111,13 @@ def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, pos_weight=None, i
         bad = ~((t >= 0) & (t <= 1))
         valid = torch.ones_like(t, dtype=torch.bool)
         refuse(bad, "marsops.sigmoid_focal_loss: target contains a value outside [0, 1] (float targets are soft "
-                    "labels)", lambda: float(t[bad][0]))
+                    "labels)", t, name="")
     else:
         labels = target.long()
         valid = torch.ones_like(labels, dtype=torch.bool) if ignore_index is None else labels != ignore_index
         bad = valid & (labels != 0) & (labels != 1)
         refuse(bad, f"marsops.sigmoid_focal_loss: target contains a label outside {{0, 1}} that is not ignore_index "
-                    f"({ignore_index})", lambda: f"label {int(labels[bad][0])}")
+                    f"({ignore_index})", labels)
         t = torch.where(valid, labels, 0).to(x.dtype)
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = torch.where(valid, x, zero)  # ignored elements' logits (NaN, inf) reach neither loss nor gradient
@@ -100,19 +127,25 @@ def sigmoid_focal_loss(logits, target, alpha=0.25, gamma=2.0, pos_weight=None, i
         pw = pos_weight.to(x.dtype).reshape(())
     else:
         pw = pos_weight.to(x.dtype).view((-1,) + (1,) * (x.dim() - 2))
-    ce = pw * t * softplus(-x) + (1 - t) * softplus(x)
     p = torch.sigmoid(x)
     q = t * torch.sigmoid(-x) + (1 - t) * p  # 1 - p_t without cancellation
-    loss = ce if gamma == 0 else q.clamp_min(torch.finfo(x.dtype).tiny) ** gamma * ce
+    # Where the sigmoid saturates (p (1 - p) is 0 in the dtype), so does q: its derivative is 0 there,
+    # and it gets none (0 times a loss factor near the dtype's limit could be 0 * inf).
+    q = torch.where(p * (1 - p) == 0, q.detach(), q)
+    k = 1.0 if gamma == 0 else q.clamp_min(torch.finfo(x.dtype).tiny) ** gamma
     if alpha is not None:
-        loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+        k = (alpha * t + (1 - alpha) * (1 - t)) * k
+    # k (pw t softplus(-x) + (1 - t) softplus(x)), the factors multiplied first: a product leaves the
+    # dtype's range only where the loss does, and a zero factor gives 0, never 0 * inf.
+    loss = (k * pw * t) * softplus(-x) + (k * (1 - t)) * softplus(x)
     loss = torch.where(valid, loss, zero)
     if reduction == "none":
         return loss.to(logits.dtype)
+    total = loss.sum(dtype=torch.float64)  # finite wherever the sum is, whatever the partial sums
     if reduction == "sum":
-        return loss.sum().to(logits.dtype)
-    count = valid.sum().to(x.dtype)
-    return torch.where(count > 0, loss.sum() / count.clamp_min(1), zero).to(logits.dtype)
+        return total.to(logits.dtype)
+    count = valid.sum().double()
+    return torch.where(count > 0, total / count.clamp_min(1), total * 0).to(logits.dtype)
 
 
 def region_scores(I, S, T, coeffs, smooth):
@@ -145,7 +178,8 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
     x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
     keep = valid.unsqueeze(1).double()
     p = torch.softmax(x, dim=1).double() * keep
-    onehot = torch.nn.functional.one_hot(t, C).movedim(-1, 1).double() * keep
+    classes = torch.arange(C, device=t.device).view((1, C) + (1,) * (t.dim() - 1))
+    onehot = (t.unsqueeze(1) == classes).double() * keep  # one_hot's range check would stop torch.func.vmap
     dims = tuple(d for d in range(x.dim()) if d != 1 and (d != 0 or not per_image))
     # (C,) or (N, C); with no axis to sum (per-image sums of (N, C) logits) nothing is summed:
     # torch's sum(()) would sum over every axis instead.
@@ -167,11 +201,11 @@ def confusion_matrix(input, target, num_classes, ignore_index=None):
     valid = check_labels(target, num_classes, ignore_index, "confusion_matrix")
     bad = valid & ((pred < 0) | (pred >= num_classes))
     refuse(bad, f"marsops.confusion_matrix: predictions contain a label outside [0, {num_classes})",
-           lambda: f"label {int(pred[bad][0])}")
+           pred)
     # Uncounted pixels go to one extra bin: no data-dependent shapes, so torch.compile traces it.
     bins = torch.where(valid, target.long() * num_classes + pred, num_classes**2).flatten()
     counts = torch.zeros(num_classes**2 + 1, dtype=torch.int64, device=bins.device)
-    counts.index_add_(0, bins, torch.ones_like(bins))
+    counts = counts.index_add(0, bins, torch.ones_like(bins))  # not in place: torch.func.vmap runs it too
     return counts[:-1].view(num_classes, num_classes)
 
 

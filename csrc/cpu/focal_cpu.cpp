@@ -141,7 +141,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
   check_labels(stats, s.C, ignore_index);
   if (reduction != kNone) {
     const double d = denominator(stats, reduction);
-    st::fill_(loss, reduction == kSum ? stats.loss_sum : (d != 0 ? stats.loss_sum / d : 0.0));
+    st::fill_(loss, within_range(reduction == kSum ? stats.loss_sum : (d != 0 ? stats.loss_sum / d : 0.0), dtype));
   }
   return {loss, grad, confusion};
 }

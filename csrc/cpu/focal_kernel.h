@@ -60,12 +60,11 @@ struct FocalKernel {
   FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
     FocalStats st;
-    Vec vloss(0);
-    acc_t sloss = 0;
+    double loss = 0;  // in double (simd.h, v_sum_double)
     int64_t p = p0;
-    for (; p + Vec::size() <= p1; p += Vec::size()) vloss = vloss + block<COUNT, CLASS_LAST, Vec>(n, p, st, hist);
-    for (; p < p1; ++p) sloss += block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist);
-    st.loss_sum = static_cast<double>(v_sum(vloss)) + static_cast<double>(sloss);
+    for (; p + Vec::size() <= p1; p += Vec::size()) loss += v_sum_double(block<COUNT, CLASS_LAST, Vec>(n, p, st, hist));
+    for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist));
+    st.loss_sum = loss;
     return st;
   }
 };

@@ -4,6 +4,7 @@
 #pragma once
 #include <torch/headeronly/core/ScalarType.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "../tta_common.h"
@@ -27,6 +28,19 @@ struct FocalArgs {
   void* loss_none;           // (N, P) per-pixel loss in logits_dtype, or nullptr when reduced
   void* grad;                // dloss/dlogits in logits_dtype and layout, or nullptr
 };
+
+// A reduced loss as fill_ takes it for an output of `dtype`: +-inf beyond the dtype's range (a
+// sum of finite losses may pass it; fill_ refuses to convert such a double), else the value.
+inline double within_range(double v, ScalarType dtype) {
+  double max = 0;
+  switch (dtype) {
+    case ScalarType::Float: max = 3.4028234663852886e38; break;
+    case ScalarType::Half: max = 65504.0; break;
+    case ScalarType::BFloat16: max = 3.3895313892515355e38; break;
+    default: return v;
+  }
+  return v > max ? HUGE_VAL : v < -max ? -HUGE_VAL : v;
+}
 
 struct FocalStats {
   double loss_sum = 0;    // sum of per-pixel losses

@@ -56,11 +56,10 @@ struct RegionKernel {
     constexpr int L = Vec::size();
     std::fill(sums, sums + 3 * a.C * L, acc_t(0));
     FocalStats st;
-    Vec vloss(0);
-    acc_t sloss = 0;
+    double loss = 0;  // the focal term's, in double (simd.h, v_sum_double)
     int64_t p = p0;
-    for (; p + L <= p1; p += L) vloss = vloss + stats_block<CLASS_LAST, Vec>(n, p, st);
-    for (; p < p1; ++p) sloss += stats_block<CLASS_LAST, acc_t>(n, p, st);
+    for (; p + L <= p1; p += L) loss += v_sum_double(stats_block<CLASS_LAST, Vec>(n, p, st));
+    for (; p < p1; ++p) loss += v_sum_double(stats_block<CLASS_LAST, acc_t>(n, p, st));
     double* row = stats + (group(n) - first_group) * a.C * 3;
     for (int64_t c = 0; c < a.C; ++c)
       for (int k = 0; k < 3; ++k) {
@@ -68,7 +67,7 @@ struct RegionKernel {
         for (int i = 0; i < L; ++i) total += sums[(3 * c + k) * L + i];
         row[3 * c + k] += total;
       }
-    st.loss_sum = static_cast<double>(v_sum(vloss)) + static_cast<double>(sloss);
+    st.loss_sum = loss;
     return st;
   }
 

@@ -102,7 +102,7 @@ std::tuple<Tensor, Tensor> sigmoid_focal_loss_forward_cpu(const Tensor& logits, 
     MARSOPS_CHECK(!stats.bad, op, ": target contains label ", stats.bad_label, ", outside {0, 1}",
                   a.has_ignore ? " and not ignore_index (" + std::to_string(a.ignore_index) + ")" : std::string());
   }
-  if (reduction != kNone) st::fill_(loss, reduction == kSum ? stats.loss_sum : stats.loss_sum * a.grad_scale);
+  if (reduction != kNone) st::fill_(loss, within_range(reduction == kSum ? stats.loss_sum : stats.loss_sum * a.grad_scale, dtype));
   return {loss, grad};
 }
 

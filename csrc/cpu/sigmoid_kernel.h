@@ -47,24 +47,32 @@ struct SigmoidFocalTerms {
 
   SigmoidFocalTerms(V x, V t, V w, acc_t alpha, acc_t gamma, acc_t scale) {
     const V zero(0), one(1);
-    const V e = v_exp(zero - v_abs(x));  // exp(-|x|) in (0, 1]: no overflow
+    // exp(-|x|) in (0, 1]: no overflow. NaN for a NaN logit, as in the scalar tail (the vector exp
+    // clamps a NaN argument to a finite value), so that its loss and gradient are NaN alike.
+    const V e = v_where(x != x, x, v_exp(zero - v_abs(x)));
     const V l1 = v_log1p(e);
     const V inv = one / (one + e);
     const auto nonneg = x >= zero;
     const V p = v_where(nonneg, inv, e * inv), omp = v_where(nonneg, e * inv, inv);  // sigmoid(x), sigmoid(-x)
     const V a = w * t, b = one - t;
-    const V ce = a * (v_max(zero - x, zero) + l1) + b * (v_max(x, zero) + l1);
+    const V sp_neg = v_max(zero - x, zero) + l1, sp_pos = v_max(x, zero) + l1;  // -log p, -log(1 - p)
     const V q = t * omp + b * p;
     const V qg = pow_gamma(q, gamma);
     const V at = alpha < 0 ? one : V(alpha) * t + V(acc_t(1) - alpha) * b;
     const V dce = b * p - a * omp;
+    // ce = a sp_neg + b sp_pos, with the factors multiplied first: a product then leaves the type's
+    // range only where the loss does (a pos_weight > 1 times a logit near the type's limit), and a
+    // zero factor gives 0, never 0 * inf.
     V g = qg * dce;
     if (gamma != acc_t(0)) {
       const V dq = zero - p * omp * (t + t - one);
       const V r = v_min(v_max(dq / v_where(q > zero, q, one), zero - one), one);
-      g = g + v_where(q > zero, V(gamma) * qg * r * ce, zero);
+      const V f = V(gamma) * qg * r;
+      // 0 where q does not move (dq = 0: a saturated sigmoid, whose ce may be inf for an inf logit)
+      g = g + v_where(f == zero, zero, v_where(q > zero, (f * a) * sp_neg + (f * b) * sp_pos, zero));
     }
-    loss = at * qg * ce;
+    const V k = at * qg;
+    loss = (k * a) * sp_neg + (k * b) * sp_pos;
     grad = at * g * V(scale);
   }
 };
@@ -74,7 +82,7 @@ struct SigmoidKernel {
   const SigmoidArgs& a;
 
   template <typename V>
-  void block(int64_t i, acc_t w, V& loss_acc, FocalStats& st) const {
+  void block(int64_t i, acc_t w, double& loss_acc, FocalStats& st) const {
     constexpr int L = Lanes<V>::n;
     acc_t t_buf[L], valid_buf[L];
     read_binary_targets<L>(static_cast<const tgt_t*>(a.target) + i, a.has_ignore, a.ignore_index, t_buf, valid_buf,
@@ -85,7 +93,7 @@ struct SigmoidKernel {
                                         static_cast<acc_t>(a.gamma), static_cast<acc_t>(a.grad_scale));
     // Ignored elements are selected out: their logits may hold NaN or inf.
     const V loss = v_where(valid, f.loss, V(0));
-    loss_acc = loss_acc + loss;
+    loss_acc += v_sum_double(loss);
     if (a.loss_none) store_as<V, acc_t>(loss, static_cast<in_t*>(a.loss_none) + i);
     if (a.grad) store_as<V, acc_t>(v_where(valid, f.grad, V(0)), static_cast<saved_grad_t<in_t>*>(a.grad) + i);
   }
@@ -93,17 +101,16 @@ struct SigmoidKernel {
   FocalStats range(int64_t begin, int64_t end) const {
     using Vec = Vectorized<acc_t>;
     FocalStats st;
-    Vec vloss(0);
-    acc_t sloss = 0;
+    double loss = 0;  // in double (simd.h, v_sum_double)
     const acc_t* pw = static_cast<const acc_t*>(a.pos_weight);
     for_each_segment(begin, end, a.P, [&](int64_t plane, int64_t p0, int64_t p1) {
       const acc_t w = pw ? pw[plane % a.C] : acc_t(1);
       const int64_t base = plane * a.P;
       int64_t p = p0;
-      for (; p + Vec::size() <= p1; p += Vec::size()) block<Vec>(base + p, w, vloss, st);
-      for (; p < p1; ++p) block<acc_t>(base + p, w, sloss, st);
+      for (; p + Vec::size() <= p1; p += Vec::size()) block<Vec>(base + p, w, loss, st);
+      for (; p < p1; ++p) block<acc_t>(base + p, w, loss, st);
     });
-    st.loss_sum = static_cast<double>(v_sum(vloss)) + static_cast<double>(sloss);
+    st.loss_sum = loss;
     return st;
   }
 };

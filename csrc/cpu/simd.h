@@ -85,6 +85,17 @@ template <typename T> inline T v_sum(const Vectorized<T>& v) {
   return s;
 }
 
+// The sum of the lanes, in double: the kernels add their per-pixel losses up in double, so a sum
+// (or a mean) is finite wherever its value is, even when partial sums in fp32 would overflow.
+template <typename T> inline double v_sum_double(T v) { return static_cast<double>(v); }
+template <typename T> inline double v_sum_double(const Vectorized<T>& v) {
+  T buf[Vectorized<T>::size()];
+  v.store(buf);
+  double s = 0;
+  for (int i = 0; i < Vectorized<T>::size(); ++i) s += static_cast<double>(buf[i]);
+  return s;
+}
+
 // Calls f(n, p0, p1) for the pixels [begin, end) of a flattened (N, P) index, one sample at a
 // time, so kernels can run their SIMD loop over contiguous pixels of one sample.
 template <typename F>

@@ -4,6 +4,8 @@
 // softmax (max, exponentials kept in a [C][L] scratch, sum), and the focal terms of their labels
 // with optional label smoothing.
 #pragma once
+#include <limits>
+
 #include "simd.h"
 
 // SIMD overloads of the primitives focal_math.h uses; declared before it so its templates see them.
@@ -18,6 +20,11 @@ template <typename T>
 inline at::vec::Vectorized<T> m_where_lt(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
                                          const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
   return at::vec::Vectorized<T>::blendv(f, t, a < b);
+}
+template <typename T>
+inline at::vec::Vectorized<T> m_where_eq(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
+                                         const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
+  return at::vec::Vectorized<T>::blendv(f, t, a == b);
 }
 }  // namespace marsops
 
@@ -87,6 +94,11 @@ struct BlockSoftmax {
       et = v_where(is_t, e, et);
       other = other + v_where(is_t, V(0), e);
     }
+    // A pixel whose largest logit is not finite (+inf, NaN, or every class -inf) has an all-NaN
+    // softmax in torch. The scalar tail's std::exp gives that by itself; the vector exp clamps its
+    // NaN argument to a finite value (an inf logit elsewhere would give a finite sum and an
+    // infinite loss), so it is said here, for every lane alike.
+    s = v_where((m - m) == V(0), s, V(std::numeric_limits<acc_t>::quiet_NaN()));
     inv_s = V(1) / s;
     log_s = v_log(s);
   }
@@ -123,7 +135,7 @@ struct FocalPixels {
               acc_t scale)
       : coefs(eps > acc_t(0) ? coef_scratch : nullptr) {
     V coef;
-    focal_terms(sm.xt - sm.m - sm.log_s, sm.et * sm.inv_s, sm.other * sm.inv_s, wt, gamma, loss, coef);
+    focal_terms(sm.xt, sm.m, sm.log_s, sm.et * sm.inv_s, sm.other * sm.inv_s, wt, gamma, loss, coef);
     valid = cls >= V(0);
     target_coef = coef * V((acc_t(1) - eps) * scale);
     smooth_scale = V(eps / static_cast<acc_t>(sm.C));
@@ -134,7 +146,7 @@ struct FocalPixels {
         const V e = sm.exp(c), p = e * sm.inv_s;
         const V q = v_max((sm.s - e) * sm.inv_s, V(0));  // 1 - p; only the target's q needs the exact form
         V lc, cc;
-        focal_terms(sm.logits(c) - sm.m - sm.log_s, p, q, V(w ? w[c] : acc_t(1)), gamma, lc, cc);
+        focal_terms(sm.logits(c), sm.m, sm.log_s, p, q, V(w ? w[c] : acc_t(1)), gamma, lc, cc);
         smooth_loss = smooth_loss + lc;
         smooth_sum = smooth_sum + cc;
         store_as<V, acc_t>(cc, coef_scratch + c * L);

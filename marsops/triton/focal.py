@@ -100,19 +100,27 @@ def _q_pow_gamma(q, gamma, GAMMA_KIND: tl.constexpr):
 def _focal_terms(xt, m, s, et, other, w, valid, gamma, GAMMA_KIND: tl.constexpr):
     """(loss, coef) per pixel with dl/dx_j = coef * (delta_tj - p_j); see csrc/focal_math.h."""
     inv_s = 1.0 / s
-    logp = tl.where(valid, xt - m - tl.log(s), 0.0)
+    log_s = tl.log(s)
+    logp = tl.where(valid, xt - m - log_s, 0.0)
     p = et * inv_s
     q = other * inv_s  # 1 - p without cancellation
     qg = _q_pow_gamma(q, gamma, GAMMA_KIND)
     # log(p) / q, by its series near q = 0.
     series = -1.0 - q * (0.5 + q * (1.0 / 3.0 + q * 0.25))
     ratio = tl.where(q < 1e-3, series, logp / q)
+    a = w * qg
+    # Finite logits more than fp32's largest value apart: xt - m overflows to -inf (m > 0 > xt), and
+    # the loss a (m - xt + log s) is computed as a m - a xt + a log s (csrc/focal_math.h).
+    gap = tl.where(xt > -float("inf"), xt - m, 0.0)
+    pixel_loss = tl.where(gap == -float("inf"), a * m - a * xt + a * log_s, -a * logp)
     # Ignored pixels are selected out: their logits may hold NaN or inf.
-    loss = tl.where(valid, -w * qg * logp, 0.0)
+    loss = tl.where(valid, pixel_loss, 0.0)
     if GAMMA_KIND == 0:  # the cross-entropy: no focal term (0 * inf for a -inf target logit)
         coef = tl.where(valid, -w * qg, 0.0)
     else:
-        coef = tl.where(valid, w * (gamma * qg * p * ratio - qg), 0.0)
+        # p log(p) / q tends to 0 with p; where p underflowed to 0, log p may be -inf (0 * inf).
+        p_ratio = tl.where(p > 0.0, p * ratio, 0.0)
+        coef = tl.where(valid, w * (gamma * qg * p_ratio - qg), 0.0)
     return loss, coef
 
 

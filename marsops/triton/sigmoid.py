@@ -49,14 +49,18 @@ def _sigmoid_focal_kernel(x_ptr, y_ptr, pw_ptr, scale_ptr, loss_ptr, grad_ptr, p
     omp = tl.where(x >= 0, e * inv, inv)  # sigmoid(-x) = 1 - p without cancellation
     a = w * t
     b = 1.0 - t
-    ce = a * (tl.maximum(-x, 0.0) + l1) + b * (tl.maximum(x, 0.0) + l1)
+    sp_neg = tl.maximum(-x, 0.0) + l1  # -log p
+    sp_pos = tl.maximum(x, 0.0) + l1  # -log(1 - p)
     q = t * omp + b * p
     qg = _q_pow_gamma(q, gamma, GAMMA_KIND)
     if HAS_ALPHA:
         at = alpha * t + (1.0 - alpha) * b
     else:
         at = 1.0
-    loss = tl.where(valid, at * qg * ce, 0.0)
+    # ce = a sp_neg + b sp_pos, the factors multiplied first (csrc/cpu/sigmoid_kernel.h): a product
+    # leaves fp32's range only where the loss does, and a zero factor gives 0, never 0 * inf.
+    k = at * qg
+    loss = tl.where(valid, (k * a) * sp_neg + (k * b) * sp_pos, 0.0)
     if STORE_LOSS:
         tl.store(loss_ptr + offs, loss.to(loss_ptr.dtype.element_ty), mask=mask)
     if STORE_GRAD:
@@ -66,7 +70,9 @@ def _sigmoid_focal_kernel(x_ptr, y_ptr, pw_ptr, scale_ptr, loss_ptr, grad_ptr, p
             # for a tiny q and gamma < 1.
             dq = -(p * omp) * (2.0 * t - 1.0)
             r = tl.minimum(tl.maximum(dq / tl.where(q > 0.0, q, 1.0), -1.0), 1.0)
-            g += tl.where(q > 0.0, gamma * qg * r * ce, 0.0)
+            f = gamma * qg * r
+            # 0 where q does not move (dq = 0: a saturated sigmoid, whose ce may be inf for an inf logit)
+            g += tl.where((q > 0.0) & (f != 0.0), (f * a) * sp_neg + (f * b) * sp_pos, 0.0)
         g = at * g
         if HAS_SCALE:
             g = g * tl.load(scale_ptr)
