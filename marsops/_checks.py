@@ -39,6 +39,21 @@ def as_float(name: str, value, op: str) -> float:
         raise TypeError(f"marsops.{op}: {name} must be a number, got {type(value).__name__}") from None
 
 
+def as_nonnegative(name: str, value, op: str) -> float:
+    """value as a finite float >= 0 (as_float's types)."""
+    value = as_float(name, value, op)
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"marsops.{op}: {name} must be finite and >= 0, got {value}")
+    return value
+
+
+def as_weight_buffer(value) -> torch.Tensor:
+    """Class weights a loss module keeps as a buffer: a floating tensor keeps its dtype (a float64
+    weight stays exact for float64 logits); anything else (a list) becomes float32."""
+    t = torch.as_tensor(value)
+    return t if t.is_floating_point() else t.to(torch.float32)
+
+
 def as_bool(name: str, value, op: str) -> bool:
     """value as a bool: True / False (numpy bools too), nothing else (bool("no") is True)."""
     if isinstance(value, (bool, np.bool_)):
@@ -87,10 +102,48 @@ def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
     assertion on GPUs (no host synchronisation; a failure ends the CUDA context, as torch's own
     losses do)."""
     if ok.device.type == "cpu" and not torch.compiler.is_compiling():
-        if not bool(ok):
+        if not bool(unbatched(ok).all()):
             raise ValueError(f"marsops.{op}: {message}")
     else:  # a GPU, or a compiled graph (which cannot branch on a value): checked when it runs
         torch._assert_async(ok, f"marsops.{op}: {message}")
+
+
+def unbatched(t: torch.Tensor) -> torch.Tensor:
+    """t itself, or under torch.func transforms the tensor their wrappers hold, with each vmap
+    level's batch dimension moved to the front: what a check of every sample's values reads at
+    once (a check on a BatchedTensor would be data-dependent control flow, which vmap refuses;
+    vmap(grad(...)) wraps it once more)."""
+    from torch._C import _functorch
+
+    if torch.compiler.is_compiling():  # dynamo traces plain tensors (and cannot trace these checks)
+        return t
+    while True:
+        if _functorch.is_batchedtensor(t):
+            bdim = _functorch.maybe_get_bdim(t)
+            t = _functorch.get_unwrapped(t).movedim(bdim, 0)
+        elif _functorch.is_gradtrackingtensor(t):
+            t = _functorch.get_unwrapped(t)
+        else:
+            return t
+
+
+def refuse_vmap(op: str, what: str, *tensors) -> None:
+    """Counting into a tensor in place (a confusion matrix, a metric's state) cannot run under
+    torch.func.vmap, which would need one result per sample: a clear error instead of vmap's."""
+    from torch._C import _functorch
+
+    if not torch.compiler.is_compiling() and any(t is not None and _functorch.is_batchedtensor(t) for t in tensors):
+        raise RuntimeError(f"marsops.{op}: {what} counts into a tensor in place, which torch.func.vmap cannot do per "
+                           "sample; count outside vmap (e.g. marsops.confusion_matrix of the whole batch), or vmap "
+                           "only what returns a result per sample (the losses, confusion_matrix)")
+
+
+def wants_grad(logits: torch.Tensor) -> bool:
+    """Whether backward may ask for the gradient of `logits`: the fused forwards compute it only
+    then. Under torch.func.vmap the op sees a BatchedTensor, which never requires grad itself:
+    what counts is the tensor it wraps (vmap then runs the op once per sample, each call with its
+    own autograd node, so the gradients are those of a loop over the batch)."""
+    return unbatched(logits).requires_grad and torch.is_grad_enabled()
 
 
 def refuse_unsupported_autograd(op: str, *tensors) -> None:

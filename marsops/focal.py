@@ -72,6 +72,8 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     label_smoothing = _checks.as_float("label_smoothing", label_smoothing, op)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"marsops.focal_loss: label_smoothing must be in [0, 1], got {label_smoothing}")
+    if confusion is not None:
+        _checks.refuse_vmap(op, "confusion=", logits, target, weight)
     counts_into = _confusion_sink(confusion, logits.shape[1], ignore_index, logits.device)
     if counts_into is not None and _recomputing():
         counts_into = None  # activation checkpointing runs the forward again: count once
@@ -90,7 +92,7 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
     if logits.dtype == torch.float64 and chosen in ("cuda", "triton"):
         raise TypeError(f"marsops.focal_loss: the {chosen} backend computes in fp32; use float32 logits or "
                         "the cpu / reference backend for float64")
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    compute_grad = _checks.wants_grad(logits)
     fn = torch.ops.marsops.focal_loss_forward_triton if chosen == "triton" else torch.ops.marsops.focal_loss_forward
     with _checks.label_errors_as_value_errors():
         loss, _, counts = fn(logits, target, weight, gamma, ignore_index, REDUCTIONS.index(reduction), compute_grad,
@@ -130,7 +132,7 @@ class FocalLoss(nn.Module):
     def __init__(self, weight: Optional[Tensor] = None, gamma: float = 2.0, ignore_index: int = -100,
                  reduction: str = "mean", backend: str = "auto", label_smoothing: float = 0.0):
         super().__init__()
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        self.register_buffer("weight", None if weight is None else _checks.as_weight_buffer(weight))
         self.gamma, self.ignore_index, self.reduction, self.backend = gamma, ignore_index, reduction, backend
         self.label_smoothing = label_smoothing
 

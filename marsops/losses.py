@@ -38,7 +38,7 @@ def dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, c
     """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits ``(N, C, *)`` and integer
     targets ``(N, *)`` in [0, C) or ignore_index, without a one-hot tensor.
 
-    weight: (C,) class weights >= 0 of the mean (None: all 1; weights summing to 0 score nothing:
+    weight: (C,) finite class weights >= 0 of the mean (None: all 1; weights summing to 0 score nothing:
     loss 0; differentiable with backend='reference' only); classes: the classes scored (None: all);
     smooth: added to numerator and denominator; per_image: sums per image, loss averaged over the
     images (else over the whole batch)."""
@@ -58,9 +58,9 @@ def tversky_loss(logits: Tensor, target: Tensor, alpha: float = 0.5, beta: float
                  ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
     """Tversky loss, 1 - mean_c tversky_c: alpha weighs false positives, beta false negatives
     (alpha = beta = 1 is the Jaccard loss); other arguments as dice_loss."""
-    alpha, beta = (_checks.as_float(n, v, "tversky_loss") for n, v in (("alpha", alpha), ("beta", beta)))
-    if not (alpha >= 0 and beta >= 0 and alpha + beta > 0):
-        raise ValueError(f"marsops.tversky_loss: alpha, beta must be >= 0 with a positive sum, got {alpha}, {beta}")
+    alpha, beta = (_checks.as_nonnegative(n, v, "tversky_loss") for n, v in (("alpha", alpha), ("beta", beta)))
+    if not alpha + beta > 0:
+        raise ValueError(f"marsops.tversky_loss: alpha and beta must not both be 0, got {alpha}, {beta}")
     return _region_loss("tversky_loss", logits, target, tversky_coefficients(alpha, beta), weight, classes, smooth,
                         ignore_index, per_image, backend)
 
@@ -74,7 +74,8 @@ def dice_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = N
     weights focal_weight), sharing the softmax and the two passes over the logits."""
     return _region_loss("dice_focal_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
                         backend, region_lambda=lambda_dice, focal_lambda=lambda_focal, gamma=gamma,
-                        focal_weight=focal_weight, focal_reduction="mean", label_smoothing=label_smoothing)
+                        focal_weight=focal_weight, focal_reduction="mean", label_smoothing=label_smoothing,
+                        lambda_names=("lambda_dice", "lambda_focal"))
 
 
 def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
@@ -85,12 +86,13 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     ignore_index=..., label_smoothing=...), sharing the softmax and the two passes."""
     return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
                         backend, region_lambda=lambda_dice, focal_lambda=lambda_ce, gamma=0.0, focal_weight=ce_weight,
-                        focal_reduction="weighted_mean", label_smoothing=label_smoothing, focal_name="ce_weight")
+                        focal_reduction="weighted_mean", label_smoothing=label_smoothing, focal_name="ce_weight",
+                        lambda_names=("lambda_dice", "lambda_ce"))
 
 
 def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
                  region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
-                 label_smoothing=0.0, focal_name="focal_weight"):
+                 label_smoothing=0.0, focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
     _checks.check_tensor("logits", logits, op)
     _checks.check_tensor("target", target, op)
     _checks.check_float("logits", logits, op)
@@ -109,24 +111,27 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
             if w.shape != (num_classes,):
                 raise ValueError(f"marsops.{op}: {name} must have shape ({num_classes},), got {tuple(w.shape)}")
     _checks.check_same_device(op, logits=logits, target=target, weight=weight, focal_weight=focal_weight)
-    smooth = _checks.as_float("smooth", smooth, op)
-    gamma = _checks.as_float("gamma", gamma, op)
+    # Every float option: finite and >= 0 (label_smoothing at most 1), else one clear error naming it.
+    smooth = _checks.as_nonnegative("smooth", smooth, op)
+    gamma = _checks.as_nonnegative("gamma", gamma, op)
+    region_lambda = _checks.as_nonnegative(lambda_names[0], region_lambda, op)
+    focal_lambda = _checks.as_nonnegative(lambda_names[1], focal_lambda, op)
     label_smoothing = _checks.as_float("label_smoothing", label_smoothing, op)
-    region_lambda = _checks.as_float("lambda", region_lambda, op)
-    focal_lambda = _checks.as_float("lambda", focal_lambda, op)
-    if not (smooth >= 0 and gamma >= 0 and 0 <= label_smoothing <= 1) or not all(
-            abs(v) < float("inf") for v in (smooth, gamma, region_lambda, focal_lambda)):
-        raise ValueError(f"marsops.{op}: smooth and gamma must be finite and >= 0, label_smoothing in [0, 1], the "
-                         f"lambdas finite; got smooth={smooth}, gamma={gamma}, label_smoothing={label_smoothing}")
+    if not 0 <= label_smoothing <= 1:
+        raise ValueError(f"marsops.{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
+    per_image = _checks.as_bool("per_image", per_image, op)
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     chosen = _backend.resolve("region_stats", logits, backend)
     if weight is not None:
         # A weighted mean needs weights >= 0 (a device-side check on GPUs and in compiled graphs).
-        _checks.assert_ok((weight >= 0).all(), op, "weight must be >= 0 (the class weights of a weighted mean)")
+        _checks.assert_ok(((weight >= 0) & (weight < float("inf"))).all(), op,
+                          "weight must be finite and >= 0 (the class weights of a weighted mean)")
+    # The weighted mean is taken in float64 (the per-class sums are), so the weights keep their
+    # precision: a float64 weight is not rounded to float32 (float32 ones convert exactly).
     if weight is None:
-        class_weight = torch.ones(num_classes, device=logits.device)
+        class_weight = torch.ones(num_classes, dtype=torch.float64, device=logits.device)
     else:  # the reference differentiates through the weights; the kernels take them as constants
-        class_weight = weight.float() if chosen == "reference" else weight.detach().float()
+        class_weight = weight.double() if chosen == "reference" else weight.detach().double()
     if classes is not None:
         chosen_classes = _checks.as_classes(classes, num_classes, op)
         # Built on the device from the Python ints: copying a host tensor there would synchronise.
@@ -148,7 +153,7 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
     if logits.dtype == torch.float64 and chosen == "triton":
         raise TypeError(f"marsops.{op}: the triton backend computes in fp32; use float32 logits or the cpu / "
                         "reference backend for float64")
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    compute_grad = _checks.wants_grad(logits)
     with _checks.label_errors_as_value_errors():
         loss, _ = torch.ops.marsops.region_loss(logits, target, class_weight, list(coeffs), smooth, per_image,
                                                 ignore_index, region_lambda, focal_lambda, gamma, focal_weight,
@@ -258,7 +263,8 @@ class _RegionLossModule(nn.Module):
     def __init__(self, weight: Optional[Union[Tensor, Sequence[float]]] = None, classes: Optional[Sequence[int]] = None,
                  smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto"):
         super().__init__()
-        self.register_buffer("weight", None if weight is None else torch.as_tensor(weight, dtype=torch.float32))
+        per_image = _checks.as_bool("per_image", per_image, type(self).__name__)
+        self.register_buffer("weight", None if weight is None else _checks.as_weight_buffer(weight))
         self.classes = None if classes is None else tuple(classes)
         self.smooth, self.ignore_index, self.per_image, self.backend = smooth, ignore_index, per_image, backend
 
@@ -302,7 +308,7 @@ class DiceFocalLoss(_RegionLossModule):
                  lambda_dice: float = 1.0, lambda_focal: float = 1.0, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.register_buffer("focal_weight", None if focal_weight is None else
-                             torch.as_tensor(focal_weight, dtype=torch.float32))
+                             _checks.as_weight_buffer(focal_weight))
         self.gamma, self.lambda_dice, self.lambda_focal = gamma, lambda_dice, lambda_focal
         self.label_smoothing = label_smoothing
 
@@ -318,7 +324,7 @@ class DiceCELoss(_RegionLossModule):
     def __init__(self, ce_weight: Optional[Union[Tensor, Sequence[float]]] = None, lambda_dice: float = 1.0,
                  lambda_ce: float = 1.0, label_smoothing: float = 0.0, **kwargs):
         super().__init__(**kwargs)
-        self.register_buffer("ce_weight", None if ce_weight is None else torch.as_tensor(ce_weight, dtype=torch.float32))
+        self.register_buffer("ce_weight", None if ce_weight is None else _checks.as_weight_buffer(ce_weight))
         self.lambda_dice, self.lambda_ce, self.label_smoothing = lambda_dice, lambda_ce, label_smoothing
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:

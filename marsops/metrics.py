@@ -225,6 +225,7 @@ class StreamingIoU:
         return self._synced if self._synced is not None else self.local
 
     def update(self, pred_or_logits: Tensor, target: Tensor) -> None:
+        _checks.refuse_vmap("StreamingIoU", "update", pred_or_logits, target)
         if not self.per_image:
             m = confusion_matrix(pred_or_logits, target, self.num_classes, self.ignore_index, self.backend)
             self._to_device(m.device)
@@ -270,6 +271,7 @@ class StreamingIoU:
         from .augment import views_argmax_op
 
         self._refuse_per_image("the fused test-time-augmentation update")
+        _checks.refuse_vmap("StreamingIoU", "update_flip4 / update_d4", outputs, target)
         if outputs.dim() >= 2 and outputs.shape[1] != self.num_classes:
             raise ValueError(f"StreamingIoU: outputs have {outputs.shape[1]} classes, the metric "
                              f"{self.num_classes}")

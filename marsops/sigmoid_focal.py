@@ -82,7 +82,7 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
     if logits.dtype == torch.float64 and chosen in ("cuda", "triton"):
         raise TypeError(f"marsops.{op}: the {chosen} backend computes in fp32; use float32 logits or the cpu / "
                         "reference backend for float64")
-    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    compute_grad = _checks.wants_grad(logits)
     fn = (torch.ops.marsops.sigmoid_focal_loss_forward_triton if chosen == "triton"
           else torch.ops.marsops.sigmoid_focal_loss_forward)
     with _checks.label_errors_as_value_errors():
@@ -98,7 +98,7 @@ class SigmoidFocalLoss(nn.Module):
                  ignore_index: Optional[int] = None, reduction: str = "mean", backend: str = "auto"):
         super().__init__()
         self.register_buffer("pos_weight", None if pos_weight is None else
-                             torch.as_tensor(pos_weight, dtype=torch.float32))
+                             _checks.as_weight_buffer(pos_weight))
         self.alpha, self.gamma, self.ignore_index, self.reduction, self.backend = (alpha, gamma, ignore_index,
                                                                                     reduction, backend)
 

@@ -1,13 +1,18 @@
 """Autograd modes and edge cases where a fused kernel could silently differ from the formula:
 each ends in the reference's result or in a clear error, on every backend."""
+import inspect
+import math
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import assume, given, strategies as st
 
 import marsops
 from marsops import reference
-from helpers import assert_close, assert_label_error, backend_ids, kernel_backends, run_gloo_processes
+from helpers import (TOLERANCE, assert_close, assert_label_error, backend_ids, kernel_backends,
+                     run_gloo_processes)
 
 FUSED = kernel_backends("focal_loss_forward")
 ALL = [("reference", "cpu")] + FUSED
@@ -523,7 +528,7 @@ def test_negative_region_weights_are_refused_in_compiled_code_too():
     x, t = torch.randn(2, 3, 4, 4), torch.randint(0, 3, (2, 4, 4))
     fn = torch.compile(lambda x, t, w: marsops.dice_loss(x, t, weight=w, backend="cpu"), fullgraph=True)
     assert torch.isfinite(fn(x, t, torch.tensor([1.0, 2.0, 1.0])))
-    with pytest.raises(RuntimeError, match="weight must be >= 0"):
+    with pytest.raises(RuntimeError, match="weight must be finite and >= 0"):
         fn(x, t, torch.tensor([1.0, -1.0, 1.0]))
 
 
@@ -555,3 +560,392 @@ def test_reference_backend_compiles_with_fullgraph():
     # Our assert, or inductor's own bounds check of an index op that ran first: an error either way.
     with pytest.raises(RuntimeError, match="outside|out of bounds"):
         torch.compile(step, fullgraph=True)(x, bad)
+
+
+# ---- found by the third review (issue 23) ----------------------------------------------------------
+
+NONFINITE = (float("inf"), -float("inf"), float("nan"))
+GAMMAS = (0.0, 0.5, 1.0, 1.5, 2.0)
+FP32_MAX = torch.finfo(torch.float32).max
+
+
+def assert_close_nan(actual, expected, dtype):
+    """assert_close at the dtype's tolerance, NaN exactly where the reference has NaN."""
+    rtol, atol = TOLERANCE[dtype]
+    torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def loss_and_grad(fn, x, device):
+    """fn(leaf) and d(sum of it)/d(leaf), for a fresh leaf holding x on `device`."""
+    leaf = x.detach().clone().to(device).requires_grad_()
+    loss = fn(leaf)
+    loss.sum().backward()
+    return loss.detach().cpu(), leaf.grad.cpu()
+
+
+@st.composite
+def one_nonfinite_logit(draw, dtypes=(torch.float32, torch.float64)):
+    """Logits (2, C, 1, 37) with one inf, -inf or NaN at a drawn pixel, at its label's class or
+    another's: 37 pixels are whole SIMD blocks of 4, 8 and 16 lanes and a scalar tail. NCHW or
+    channels_last (the CPU kernels' transposed tiles)."""
+    c = draw(st.integers(2, 5))
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(2, c, 1, 37, generator=g, dtype=torch.float64) * 2
+    t = torch.randint(0, c, (2, 1, 37), generator=g)
+    n, p = draw(st.integers(0, 1)), draw(st.integers(0, 36))
+    label = int(t[n, 0, p])
+    at = label if draw(st.booleans()) else (label + draw(st.integers(1, c - 1))) % c
+    x[n, at, 0, p] = draw(st.sampled_from(NONFINITE))
+    x = x.to(draw(st.sampled_from(dtypes)))
+    if draw(st.booleans()):
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, t
+
+
+@pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
+@given(case=one_nonfinite_logit(), gamma=st.sampled_from(GAMMAS), eps=st.sampled_from([0.0, 0.1]),
+       weighted=st.booleans())
+def test_a_nonfinite_logit_gives_the_reference_result_wherever_its_pixel_sits(backend, device, case, gamma, eps,
+                                                                              weighted):
+    """The vector exp clamps a NaN argument, so an inf logit at another class gave a finite
+    softmax sum and an infinite loss inside a SIMD block, and NaN in the scalar tail."""
+    x, t = case
+    assume(not (backend == "triton" and x.dtype == torch.float64))  # triton computes in fp32
+    w = torch.tensor([0.5, 2.0, 0.0, 1.0, 1.5], dtype=x.dtype)[: x.shape[1]] if weighted else None
+    results = [loss_and_grad(lambda z: marsops.focal_loss(z, t.to(d), None if w is None else w.to(d), gamma,
+                                                          reduction="none", label_smoothing=eps, backend=b), x, d)
+               for b, d in (("reference", "cpu"), (backend, device))]
+    for got, expected in zip(results[1], results[0]):
+        assert_close_nan(got, expected, x.dtype)
+
+
+@pytest.mark.parametrize("backend,device", REGION[1:], ids=backend_ids(REGION[1:]))
+@given(case=one_nonfinite_logit(), name=st.sampled_from(["dice_loss", "dice_focal_loss", "dice_ce_loss"]),
+       per_image=st.booleans())
+def test_a_nonfinite_logit_gives_the_reference_region_loss_wherever_its_pixel_sits(backend, device, case, name,
+                                                                                   per_image):
+    x, t = case
+    assume(not (backend == "triton" and x.dtype == torch.float64))
+    results = [loss_and_grad(lambda z: getattr(marsops, name)(z, t.to(d), per_image=per_image, backend=b), x, d)
+               for b, d in (("reference", "cpu"), (backend, device))]
+    for got, expected in zip(results[1], results[0]):
+        assert_close_nan(got, expected, x.dtype)
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID[1:], ids=backend_ids(SIGMOID[1:]))
+@given(p=st.integers(0, 36), value=st.sampled_from(NONFINITE), gamma=st.sampled_from(GAMMAS),
+       soft=st.booleans(), dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**31 - 1))
+def test_a_nonfinite_sigmoid_logit_gives_the_reference_result_wherever_it_sits(backend, device, p, value, gamma, soft,
+                                                                              dtype, seed):
+    """The same slip in the sigmoid focal kernel: exp(-|NaN|) was finite in a SIMD block, NaN in the tail."""
+    assume(not (backend == "triton" and dtype == torch.float64))
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, 37, generator=g, dtype=dtype)
+    x[1, p] = value
+    t = torch.rand(2, 37, generator=g, dtype=dtype) if soft else torch.randint(0, 2, (2, 37), generator=g)
+    results = [loss_and_grad(lambda z: marsops.sigmoid_focal_loss(z, t.to(d), gamma=gamma, reduction="none",
+                                                                  backend=b), x, d)
+               for b, d in (("reference", "cpu"), (backend, device))]
+    for got, expected in zip(results[1], results[0]):
+        assert_close_nan(got, expected, dtype)
+
+
+# Logits near fp32's limits. The exact loss of an element can exceed fp32's range (logits 6e38 apart
+# give -log p = 6e38): what the kernels promise, and these tests check against a float64 oracle, is
+# that each term -w_c (1 - p_c)^gamma log p_c is computed without an intermediate overflow, so it is
+# inf only where its exact value exceeds fp32's range (and 0 where w_c is 0); an element's loss is
+# inf only where such a term, or the sum of its terms (label smoothing), is; sums and means are taken
+# in float64 over the elements' fp32 losses; gradients are always finite.
+
+def _extreme_logits(draw, shape):
+    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    scale = draw(st.sampled_from([1.0, 1e30, 1e38, FP32_MAX]))
+    x = ((torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).clamp(-FP32_MAX, FP32_MAX).float()
+    if draw(st.booleans()):  # the limits themselves
+        x.view(-1)[torch.randperm(x.numel(), generator=g)[: x.numel() // 3]] = FP32_MAX
+        x.view(-1)[torch.randperm(x.numel(), generator=g)[: x.numel() // 3]] = -FP32_MAX
+    return x, g
+
+
+@st.composite
+def extreme_focal_case(draw):
+    c = draw(st.integers(2, 5))
+    x, g = _extreme_logits(draw, (2, c, draw(st.sampled_from([1, 7, 37]))))
+    t = torch.randint(0, c, (2, x.shape[2]), generator=g)
+    w = torch.rand(c, generator=g)
+    w[torch.rand(c, generator=g) < 0.4] = 0.0
+    w[t[0, 0]] = draw(st.sampled_from([0.0, 1.0]))  # a weight-0 label for sure, or not
+    return x, t, w
+
+
+def focal_oracle(x, t, w, gamma, eps, reduction):
+    """The loss by the fp32 rules above and its exact gradient, both computed in float64 (which
+    holds every difference of fp32 logits), from the textbook formula (not marsops')."""
+    x64 = x.double().requires_grad_()
+    logp = torch.log_softmax(x64, 1)
+    q = (-torch.expm1(logp)).clamp_min(torch.finfo(torch.float64).tiny)
+    terms = -w.double().view(1, -1, 1) * q**gamma * logp
+    label = terms.gather(1, t.unsqueeze(1)).squeeze(1)
+    every = terms.sum(1)
+    loss = (1 - eps) * label + eps / x.shape[1] * every if eps else label
+    below, above = FP32_MAX * (1 - 1e-6), FP32_MAX * (1 + 1e-6)
+    fits = (label <= below) & ((every <= below) if eps else True)
+    overflows = (label > above) | ((every > above) if eps else False)
+    assume(bool((fits | overflows).all()))  # not within a rounding of fp32's largest value
+    denom = {"sum": 1.0, "mean": float(t.numel()), "weighted_mean": w.double()[t].sum()}.get(reduction)
+    exact = loss if reduction == "none" else loss.sum() / denom
+    exact.sum().backward()
+    per_element = torch.where(overflows, torch.full_like(loss, math.inf), loss.detach())
+    expected = per_element if reduction == "none" else per_element.sum() / denom
+    return expected.float(), x64.grad.float(), (label == 0) & (w[t] == 0)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")  # numpy's, in the Triton interpreter's inf sums
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@given(case=extreme_focal_case(), gamma=st.sampled_from(GAMMAS), eps=st.sampled_from([0.0, 0.1]),
+       reduction=st.sampled_from(marsops.focal.REDUCTIONS))
+def test_logits_near_the_fp32_limit_give_no_nan_and_finite_gradients(backend, device, case, gamma, eps, reduction):
+    x, t, w = case
+    assume(reduction != "weighted_mean" or bool(w[t].sum() > 0))
+    expected, expected_grad, weightless = focal_oracle(x, t, w, gamma, eps, reduction)
+    loss, grad = loss_and_grad(lambda z: marsops.focal_loss(z, t.to(device), w.to(device), gamma, reduction=reduction,
+                                                            label_smoothing=eps, backend=backend), x, device)
+    assert not torch.isnan(loss).any() and torch.isfinite(grad).all(), (loss, grad)
+    assert_close(loss, expected)
+    assert_close(grad, expected_grad)
+    if reduction == "none" and not eps:
+        assert (loss[weightless] == 0).all()  # exactly 0: not 0 * inf
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_the_review_repro_near_the_fp32_limit(backend, device):
+    """The review's repro: the loss 6e38 exceeds fp32 (inf, not NaN) with a finite gradient, and a
+    weight-0 element contributes exactly 0, where F.cross_entropy says NaN."""
+    x, y = torch.tensor([[3e38, -3e38]], device=device), torch.tensor([1], device=device)
+    loss, grad = loss_and_grad(lambda z: marsops.focal_loss(z, y, backend=backend), x, device)
+    assert loss == math.inf and torch.equal(grad, torch.tensor([[1.0, -1.0]]))
+    w = torch.tensor([1.0, 0.0], device=device)
+    for gamma in (0.0, 2.0):
+        loss, grad = loss_and_grad(lambda z: marsops.focal_loss(z, y, w, gamma, reduction="sum", backend=backend), x,
+                                   device)
+        assert loss == 0 and (grad == 0).all()
+    assert torch.isnan(F.cross_entropy(x.cpu(), y.cpu(), weight=w.cpu(), reduction="sum"))
+    half = torch.tensor([[1.5e38, -1.5e38]], device=device)  # 3e38 fits: finite, and exact
+    assert marsops.focal_loss(half, y, gamma=0.0, reduction="sum", backend=backend).item() == pytest.approx(3e38)
+
+
+@st.composite
+def extreme_sigmoid_case(draw):
+    c = draw(st.integers(1, 3))
+    x, g = _extreme_logits(draw, (2, c, draw(st.sampled_from([1, 7, 37]))))
+    t = torch.rand(x.shape, generator=g) if draw(st.booleans()) else torch.randint(0, 2, x.shape, generator=g).float()
+    pw = torch.rand(c, generator=g) * 3  # > 1 too: pos_weight times a logit near the limit
+    pw[torch.rand(c, generator=g) < 0.3] = 0.0
+    return x, t, pw
+
+
+@pytest.mark.parametrize("backend,device", SIGMOID, ids=backend_ids(SIGMOID))
+@given(case=extreme_sigmoid_case(), gamma=st.sampled_from(GAMMAS), alpha=st.sampled_from([None, 0.25, 1.0]),
+       reduction=st.sampled_from(["none", "sum", "mean"]))
+def test_sigmoid_logits_near_the_fp32_limit_give_no_nan_and_finite_gradients(backend, device, case, gamma, alpha,
+                                                                              reduction):
+    x, t, pw = case
+    x64 = x.double().requires_grad_()
+    t64 = t.double()
+    p = torch.sigmoid(x64)  # torchvision's formula with pos_weight, in float64
+    ce = F.binary_cross_entropy_with_logits(x64, t64, pos_weight=pw.double().view(-1, 1), reduction="none")
+    q = (t64 * torch.sigmoid(-x64) + (1 - t64) * p).clamp_min(torch.finfo(torch.float64).tiny)
+    exact = ce * q**gamma * (1.0 if alpha is None else alpha * t64 + (1 - alpha) * (1 - t64))
+    assume(bool(((exact <= FP32_MAX * (1 - 1e-6)) | (exact > FP32_MAX * (1 + 1e-6))).all()))
+    reduce = {"none": lambda v: v, "sum": torch.sum, "mean": torch.mean}[reduction]
+    reduce(exact).sum().backward()
+    expected = reduce(torch.where(exact > FP32_MAX, torch.full_like(exact, math.inf), exact.detach())).float()
+    loss, grad = loss_and_grad(lambda z: marsops.sigmoid_focal_loss(z, t.to(device), alpha, gamma, pw.to(device),
+                                                                    reduction=reduction, backend=backend), x, device)
+    assert not torch.isnan(loss).any() and torch.isfinite(grad).all(), (loss, grad)
+    assert_close(loss, expected)
+    assert_close(grad, x64.grad.float())
+
+
+@pytest.mark.parametrize("backend,device", REGION, ids=backend_ids(REGION))
+@given(case=extreme_focal_case(), name=st.sampled_from(["dice_loss", "jaccard_loss", "tversky_loss", "dice_focal_loss",
+                                                        "dice_ce_loss"]), per_image=st.booleans())
+def test_region_losses_near_the_fp32_limit_give_no_nan_and_finite_gradients(backend, device, case, name, per_image):
+    x, t, _ = case
+    loss, grad = loss_and_grad(lambda z: getattr(marsops, name)(z, t.to(device), per_image=per_image,
+                                                                backend=backend), x, device)
+    assert not torch.isnan(loss).any() and torch.isfinite(grad).all(), (loss, grad)
+    # The region term from float64 logits (which hold every difference of fp32 ones), the focal /
+    # cross-entropy term (gamma 2 / 0, mean over the pixels) by the fp32 rules of focal_oracle.
+    region = "dice_loss" if name in ("dice_focal_loss", "dice_ce_loss") else name
+    expected, expected_grad = loss_and_grad(lambda z: getattr(marsops, region)(z, t, per_image=per_image,
+                                                                               backend="reference"), x.double(), "cpu")
+    expected, expected_grad = expected.float(), expected_grad.float()
+    if region != name:
+        focal, focal_grad, _ = focal_oracle(x, t, torch.ones(x.shape[1]), 2.0 if name == "dice_focal_loss" else 0.0,
+                                            0.0, "mean")
+        expected, expected_grad = expected + focal, expected_grad + focal_grad
+    assert_close(loss, expected)
+    assert_close(grad, expected_grad)
+
+
+# ---- torch.func.vmap: the forward and the backward, equal to a loop over the batch ------------------
+
+VMAPPED = {
+    "focal_loss": lambda z, y, b: marsops.focal_loss(z, y, torch.tensor([0.5, 1.0, 2.0, 1.0], device=z.device),
+                                                     gamma=0.5, backend=b),
+    "focal_loss_none": lambda z, y, b: marsops.focal_loss(z, y, gamma=2.0, reduction="none", label_smoothing=0.1,
+                                                          backend=b),
+    "dice_loss": lambda z, y, b: marsops.dice_loss(z, y, backend=b),
+    "tversky_loss": lambda z, y, b: marsops.tversky_loss(z, y, alpha=0.3, beta=0.7, per_image=True, backend=b),
+    "dice_focal_loss": lambda z, y, b: marsops.dice_focal_loss(z, y, backend=b),
+    "dice_ce_loss": lambda z, y, b: marsops.dice_ce_loss(z, y, label_smoothing=0.1, backend=b),
+    "sigmoid_focal_loss": lambda z, y, b: marsops.sigmoid_focal_loss(z, (y > 1).unsqueeze(1).expand_as(z).float(),
+                                                                     backend=b),
+}
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("name", sorted(VMAPPED))
+def test_vmap_forward_and_backward_equal_a_loop_over_the_batch(backend, device, name):
+    """vmap ran the fused forward without its gradient (the BatchedTensor it saw does not require
+    grad), and backward then failed with a misleading error."""
+    fn = VMAPPED[name]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 4, 5, 6, generator=g).to(device)  # vmapped over dim 0: samples of (N=2, C=4, 5, 6)
+    y = torch.randint(0, 4, (3, 2, 5, 6), generator=g).to(device)
+    up = torch.rand(3, generator=g).to(device)
+    batched = x.clone().requires_grad_()
+    out = torch.func.vmap(lambda z, t: fn(z, t, backend))(batched, y)
+    out.reshape(3, -1).sum(1).mul(up).sum().backward()
+    looped = x.clone().requires_grad_()
+    expected = torch.stack([fn(looped[i], y[i], backend) for i in range(3)])
+    expected.reshape(3, -1).sum(1).mul(up).sum().backward()
+    assert_close(out.detach(), expected.detach())
+    assert_close(batched.grad, looped.grad)
+    # per-sample gradients (vmap of grad) on the reference, as torch.func users write them
+    if backend == "reference":
+        per_sample = torch.func.vmap(torch.func.grad(lambda z, t: fn(z, t, backend).sum()))(x, y)
+        assert_close(per_sample, torch.stack([torch.func.grad(lambda z: fn(z, y[i], backend).sum())(x[i])
+                                              for i in range(3)]))
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_vmap_of_in_place_counting_is_refused_clearly_and_confusion_matrix_vmaps(backend, device):
+    x = torch.randn(3, 2, 4, 5, device=device)
+    y = torch.randint(0, 4, (3, 2, 5), device=device)
+    cm = torch.zeros(4, 4, dtype=torch.int64, device=device)
+    metric = marsops.StreamingIoU(4, backend=backend)
+    for call in (lambda z, t: marsops.focal_loss(z, t, backend=backend, confusion=cm),
+                 lambda z, t: metric.update(z, t)):
+        with pytest.raises(RuntimeError, match="vmap"):
+            torch.func.vmap(call)(x, y)
+    counts = torch.func.vmap(lambda z, t: marsops.confusion_matrix(z, t, 4, backend=backend))(x, y)
+    assert torch.equal(counts.cpu(), torch.stack([reference.confusion_matrix(x[i].cpu(), y[i].cpu(), 4)
+                                                  for i in range(3)]))
+    bad = y.clone()
+    bad[1, 0, 2] = 9  # a bad label in one sample: the same error as without vmap
+    with pytest.raises(ValueError, match="outside"):
+        torch.func.vmap(lambda z, t: marsops.focal_loss(z, t, backend=backend))(x, bad)
+
+
+# ---- every boolean and float option of the public API is checked, with one clear error -------------
+
+def _region(name, **kw):
+    return lambda: getattr(marsops, name)(torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4)), **kw)
+
+
+def _views(fn, **kw):
+    return lambda: fn(torch.randn(8, 3, 4, 4), **kw)
+
+
+def _metric_views(method, **kw):
+    n = 2 if method == "update_flip4" else 1  # 4 or 8 views
+    return lambda: getattr(marsops.StreamingIoU(3), method)(torch.randn(8, 3, 4, 4), torch.randint(0, 3, (n, 4, 4)),
+                                                           **kw)
+
+
+# Every boolean option of the public API, with a call passing it (the test below finds them all).
+BOOL_OPTIONS = {
+    **{(name, "per_image"): (lambda v, n=name: _region(n, per_image=v)()) for name in
+       ("dice_loss", "jaccard_loss", "tversky_loss", "dice_focal_loss", "dice_ce_loss")},
+    **{(cls, "per_image"): (lambda v, c=cls: getattr(marsops, c)(per_image=v)) for cls in
+       ("DiceLoss", "JaccardLoss", "TverskyLoss", "DiceFocalLoss", "DiceCELoss")},
+    ("StreamingIoU", "per_image"): lambda v: marsops.StreamingIoU(3, per_image=v),
+    ("flip4_argmax", "softmax"): lambda v: _views(marsops.flip4_argmax, softmax=v)(),
+    ("d4_argmax", "softmax"): lambda v: _views(marsops.d4_argmax, softmax=v)(),
+    ("StreamingIoU.update_flip4", "softmax"): lambda v: _metric_views("update_flip4", softmax=v)(),
+    ("StreamingIoU.update_d4", "softmax"): lambda v: _metric_views("update_d4", softmax=v)(),
+}
+
+
+def _public_callables():
+    """(name, callable) of every function and class in marsops.__all__ and every public method of
+    those classes (their __init__ as the class)."""
+    for name in marsops.__all__:
+        obj = getattr(marsops, name)
+        if inspect.isclass(obj):
+            yield name, obj.__init__
+            for attr, member in vars(obj).items():
+                if callable(member) and not attr.startswith("_"):
+                    yield f"{name}.{attr}", member
+        elif callable(obj):
+            yield name, obj
+
+
+def test_every_boolean_option_of_the_public_api_is_covered_below():
+    found = set()
+    for name, fn in _public_callables():
+        try:
+            params = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        found |= {(name, p.name) for p in params if isinstance(p.default, bool) or p.annotation in (bool, "bool")}
+    assert found and found <= set(BOOL_OPTIONS), sorted(found - set(BOOL_OPTIONS))
+
+
+@pytest.mark.parametrize("option", sorted(BOOL_OPTIONS), ids=[".".join(o) for o in sorted(BOOL_OPTIONS)])
+@pytest.mark.parametrize("backend", [b for b, d in ALL if d == "cpu"])
+def test_every_boolean_option_takes_true_or_false_only(option, backend, monkeypatch):
+    monkeypatch.setenv("MARSOPS_BACKEND", backend)
+    call = BOOL_OPTIONS[option]
+    for value in ("False", 2, None, 1.0, torch.tensor(True), [True]):
+        with pytest.raises(TypeError, match=f"{option[1]} must be True or False, got"):
+            call(value)
+    for value in (True, False, np.bool_(True)):
+        call(value)
+
+
+REGION_FLOAT_OPTIONS = [(name, option) for name in ("dice_loss", "jaccard_loss", "tversky_loss", "dice_focal_loss",
+                                                    "dice_ce_loss")
+                        for option, p in inspect.signature(getattr(marsops, name)).parameters.items()
+                        if isinstance(p.default, float)]
+
+
+def test_the_region_losses_float_options_are_all_listed():
+    assert {o for _, o in REGION_FLOAT_OPTIONS} == {"smooth", "alpha", "beta", "gamma", "lambda_dice", "lambda_focal",
+                                                    "lambda_ce", "label_smoothing"}
+
+
+@pytest.mark.parametrize("backend,device", REGION, ids=backend_ids(REGION))
+@pytest.mark.parametrize("name,option", REGION_FLOAT_OPTIONS, ids=[f"{n}.{o}" for n, o in REGION_FLOAT_OPTIONS])
+def test_region_losses_refuse_nonfinite_or_negative_float_options(backend, device, name, option):
+    """tversky_loss(alpha=inf) returned NaN; each float option is finite and >= 0 (label_smoothing
+    at most 1), or a ValueError naming it."""
+    x, t = torch.randn(2, 3, 4, device=device), torch.randint(0, 3, (2, 4), device=device)
+    for value in (math.inf, -math.inf, math.nan, -0.5) + ((1.5,) if option == "label_smoothing" else ()):
+        with pytest.raises(ValueError, match=f"{option} must be"):
+            getattr(marsops, name)(x, t, backend=backend, **{option: value})
+    with pytest.raises(TypeError, match=option):
+        getattr(marsops, name)(x, t, backend=backend, **{option: "1"})
+    assert torch.isfinite(getattr(marsops, name)(x, t, backend=backend, **{option: 0.0 if option != "alpha" else 1.0}))
+
+
+@pytest.mark.parametrize("backend,device", REGION, ids=backend_ids(REGION))
+def test_region_weights_must_be_finite(backend, device):
+    x, t = torch.randn(2, 3, 4, device=device), torch.randint(0, 3, (2, 4), device=device)
+    for bad in (math.inf, math.nan, -1.0):
+        with pytest.raises(ValueError, match="weight must be finite and >= 0"):
+            marsops.dice_loss(x, t, weight=torch.tensor([1.0, bad, 1.0], device=device), backend=backend)
+    with pytest.raises(ValueError, match="alpha and beta must not both be 0"):
+        marsops.tversky_loss(x, t, alpha=0.0, beta=0.0, backend=backend)

@@ -437,3 +437,66 @@ def test_cpu_gradient_is_the_same_for_any_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+# ---- found by the third review (issue 23) ----------------------------------------------------------
+
+CPU_ALL = [("reference", "cpu")] + [(b, d) for b, d in BACKENDS if d == "cpu" and b == "cpu"]  # fp64: no triton
+
+
+def exact_region_loss(x, t, w, alpha_beta, smooth=1.0):
+    """1 - the w-weighted mean of the per-class Dice scores (alpha_beta None) or Tversky scores
+    (alpha, beta), by the formula, in float64 from float64 inputs: an oracle with no marsops code."""
+    p = torch.softmax(x.double(), 1)
+    onehot = F.one_hot(t, x.shape[1]).movedim(-1, 1).double()
+    dims = (0,) + tuple(range(2, x.dim()))
+    I, S, T = (p * onehot).sum(dims), p.sum(dims), onehot.sum(dims)
+    if alpha_beta is None:
+        score = (2 * I + smooth) / (S + T + smooth)
+    else:
+        alpha, beta = alpha_beta
+        score = (I + smooth) / (I + alpha * (S - I) + beta * (T - I) + smooth)
+    w = w.double()
+    return 1 - (w * score).sum() / w.sum()
+
+
+@pytest.mark.parametrize("backend,device", CPU_ALL, ids=backend_ids(CPU_ALL))
+@pytest.mark.parametrize("name,alpha_beta", [("dice_loss", None), ("jaccard_loss", (1.0, 1.0)),
+                                             ("tversky_loss", (0.3, 0.7))])
+def test_float64_class_weights_keep_their_precision(backend, device, name, alpha_beta):
+    """The class weights were rounded to float32 (a 1e-9 error at float64)."""
+    g = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 2, (2, 64), generator=g)
+    x = torch.randn(2, 2, 64, generator=g, dtype=torch.float64)
+    x[:, 1] += 6 * (t == 1)  # class 1 predicted well, class 0 poorly: the weights move the loss
+    w = torch.tensor([0.1, 0.7], dtype=torch.float64)
+    kw = {} if name != "tversky_loss" else dict(alpha=0.3, beta=0.7)
+    got = getattr(marsops, name)(x.to(device), t.to(device), weight=w.to(device), backend=backend, **kw)
+    exact = exact_region_loss(x, t, w, alpha_beta)
+    assert_close(got, exact)
+    # the test's power: weights rounded to float32 miss by more than float64's tolerance
+    with pytest.raises(AssertionError):
+        assert_close(exact_region_loss(x, t, w.float(), alpha_beta), exact)
+
+
+@pytest.mark.parametrize("backend,device", CPU_ALL, ids=backend_ids(CPU_ALL))
+def test_loss_modules_keep_float64_weights(backend, device):
+    """The modules stored every weight as a float32 buffer: the same rounding for float64 logits."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 5, generator=g, dtype=torch.float64, device=device)
+    t = torch.randint(0, 3, (2, 5), generator=g, device=device)
+    w = torch.tensor([0.1, 0.7, 0.3], dtype=torch.float64, device=device)
+    pairs = [(marsops.FocalLoss(w, backend=backend), lambda: marsops.focal_loss(x, t, w, backend=backend)),
+             (marsops.DiceLoss(weight=w, backend=backend), lambda: marsops.dice_loss(x, t, w, backend=backend)),
+             (marsops.DiceCELoss(ce_weight=w, backend=backend),
+              lambda: marsops.dice_ce_loss(x, t, ce_weight=w, backend=backend)),
+             (marsops.DiceFocalLoss(focal_weight=w, backend=backend),
+              lambda: marsops.dice_focal_loss(x, t, focal_weight=w, backend=backend))]
+    for module, functional in pairs:
+        assert all(b.dtype == torch.float64 for b in module.buffers())
+        assert torch.equal(module(x, t), functional())
+    sigmoid = marsops.SigmoidFocalLoss(pos_weight=w, backend=backend)
+    assert sigmoid.pos_weight.dtype == torch.float64
+    assert torch.equal(sigmoid(x, (x > 0).double()), marsops.sigmoid_focal_loss(x, (x > 0).double(), pos_weight=w,
+                                                                                backend=backend))
+    assert marsops.DiceLoss(weight=[0.1, 0.7, 0.3]).weight.dtype == torch.float32  # lists: float32, as before
