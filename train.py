@@ -394,7 +394,6 @@ def train(args, log=print, run_base=None):
         scheduler.load_state_dict(ckpt["scheduler"])
         state.update(ckpt["state"])
         checkpoint.set_rng_state(ckpt["rng"])
-        log(f"resumed {run_dir} after epoch {state['epoch']} (best mIoU {state['best_miou']:.4f})")
     train_net = net
     if world > 1:
         train_net = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.index is not None
@@ -420,6 +419,10 @@ def train(args, log=print, run_base=None):
                                      train_x[: args.batch_size].contiguous(memory_format=torch.channels_last),
                                      train_y[: args.batch_size])
         train_metric.reset()
+    if args.resume:
+        resumed_from(train_metric, ckpt, run_dir / "last.pt", rank)
+        log(f"resumed {run_dir} after epoch {state['epoch']} (best mIoU {state['best_miou']:.4f}"
+            + (f", train mIoU {train_metric.compute().miou.item():.4f})" if "train_metric" in ckpt else ")"))
     progress = None
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
@@ -465,7 +468,8 @@ def train(args, log=print, run_base=None):
                 with open(metrics_csv, "a", newline="") as f:
                     csv.DictWriter(f, columns, extrasaction="ignore").writerow(row)
                 ckpt = dict(model=net.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                            state=dict(state), rng=checkpoint.rng_state(), matrix=matrix)
+                            state=dict(state), rng=checkpoint.rng_state(), matrix=matrix,
+                            train_metric=metric_state(train_metric, world))
                 if improved:
                     checkpoint.atomic_save(ckpt, run_dir / "best.pt")
                 checkpoint.atomic_save(ckpt, run_dir / "last.pt")
@@ -481,6 +485,25 @@ def train(args, log=print, run_base=None):
     if rank == 0:
         finish(run_dir, net, val_x, val_y, args, device, log)
     return state["best_miou"]
+
+
+def metric_state(metric, world):
+    """The training metric's state for a checkpoint: its counts summed over the processes (after
+    the epoch's sync()), which rank 0 loads on resume while the others start from 0, so that the
+    resumed metric reports what the saved one did."""
+    state = metric.state_dict()
+    return dict(state, matrix=metric.matrix) if world > 1 else state
+
+
+def resumed_from(metric, ckpt, path, rank):
+    """Restores the training metric from a checkpoint (one written before it carried the metric
+    leaves it empty; the next epoch resets it anyway)."""
+    if "train_metric" not in ckpt or rank != 0:
+        return
+    try:
+        metric.load_state_dict(ckpt["train_metric"])
+    except (TypeError, ValueError) as exc:
+        raise checkpoint.CheckpointError(f"{path}: its training metric does not fit this run ({exc})") from None
 
 
 def finish(run_dir, net, val_x, val_y, args, device, log):

@@ -171,6 +171,33 @@ def per_image_counts(pred_or_logits: Tensor, target: Tensor, num_classes: int,
     return counts[:-1].view(N, C, C)
 
 
+def _check_state_options(where: str, state_dict, expected: dict, tensors: Sequence[str]) -> dict:
+    """The options of a saved metric state, checked against this metric's (`expected`): every key
+    of expected and `tensors` present, each option equal; else one ValueError saying which differ."""
+    if not isinstance(state_dict, dict):
+        raise TypeError(f"{where}: expected a dict from state_dict(), got {type(state_dict).__name__}")
+    missing = [k for k in (*expected, *tensors) if k not in state_dict]
+    if missing:
+        raise ValueError(f"{where}: not a metric state of this kind (missing {missing})")
+    saved = {k: state_dict[k] for k in expected}
+    if saved.get("classes") is not None:
+        saved["classes"] = tuple(saved["classes"])
+    differ = [f"{k} {saved[k]!r} (this metric: {v!r})" for k, v in expected.items() if saved[k] != v]
+    if differ:
+        raise ValueError(f"{where}: the state was counted with {'; '.join(differ)}: it cannot be loaded into this "
+                         "metric; create the metric with the saved options")
+    return saved
+
+
+def _check_state_tensor(where: str, state_dict, key: str, shape, dtype) -> Tensor:
+    """state_dict[key], which must be a tensor of `shape` and `dtype`."""
+    t = state_dict[key]
+    if not isinstance(t, Tensor) or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+        got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+        raise ValueError(f"{where}: {key} must be a {dtype} tensor of shape {tuple(shape)}, got {got}")
+    return t
+
+
 class StreamingIoU:
     """Per-class IoU and Dice accumulated over batches; the (C, C) counts stay on the inputs' device.
 
@@ -323,6 +350,37 @@ class StreamingIoU:
         self.local_images += other.local_images.to(self.local_images.device)
         self._synced = self._synced_images = None
         return self
+
+    def state_dict(self) -> dict:
+        """The metric's state, in torch's conventions (as nn.Module.state_dict and
+        Optimizer.state_dict): a dict of its counts, as tensors (references, not copies), and the
+        options they were counted under (checked by load_state_dict). The counts are this
+        process's own (`local`), not a sync()'s sum. torch.save-able and loadable with
+        torch.load(weights_only=True)::
+
+            torch.save({"model": model.state_dict(), "metric": metric.state_dict()}, path)
+            metric.load_state_dict(torch.load(path, weights_only=True)["metric"])
+        """
+        return {"num_classes": self.num_classes, "classes": None if self.classes is None else list(self.classes),
+                "ignore_index": self.ignore_index, "per_image": self.per_image,
+                "matrix": self.local, "image_sums": self.local_images}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restores counts saved by state_dict(), copying them onto this metric's device (into its
+        own tensors, so a captured CUDA graph keeps counting into them); compute() then gives
+        exactly what the saved metric gave. A state of another class count, class list,
+        ignore_index or per_image mode is refused with a ValueError, and the metric is left as it
+        was."""
+        where = "StreamingIoU.load_state_dict"
+        _check_state_options(where, state_dict, dict(num_classes=self.num_classes, classes=self.classes,
+                                                    ignore_index=self.ignore_index, per_image=self.per_image),
+                            ("matrix", "image_sums"))
+        C = self.num_classes
+        matrix = _check_state_tensor(where, state_dict, "matrix", (C, C), torch.int64)
+        images = _check_state_tensor(where, state_dict, "image_sums", (3, C), torch.float64)
+        self.local.copy_(matrix)
+        self.local_images.copy_(images)
+        self._synced = self._synced_images = None
 
     def sync(self, group: Optional["torch.distributed.ProcessGroup"] = None) -> "StreamingIoU":
         """Sums the local counts of every process of a torch.distributed group (a collective: every

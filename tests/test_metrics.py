@@ -224,3 +224,127 @@ def test_torch_compile_fullgraph():
 
     x, t = torch.randn(2, 5, 6, 7), torch.randint(0, 5, (2, 6, 7))
     assert torch.equal(torch.compile(f, fullgraph=True)(x, t), f(x, t))
+
+
+# ---- checkpoints: state_dict / load_state_dict (issue 23) -------------------------------------------
+
+def _saved_and_loaded(state):
+    """state through torch.save and torch.load(weights_only=True), as a checkpoint takes it."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def _assert_same_result(a, b):
+    ra, rb = a.compute(), b.compute()
+    assert torch.equal(ra.matrix, rb.matrix)
+    for field in ("iou", "miou", "dice", "mdice", "precision", "recall", "pixel_accuracy"):
+        torch.testing.assert_close(getattr(ra, field), getattr(rb, field), rtol=0, atol=0, equal_nan=True)
+
+
+@given(case=confusion_case(), per_image=st.booleans(), scored=st.booleans(), splits=st.integers(1, 3))
+def test_state_dict_round_trip_gives_identical_results_and_continues_exactly(case, per_image, scored, splits):
+    logits, target, c, ignore_index = case
+    classes = list(range(1, c)) if scored and c > 1 else None
+    options = dict(classes=classes, ignore_index=ignore_index, per_image=per_image)
+    saved = marsops.StreamingIoU(c, **options)
+    parts = list(zip(logits.tensor_split(splits), target.tensor_split(splits)))
+    saved.update(*parts[0])
+    state = saved.state_dict()
+    assert isinstance(state["matrix"], torch.Tensor) and state["matrix"] is saved.local  # torch's convention
+    resumed = marsops.StreamingIoU(c, **options)
+    counts = resumed.local
+    resumed.load_state_dict(_saved_and_loaded(state))
+    assert resumed.local is counts  # loaded in place: a captured CUDA graph keeps counting into it
+    _assert_same_result(resumed, saved)
+    for part in parts[1:]:  # the reports continue exactly
+        saved.update(*part)
+        resumed.update(*part)
+    _assert_same_result(resumed, saved)
+    if not per_image:
+        whole = marsops.StreamingIoU(c, **options)
+        whole.update(logits, target)
+        _assert_same_result(resumed, whole)
+
+
+@pytest.mark.parametrize("other,match", [
+    (dict(num_classes=4, classes=[1, 2, 3]), "num_classes 5"),
+    (dict(classes=[1, 2]), "classes"),
+    (dict(classes=None), "classes"),
+    (dict(ignore_index=None), "ignore_index 255"),
+    (dict(ignore_index=0), "ignore_index 255"),
+    (dict(per_image=True), "per_image"),
+])
+def test_load_state_dict_refuses_a_state_of_other_options_and_changes_nothing(other, match):
+    saved = marsops.StreamingIoU(5, classes=[1, 2, 3, 4], ignore_index=255)
+    saved.update(torch.randn(2, 5, 6), torch.randint(0, 5, (2, 6)))
+    options = dict(num_classes=5, classes=[1, 2, 3, 4], ignore_index=255, per_image=False)
+    options.update(other)
+    target = marsops.StreamingIoU(options.pop("num_classes"), **options)
+    target.update(torch.randn(1, target.num_classes, 3), torch.zeros(1, 3, dtype=torch.long))
+    before = target.local.clone()
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(saved.state_dict())
+    assert torch.equal(target.local, before)
+
+
+def test_load_state_dict_refuses_what_is_not_a_metric_state():
+    metric = marsops.StreamingIoU(3)
+    state = metric.state_dict()
+    with pytest.raises(TypeError, match="dict"):
+        metric.load_state_dict([state])
+    with pytest.raises(ValueError, match="missing"):
+        metric.load_state_dict({k: v for k, v in state.items() if k != "matrix"})
+    with pytest.raises(ValueError, match="int64 tensor of shape"):
+        metric.load_state_dict(dict(state, matrix=state["matrix"].double()))
+    with pytest.raises(ValueError, match="shape"):
+        metric.load_state_dict(dict(state, image_sums=torch.zeros(3, 4, dtype=torch.float64)))
+
+
+def test_a_synced_metric_saves_its_own_counts():
+    """state_dict holds this process's counts (a sync()'s sum is a view for compute(), not state)."""
+    metric = marsops.StreamingIoU(3)
+    metric.update(torch.randn(2, 3, 5), torch.randint(0, 3, (2, 5)))
+    metric._synced = metric.local * 2  # what sync() would leave with two equal processes
+    state = metric.state_dict()
+    assert torch.equal(state["matrix"], metric.local)
+    other = marsops.StreamingIoU(3)
+    other.load_state_dict(state)
+    assert torch.equal(other.matrix, metric.local)
+
+
+def test_torchmetrics_adapter_state_dict_is_consistent():
+    pytest.importorskip("torchmetrics")
+    from marsops.integrations import TorchmetricsIoU
+
+    g = torch.Generator().manual_seed(3)
+    x, t = torch.randn(4, 5, 6, 7, generator=g), torch.randint(0, 5, (4, 6, 7), generator=g)
+    t[0, 0] = 255
+    metric = TorchmetricsIoU(5, classes=[1, 2, 3, 4], ignore_index=255)
+    metric.update(x[:2], t[:2])
+    state = _saved_and_loaded(metric.state_dict())
+    assert torch.equal(state["confmat"], metric.confmat)
+    streaming = marsops.StreamingIoU(5, classes=[1, 2, 3, 4], ignore_index=255)
+    streaming.update(x[:2], t[:2])
+    # the same options as StreamingIoU's state, and the same counts
+    assert {k: streaming.state_dict()[k] for k in state["_extra_state"]} == state["_extra_state"]
+    assert torch.equal(state["confmat"], streaming.state_dict()["matrix"])
+    resumed = TorchmetricsIoU(5, classes=[1, 2, 3, 4], ignore_index=255)
+    resumed.load_state_dict(state)
+    assert torch.equal(resumed.confmat, metric.confmat)
+    for m in (metric, resumed):
+        m.update(x[2:], t[2:])
+    torch.testing.assert_close(resumed.compute(), metric.compute(), rtol=0, atol=0)
+    for options, match in ((dict(num_classes=4), "num_classes 5"), (dict(num_classes=5, classes=[1, 2]), "classes"),
+                           (dict(num_classes=5, classes=[1, 2, 3, 4]), "ignore_index 255")):
+        other = TorchmetricsIoU(**options)
+        before = other.confmat.clone()
+        with pytest.raises(ValueError, match=match):
+            other.load_state_dict(state)
+        assert torch.equal(other.confmat, before)
+    wrong = dict(state, confmat=torch.zeros(4, 4, dtype=torch.int64))
+    with pytest.raises(ValueError, match="shape"):
+        TorchmetricsIoU(5, classes=[1, 2, 3, 4], ignore_index=255).load_state_dict(wrong)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import marsops
 import train
 from marsops.recipes.mars import checkpoint
 
@@ -64,6 +65,28 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path, restore_determin
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert [r["val_miou"] for r in read_metrics(tmp_path / "runs" / "straight")] == [
         r["val_miou"] for r in read_metrics(tmp_path / "runs" / "killed")]
+    # the training metric travels in the checkpoint and continues exactly
+    assert a["train_metric"].keys() == b["train_metric"].keys()
+    assert torch.equal(a["train_metric"]["matrix"], b["train_metric"]["matrix"])
+    assert [r["train_miou"] for r in read_metrics(tmp_path / "runs" / "straight")] == [
+        r["train_miou"] for r in read_metrics(tmp_path / "runs" / "killed")]
+
+
+def test_checkpoints_carry_the_training_metric_and_a_resumed_run_restores_it(tmp_path, capsys):
+    run(tmp_path, "--epochs", "1", "--name", "m")
+    run_dir = tmp_path / "runs" / "m"
+    ckpt = checkpoint.load(run_dir / "last.pt")  # weights_only: the metric's state is tensors and plain values
+    metric = marsops.StreamingIoU(train.NUM_CLASSES, classes=train.SCORED_CLASSES)
+    metric.load_state_dict(ckpt["train_metric"])
+    train_miou = metric.compute().miou.item()
+    assert f"{train_miou:.6f}" == read_metrics(run_dir)[-1]["train_miou"]
+    capsys.readouterr()
+    train.main(["--resume", str(run_dir), "--epochs", "1"])  # nothing left to train: it reports the metric it loaded
+    assert f"train mIoU {train_miou:.4f})" in capsys.readouterr().out
+    ckpt["train_metric"]["num_classes"] = 4  # a checkpoint whose metric does not fit: a clear error
+    torch.save(ckpt, run_dir / "last.pt")
+    with pytest.raises(SystemExit, match="training metric does not fit this run.*num_classes 4"):
+        train.main(["--resume", str(run_dir), "--epochs", "1"])
 
 
 def test_predict_writes_the_course_csv(tmp_path):
