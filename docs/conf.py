@@ -1,7 +1,7 @@
 """Sphinx configuration for the marsops API reference.
 
-    pip install -e ".[docs]"
-    sphinx-build -W -b html docs docs/_build/html     # what CI runs (.ci/docs), warnings as errors
+    pip install sphinx myst-parser                    # the "docs" extra of setup.py
+    sphinx-build -W -b html docs docs/_build/html     # .ci/docs runs this (warnings as errors)
 
 The API pages (api/*.rst) are generated here at every build from the package itself, so a new
 public module, function or class is documented without editing anything: one page per public

@@ -3,7 +3,7 @@ every flip and the in-plane transpose drawn per sample by ``marsops.random_flip`
 with and without dihedral test-time augmentation (``marsops.d4`` + ``marsops.d4_argmax``) by
 ``marsops.StreamingIoU``.
 
-    pip install -e ".[examples]"      # MONAI (and segmentation-models-pytorch for smp_unet.py)
+    pip install monai                 # in the README's ".[dev]" install already
     python examples/monai_unet3d.py [--steps 40]
 
 The volumes are synthetic (a bright ellipsoid, class 1, holding a darker blob, class 2, in noise),

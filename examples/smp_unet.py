@@ -2,7 +2,7 @@
 ``marsops.DiceFocalLoss``, random flips from ``marsops.random_flip``, and scored with
 ``marsops.StreamingIoU`` (mean IoU over classes 1..4, counted on the device, no host sync).
 
-    pip install -e ".[examples]"      # segmentation-models-pytorch (and MONAI for monai_unet3d.py)
+    pip install segmentation-models-pytorch
     python examples/smp_unet.py [--steps 30]
 
 The data are marsops' synthetic Mars terrain (64 x 128 grey images, 5 classes). The encoder
