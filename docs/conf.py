@@ -112,6 +112,24 @@ def write_benchmark_figures():
     (HERE / "_figures.md").write_text("\n".join(lines) + "\n")
 
 
+def public_bases(app, name, obj, options, bases):
+    """Shows a private base class (``_RegionLossModule``) as its public bases (``nn.Module``)."""
+    out = []
+    for base in bases:
+        stack = [base]
+        while stack:
+            b = stack.pop(0)
+            if b.__name__.startswith("_"):
+                stack[:0] = list(b.__bases__)
+            elif b not in out:
+                out.append(b)
+    bases[:] = out
+
+
+def setup(app):
+    app.connect("autodoc-process-bases", public_bases)
+
+
 write_api_pages()
 write_benchmark_figures()
 exclude_patterns.append("_figures.md")  # included by performance.md, not a page of its own
