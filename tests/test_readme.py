@@ -39,11 +39,22 @@ class _Session:
             self.done += 1
             try:
                 _run(line, source, self.namespace)
-            except ModuleNotFoundError as exc:
-                if exc.name not in OPTIONAL:
+            except ImportError as exc:
+                missing = _missing_optional(exc)
+                if missing is None:
                     raise
                 if self.done - 1 == index:
-                    pytest.skip(f"README.md:{line}: needs {exc.name}, which is not installed")
+                    pytest.skip(f"README.md:{line}: needs {missing}, which is not installed")
+
+
+def _missing_optional(exc):
+    """The optional package whose absence raised `exc` (directly, or as the cause of a wrapping
+    ImportError such as marsops.integrations' own message), else None."""
+    while exc is not None:
+        if isinstance(exc, ModuleNotFoundError) and (exc.name or "").split(".")[0] in OPTIONAL:
+            return exc.name.split(".")[0]
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _run(line, source, namespace):
