@@ -97,7 +97,7 @@ struct Block {
 
 thread_local Block* tl_block = nullptr;
 [[maybe_unused]] char g_fence;  // TSan sync object of __threadfence
-std::string g_last_message;
+thread_local std::string g_last_message;  // per host thread: launches from two threads do not mix
 
 void fail(Block& b, int code, const std::string& message) {
   Launch& L = *b.launch;

@@ -59,7 +59,7 @@ void threadfence();
 [[noreturn]] void device_assert_fail(const char* message, const char* file, int line, const char* function);
 
 // Runs body(context) as every thread of a grid of `grid` blocks of `block` threads; returns a
-// cudaError_t value (0: success). Not reentrant across host threads.
+// cudaError_t value (0: success); last_launch_message() says why it failed, per host thread.
 int run_grid(int grid, int block, size_t shared_bytes, void (*body)(void*), void* context);
 
 // The error message of the last failed launch ("" if none).
