@@ -111,12 +111,12 @@ __global__ void focal_forward_kernel(const in_t* __restrict__ x, const tgt_t* __
     }
     const float inv_s = 1.0f / s, log_s = logf(s);
     float loss = 0, coef = 0;
-    if (valid) focal_terms(xt - m - log_s, et * inv_s, other * inv_s, wt, gamma, loss, coef);
+    if (valid) focal_terms(xt, m, log_s, et * inv_s, other * inv_s, wt, gamma, loss, coef);
     // Label smoothing: + eps / C of every class's focal term (each class's coefficient is recomputed
     // in the gradient loop rather than stored).
     auto class_terms = [&](int64_t c, float& lc, float& cc) {
       const float e = expf(static_cast<float>(xp[c * class_stride]) - m);
-      focal_terms(static_cast<float>(xp[c * class_stride]) - m - log_s, e * inv_s, fmaxf((s - e) * inv_s, 0.0f),
+      focal_terms(static_cast<float>(xp[c * class_stride]), m, log_s, e * inv_s, fmaxf((s - e) * inv_s, 0.0f),
                   w ? w[c] : 1.0f, gamma, lc, cc);
     };
     float smooth_sum = 0;
