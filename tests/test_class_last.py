@@ -70,11 +70,11 @@ def test_every_class_count_agrees_in_both_layouts(c, dtype):
 
 
 # The CUDA kernels read class-last logits in place too (a pixel's classes contiguous): run on the
-# emulation (.ci/emulate_cuda), they must agree across layouts the same way; they compute in fp32.
-EMULATED_C = [(c, dtype) for c, dtype in EVERY_C if dtype != torch.float64]
+# emulation (.ci/emulate_cuda, a MARSOPS_EMULATED_CUDA=1 session), they must agree across layouts
+# the same way; they compute in fp32.
+EMULATED_C = [(c, dtype) for c, dtype in EVERY_C if dtype != torch.float64] if EMULATED_CUDA else []
 
 
-@pytest.mark.skipif(not EMULATED_CUDA, reason="runs in a MARSOPS_EMULATED_CUDA=1 session (.ci/emulate_cuda)")
 @pytest.mark.parametrize("c,dtype", EMULATED_C, ids=[f"cuda_emulated-C{c}-{str(d)[6:]}" for c, d in EMULATED_C])
 def test_emulated_cuda_class_counts_agree_in_both_layouts(c, dtype):
     check_focal_and_confusion(2, c, 3, 11, dtype, seed=c)
