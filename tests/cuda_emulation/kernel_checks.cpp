@@ -210,17 +210,22 @@ void check_flips(const std::string& gpu, int64_t N, int64_t M, int64_t D, int64_
   ViewList list{static_cast<int>(K), {}};
   for (int64_t k = 0; k < K; ++k) list.code[k] = static_cast<int8_t>(views[k]);
   const FlipLayout g{D, H, W};
+  // Calls f(k, at, from) for every view k and position of every sample's planes: `at` the offset
+  // in view k's block of the output, `from` the offset in the input that it shows.
+  auto each_view_position = [&](auto f) {
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t s = 0; s < N * M; ++s)
+        for (int64_t d = 0; d < D; ++d)
+          for (int64_t h = 0; h < H; ++h)
+            for (int64_t w = 0; w < W; ++w) {
+              int64_t d1 = d, h1 = h, w1 = w;
+              source_of(views[k], D, H, W, d1, h1, w1);
+              f(k, s * plane + (d * H + h) * W + w, s * plane + (d1 * H + h1) * W + w1);
+            }
+  };
   // flip_views: block k of the output is every sample under view k.
   std::vector<float> got(total * K), want(total * K);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t s = 0; s < N * M; ++s)
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t w = 0; w < W; ++w) {
-            int64_t d1 = d, h1 = h, w1 = w;
-            source_of(views[k], D, H, W, d1, h1, w1);
-            want[k * total + s * plane + (d * H + h) * W + w] = x[s * plane + (d1 * H + h1) * W + w1];
-          }
+  each_view_position([&](int64_t k, int64_t at, int64_t from) { want[k * total + at] = x[from]; });
   const int sms = multiprocessors_from_env();
   LaunchConfig c = grid_stride(total * K, sms);
   int err = harness::launch(c.grid, c.block, c.shared_bytes, flip_views_kernel<uint32_t>,
@@ -231,18 +236,9 @@ void check_flips(const std::string& gpu, int64_t N, int64_t M, int64_t D, int64_
                             " [" + gpu + "] ";
   counter.check(err == 0 && got == want, "flip_views" + shape + simt::last_launch_message());
   // flip_views_sum: the adjoint, <flip_views(x), y> = <x, flip_views_sum(y)>, scaled.
-  std::vector<double> yv(total * K);
   const std::vector<double> ydraw = random_logits<double>(total * K, 1.0);
   std::vector<double> merged(total, -1), want_merged(total, 0);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t s = 0; s < N * M; ++s)
-      for (int64_t d = 0; d < D; ++d)
-        for (int64_t h = 0; h < H; ++h)
-          for (int64_t w = 0; w < W; ++w) {
-            int64_t d1 = d, h1 = h, w1 = w;
-            source_of(views[k], D, H, W, d1, h1, w1);
-            want_merged[s * plane + (d1 * H + h1) * W + w1] += 0.5 * ydraw[k * total + s * plane + (d * H + h) * W + w];
-          }
+  each_view_position([&](int64_t k, int64_t at, int64_t from) { want_merged[from] += 0.5 * ydraw[k * total + at]; });
   c = grid_stride(total, sms);
   err = harness::launch(c.grid, c.block, c.shared_bytes, flip_views_sum_kernel<double>, ydraw.data(), merged.data(),
                         total, g, list, 0.5);
