@@ -3,11 +3,11 @@
 ``marsops.StreamingIoU`` (mean IoU over classes 1..4, counted on the device, no host sync).
 
     pip install segmentation-models-pytorch
-    python examples/smp_unet.py [--steps 20]
+    python examples/smp_unet.py [--steps 60]
 
 The data are marsops' synthetic Mars terrain (64 x 128 grey images, 5 classes). The encoder
-starts from random weights (``encoder_weights=None``): nothing is downloaded. A few steps only
-show the API at work: the score stays low (train.py's recipe reaches 0.68 after 15 epochs).
+starts from random weights (``encoder_weights=None``): nothing is downloaded. 60 steps (about 8 s
+on an idle 2-core CPU) reach a mean IoU near 0.25; train.py's recipe reaches 0.68 after 15 epochs.
 """
 import argparse
 import time
@@ -29,7 +29,7 @@ def mars_batches(n_train: int, n_val: int, seed: int = 0):
 
 def main() -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
     args = parser.parse_args()
     torch.manual_seed(0)
