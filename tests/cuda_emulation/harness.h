@@ -50,7 +50,7 @@ inline bool close(double got, double want, double rtol, double atol) {
   return std::fabs(got - want) <= atol + rtol * std::fabs(want);
 }
 
-// 0 on success, else the launch's error code (cudaError_t) and message on stdout.
+// 0 on success, else the launch's error code (cudaError_t); simt::last_launch_message() says why.
 template <typename... Params, typename... Args>
 int launch(int grid, int block, size_t shared, void (*kernel)(Params...), Args&&... args) {
   return simt::launch(grid, block, shared, kernel, std::forward<Args>(args)...);

@@ -2,7 +2,7 @@
 // launch configurations launch_config.h gives real GPUs, and checks them against plain loops
 // written here. Built three times by tests/cuda_emulation/run.py: plain, under ThreadSanitizer and
 // under AddressSanitizer + UndefinedBehaviorSanitizer.
-//   kernel_checks [--quick]   --quick: the sanitizer runs' small grids (2-4 blocks, all at once)
+//   kernel_checks [--quick]   --quick: the sanitizer runs' small grids (2-8 blocks, all at once)
 // Prints one line per failure and ends with "kernel_checks: N passed, M failed".
 #include "harness.h"
 // The real kernels, as nvcc compiles them.
@@ -366,7 +366,7 @@ int main(int argc, char** argv) {
   for (const auto& gpu : gpus) {
     harness::use(gpu);
     const std::string name = harness::describe(gpu);
-    // Sizes: a single block's worth, a grid of a few blocks (2-4 under --quick), and more pixels
+    // Sizes: a single block's worth, a grid of a few blocks (2-8 under --quick), and more pixels
     // than the grid has threads (the grid-stride loops go round).
     const std::vector<int64_t> pixels = quick ? std::vector<int64_t>{1, 37, 700} : std::vector<int64_t>{1, 37, 700, 5000};
     for (int64_t P : pixels) {
@@ -393,6 +393,8 @@ int main(int argc, char** argv) {
     check_views_argmax<uint8_t>(name, 1, 3, 5, 7, false, true, true, {0, 1, 2, 3});
     check_views_argmax<int32_t>(name, 3, 100, 4, 9, true, false, true, {0, 2});  // global atomics
     if (!quick) check_views_argmax<int64_t>(name, 2, 19, 24, 40, true, true, false, {0, 1, 2, 3});
+    // Counting over several blocks: a wrong grid stride shows only in the histogram.
+    check_views_argmax<int64_t>(name, 2, 5, 24, 40, true, false, true, {0, 1, 2, 3});
     check_bad_labels(name);
     // More pixels than a full grid of the real GPU has threads: the grid is capped at 8 blocks per SM.
     if (!quick && gpu.sms >= 100) check_confusion<float, int64_t, true>(name, 1, 5, 300000, false, true);

@@ -2,7 +2,7 @@
 
 1. kernel_checks: every path of the real kernels against loops written in the checks, built three
    ways: plain (real GPU grids: 132 and 108 SMs, and 1-2 SM grids, at several schedule seeds),
-   under ThreadSanitizer (races within and between blocks; every block of a 2-4 block grid in
+   under ThreadSanitizer (races within and between blocks; every block of a 2-8 block grid in
    flight at once, two schedule seeds) and under AddressSanitizer + UndefinedBehaviorSanitizer
    (out-of-bounds shared and global accesses).
 2. selftest: kernels with seeded bugs that each check must catch, and their clean twins.
@@ -76,8 +76,14 @@ def compile_all(jobs: int):
         list(pool.map(build, BUILDS))
 
 
-def run(cmd, env=None):
-    return subprocess.run(cmd, env={**os.environ, **SANITIZER_ENV, **(env or {})}, capture_output=True, text=True)
+def run(cmd, env=None, timeout=600):
+    """The finished process; a hang (fibers cannot be pre-empted: a kernel that loops for ever)
+    counts as a failure with exit code -9."""
+    try:
+        return subprocess.run(cmd, env={**os.environ, **SANITIZER_ENV, **(env or {})}, capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(cmd, -9, e.stdout or "", f"timed out after {timeout} s")
 
 
 def kernel_checks(build: str):
@@ -116,8 +122,8 @@ def emulated_pytest():
     tail = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
     passed = int(m.group(1)) if (m := re.search(r"(\d+) passed", tail)) else 0
     failed = sum(int(x) for x in re.findall(r"(\d+) (?:failed|error)", tail))
-    if p.returncode != 0 and failed == 0:
-        failed = 1
+    if (p.returncode != 0 or passed == 0) and failed == 0:
+        failed = 1  # a collection error, or a session that selected or ran nothing
     return passed, failed, p.stdout[-6000:] + p.stderr[-3000:] if failed else tail
 
 
@@ -132,7 +138,12 @@ def main():
     def stamp(text):
         print(f"[emulate_cuda +{time.time() - start:.0f} s] {text}", flush=True)
 
-    compile_all(args.jobs)
+    try:
+        compile_all(args.jobs)
+    except subprocess.CalledProcessError as e:
+        print(f"build failed: {' '.join(map(str, e.cmd))}")
+        print("emulate_cuda: 0 passed, 1 failed")
+        return 1
     stamp("built plain, tsan and asan+ubsan")
     with ThreadPoolExecutor(args.jobs) as pool:
         results = dict(zip(BUILDS, pool.map(kernel_checks, BUILDS)))

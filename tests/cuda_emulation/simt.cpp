@@ -207,7 +207,17 @@ void complete_warps(Block& b, std::vector<int>& ready) {
       if (f.state != State::Warp) continue;
       const int lane = i - w0, width = f.width;
       const int source = lane + static_cast<int>(f.delta);
-      f.result = (lane % width) + static_cast<int>(f.delta) < width ? b.fibers[w0 + source].value : f.value;
+      if ((lane % width) + static_cast<int>(f.delta) >= width) {
+        f.result = f.value;  // past the segment: the lane keeps its own value
+      } else if (source >= kWarp || !(f.mask >> source & 1u) || w0 + source >= n ||
+                 b.fibers[w0 + source].state != State::Warp) {
+        fail(b, kErrorLaunchFailure, "__shfl_down_sync at " + std::string(f.file) + ":" + std::to_string(f.line) +
+                                         ": " + where(b, f) + " reads lane " + std::to_string(source) +
+                                         ", which is not in the mask or not taking part (undefined on CUDA)");
+        return;
+      } else {
+        f.result = b.fibers[w0 + source].value;
+      }
     }
     std::vector<int> lanes;
     for (int i = w0; i < w1; ++i)

@@ -12,8 +12,8 @@
 // What varies per launch (environment variables, read at each launch):
 //   MARSOPS_EMULATED_SMS       multiprocessors reported to the launchers (132 = H100/H200, 108 = A100)
 //   MARSOPS_EMULATED_SEED      0: blocks start in index order and threads run in index order;
-//                              other values shuffle the block order and the thread order after
-//                              every barrier and warp operation
+//                              other values shuffle the block order, the thread order after
+//                              every barrier and the lanes' order within a warp after a shuffle
 //   MARSOPS_EMULATED_CONCURRENT_BLOCKS  blocks in flight at once (default 2; the TSan checks run
 //                              every block at once, so races between blocks are visible)
 //
