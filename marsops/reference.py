@@ -273,3 +273,29 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
     empty = torch.empty(0, dtype=torch.int64, device=outputs.device)
     counts = empty if target is None else confusion_matrix(pred, target, num_classes, ignore_index)
     return (pred if want_pred else empty), counts
+
+
+def ohem_threshold(p_t, valid, thresh, min_kept):
+    """tau = max(thresh, s[k]) of online hard example mining, from a full sort (the rule as
+    mmsegmentation's OHEMPixelSampler states it): s = the valid p_t ascending (NaN last), k =
+    min(min_kept, n - 1). A NaN s[k] gives thresh; no valid pixel gives thresh."""
+    s = p_t[valid].sort().values
+    if s.numel() == 0:
+        return thresh
+    s_k = s[min(min_kept, s.numel() - 1)].item()
+    return s_k if s_k > thresh else thresh
+
+
+def ohem_focal_loss(logits, target, gamma=0.5, thresh=0.7, min_kept=100_000, weight=None, ignore_index=-100):
+    """The mean of the focal term -w[y] (1 - p_t)^gamma log p_t over the pixels online hard example
+    mining keeps: p_t < tau (or NaN), tau = ohem_threshold(p_t, ..., min_kept * N); 0 if none. p_t
+    and the selection in float64; the kept set is a constant of the gradient."""
+    valid = check_labels(target, logits.shape[1], ignore_index, "ohem_focal_loss")
+    x = logits.detach().double()
+    t = torch.where(valid, target.long(), 0)
+    p_t = torch.softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    tau = ohem_threshold(p_t, valid, thresh, min_kept * logits.shape[0])
+    kept = valid & ~(p_t >= tau)
+    kept_target = torch.where(kept, t, torch.full_like(t, -1))
+    loss = focal_loss(logits.double(), kept_target, None if weight is None else weight.double(), gamma, -1, "mean")
+    return loss.to(logits.dtype)

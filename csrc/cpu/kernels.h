@@ -119,6 +119,49 @@ struct SigmoidArgs {
   void* grad;         // in logits_dtype, or nullptr
 };
 
+// The OHEM selection's first pass (ohem_kernel.h): each non-ignored pixel's softmax probability of
+// its label, p_t, in the compute type, and its label; a histogram of p_t for the selection.
+struct OhemArgs {
+  const void* logits;  // (N, C, P) contiguous, or (N, P, C) when class_last
+  ScalarType logits_dtype;
+  bool class_last;
+  const void* target;  // (N, P) contiguous
+  ScalarType target_dtype;
+  int64_t N, C, P;
+  int64_t ignore_index;
+  double thresh;
+  void* p_t;       // (N, P) compute type (double for float64 logits, else float); any value where ignored
+  int32_t* label;  // (N, P): the label, or -1 where ignored
+};
+
+// Bins of p_t: bin b holds [b, b + 1) / kOhemBins, bin kOhemBins exactly 1, the last one NaN.
+constexpr int64_t kOhemBins = 4096;
+constexpr int64_t kOhemHistSize = kOhemBins + 2;
+
+// The bin of p_t (scaling by a power of two is exact, so the bins keep p_t's order; the rounding
+// of p_t just above 1 joins bin kOhemBins).
+template <typename acc_t>
+inline int64_t ohem_bin(acc_t p) {
+  if (p != p) return kOhemBins + 1;
+  const int64_t b = static_cast<int64_t>(p * static_cast<acc_t>(kOhemBins));
+  return b < kOhemBins ? b : kOhemBins;
+}
+
+struct OhemCounts {
+  int64_t valid = 0;  // non-ignored pixels
+  int64_t below = 0;  // ... whose p_t < thresh
+  bool bad = false;   // a label outside [0, C) that is not ignore_index was seen
+  int64_t bad_label = 0;
+  void merge(const OhemCounts& o) {
+    valid += o.valid;
+    below += o.below;
+    if (o.bad && !bad) {
+      bad = true;
+      bad_label = o.bad_label;
+    }
+  }
+};
+
 // The kernels of one CPU capability. Each processes the pixels [begin, end) of the flattened
 // (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
@@ -135,6 +178,8 @@ struct SimdKernels {
   // Elements [begin, end) of the flattened (planes, P) index: loss sum and count of the counted
   // elements (and the first bad target: bad_label, or for float targets bad with label 0).
   FocalStats (*sigmoid_focal)(const SigmoidArgs&, int64_t begin, int64_t end);
+  // Pixels [begin, end): writes p_t and the labels (OhemArgs), adds to hist (kOhemHistSize int64).
+  OhemCounts (*ohem_probs)(const OhemArgs&, int64_t begin, int64_t end, int64_t* hist);
   // The views_argmax predictions of output row `row` ((n, d, h) flattened) into pred[0 .. W).
   void (*views_argmax_row)(const void* outputs, ScalarType dtype, const ViewsGeometry& g, bool softmax, int64_t row,
                            int64_t* pred);
