@@ -48,7 +48,10 @@ def _probs_kernel(x_ptr, y_ptr, pt_ptr, label_ptr, hist_ptr, counts_ptr, C, P, s
     offs_h = tl.arange(0, 8192)
     tl.atomic_add(hist_ptr + offs_h, h.to(tl.int64), mask=(offs_h < 4098) & (h > 0))
     tl.atomic_add(counts_ptr + 0, tl.sum(valid.to(tl.int64), axis=0))
-    tl.atomic_add(counts_ptr + 1, tl.sum((valid & (p_t.to(tl.float64) < thresh)).to(tl.int64), axis=0))
+    # thresh arrives rounded to fp32. Rounded up, p_t < it exactly when p_t < thresh (no fp32 lies
+    # between); rounded down, a p_t equal to it is not counted: an undercount, which only makes the
+    # host compute s[k], then find it below thresh (tau = thresh all the same).
+    tl.atomic_add(counts_ptr + 1, tl.sum((valid & (p_t < thresh)).to(tl.int64), axis=0))
     tl.atomic_max(counts_ptr + 2, tl.max(bad.to(tl.int64), axis=0))
 
 
