@@ -48,10 +48,11 @@ void define_ops(Library& m) {
   // (over the counted elements). Returns (loss, d(loss)/d(logits) or an empty tensor).
   m.def("sigmoid_focal_loss_forward(Tensor logits, Tensor target, Tensor? pos_weight, float alpha, float gamma, "
         "int? ignore_index, int reduction, bool compute_grad) -> (Tensor, Tensor)");
-  // Online hard example mining (marsops/ohem.py): with p_t each non-ignored pixel's softmax
-  // probability of its label and s those values ascending, tau = max(thresh, s[min(min_kept, n - 1)])
-  // and the pixels kept are those with p_t < tau (or NaN). Returns (labels, stats): int32 labels of
-  // the target's shape, -1 where not kept; float64 (3,) = [tau, kept pixels, non-ignored pixels].
+  // Online hard example mining (marsops/ohem.py), in log space: with lp each non-ignored pixel's
+  // log softmax probability of its label and s those values ascending, log tau = max(log thresh,
+  // s[min(min_kept, n - 1)]) and the pixels kept are those with lp < log tau (or NaN). Returns
+  // (labels, stats): int32 labels of the target's shape, -1 where not kept; float64 (3,) =
+  // [log tau, kept pixels, non-ignored pixels].
   m.def("ohem_select(Tensor logits, Tensor target, int ignore_index, float thresh, int min_kept) -> (Tensor, Tensor)");
   // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");

@@ -6,8 +6,10 @@ them) and k = min(min_kept * N, n - 1), the pixels kept are those with p_t < tau
 s[k]): every pixel less sure than thresh, and at least the min_kept * N hardest (fewer only when
 ties at s[k], or pixels at p_t = s[k] = the largest, are dropped, as mmsegmentation's
 OHEMPixelSampler drops them). The kernels find s[k] by counting, never sorting: one pass over the
-logits writes p_t and a histogram of it, a selection within s[k]'s bin gives its exact value; the
-loss and its gradient are then the fused focal loss of the kept pixels (a second pass).
+logits writes each pixel's log p_t (log space: p_t itself underflows to 0 past a logit margin of
+~87 in fp32, which would tie the hardest pixels) and a histogram of it, and a selection within
+s[k]'s bin gives its exact value; the loss and its gradient are then the fused focal loss of the
+kept pixels (a second pass).
 """
 from typing import Optional, Sequence, Union
 
@@ -34,8 +36,9 @@ def ohem_focal_loss(logits: Tensor, target: Tensor, gamma: float = 0.5, thresh: 
         min_kept: pixels kept per image at least (min_kept * N over the batch), >= 0.
         weight: optional (C,) class weights of the focal term (the mean stays over the kept pixels).
 
-    The kept set is a constant of the gradient. p_t is computed in fp32 by the kernels (float64 for
-    float64 logits on the cpu backend), so a pixel within rounding of tau may be kept by one
+    The kept set is a constant of the gradient. The selection runs in log space (log p_t, which does
+    not underflow as p_t does past a logit margin of ~87 in fp32), in fp32 in the kernels (float64
+    for float64 logits on the cpu backend), so a pixel within rounding of tau may be kept by one
     backend and not another."""
     op = "ohem_focal_loss"
     _checks.check_tensor("logits", logits, op)
@@ -57,9 +60,9 @@ def ohem_focal_loss(logits: Tensor, target: Tensor, gamma: float = 0.5, thresh: 
         raise ValueError(f"marsops.{op}: min_kept must be >= 0, got {min_kept}")
     ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
     batch_kept = min(min_kept * logits.shape[0], 2**62)
+    _check_focal_arguments(logits, weight, gamma)
     chosen = _backend.resolve("ohem_select", logits, backend)
     if chosen == "reference":
-        _check_focal_arguments(logits, weight, gamma)
         return reference.ohem_focal_loss(logits, target, gamma, thresh, min_kept, weight, ignore_index)
     if logits.dtype == torch.float64 and chosen == "triton":
         raise TypeError(f"marsops.{op}: the triton backend computes in fp32; use float32 logits or the cpu / "
@@ -70,7 +73,8 @@ def ohem_focal_loss(logits: Tensor, target: Tensor, gamma: float = 0.5, thresh: 
 
 def ohem_labels(logits: Tensor, target: Tensor, thresh: float, batch_kept: int, ignore_index: int,
                 backend: str) -> Tensor:
-    """The selection alone: int32 labels of the target's shape, KEPT_SENTINEL where not kept."""
+    """The selection alone: int32 labels of the target's shape, KEPT_SENTINEL where not kept (the
+    ops also return float64 [log tau, kept, counted])."""
     with _checks.label_errors_as_value_errors():
         if backend == "triton":
             labels, _ = torch.ops.marsops.ohem_select_triton(logits.detach(), target, ignore_index, thresh, batch_kept)
@@ -80,7 +84,7 @@ def ohem_labels(logits: Tensor, target: Tensor, thresh: float, batch_kept: int, 
 
 
 def _check_focal_arguments(logits, weight, gamma):
-    """What focal_loss checks, for the reference path, which does not call it."""
+    """What focal_loss checks, before the selection runs, with errors naming this op."""
     op = "ohem_focal_loss"
     if weight is not None:
         _checks.check_tensor("weight", weight, op)
@@ -118,6 +122,18 @@ def _ohem_select_triton(logits: Tensor, target: Tensor, ignore_index: int, thres
                         min_kept: int) -> tuple[Tensor, Tensor]:
     _triton.require(logits.device.type, "ohem_focal_loss")
     from .triton.ohem import ohem_select
+
+    # As the C++ op checks its arguments (an op others may call directly).
+    _checks.check_float("logits", logits, "ohem_select_triton")
+    _checks.check_integer("target", target, "ohem_select_triton")
+    if logits.dim() < 2 or tuple(target.shape) != (logits.shape[0],) + tuple(logits.shape[2:]):
+        raise ValueError(f"marsops.ohem_select_triton: target shape {tuple(target.shape)} does not match logits "
+                         f"shape {tuple(logits.shape)}")
+    if logits.dtype == torch.float64:
+        raise TypeError("marsops.ohem_select_triton: computes in fp32; float64 logits need the cpu backend")
+    if not 0 <= thresh <= 1 or min_kept < 0:
+        raise ValueError(f"marsops.ohem_select_triton: thresh must be in [0, 1] and min_kept >= 0, got {thresh}, "
+                         f"{min_kept}")
 
     N, C = logits.shape[:2]
     P = target[0].numel() if N else 0

@@ -1,5 +1,7 @@
 """Pure-PyTorch reference versions of every marsops op: readable, any device, differentiable
 by autograd. They are the oracle of the tests and the fallback when nothing is compiled."""
+import math
+
 import torch
 
 from . import _checks
@@ -275,27 +277,32 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
     return (pred if want_pred else empty), counts
 
 
-def ohem_threshold(p_t, valid, thresh, min_kept):
-    """tau = max(thresh, s[k]) of online hard example mining, from a full sort (the rule as
-    mmsegmentation's OHEMPixelSampler states it): s = the valid p_t ascending (NaN last), k =
-    min(min_kept, n - 1). A NaN s[k] gives thresh; no valid pixel gives thresh."""
-    s = p_t[valid].sort().values
-    if s.numel() == 0:
-        return thresh
-    s_k = s[min(min_kept, s.numel() - 1)].item()
-    return s_k if s_k > thresh else thresh
+def ohem_threshold(lp, valid, thresh, min_kept):
+    """log tau = max(log thresh, s[k]) of online hard example mining, in log space, from a full sort
+    (the rule as mmsegmentation's OHEMPixelSampler states it): s = the valid lp = log p_t ascending
+    (NaN last), k = min(min_kept, n - 1); log thresh when no pixel is valid or s[k] is NaN. A 0-dim
+    float64 tensor, from tensor operations only (torch.compile and vmap trace it)."""
+    log_thresh = torch.tensor(math.log(thresh) if thresh > 0 else -math.inf, dtype=torch.float64, device=lp.device)
+    flat_lp, flat_valid = lp.reshape(-1).double(), valid.reshape(-1)
+    order = flat_lp.sort(stable=True).indices  # ascending, NaN last
+    order = order.gather(0, (~flat_valid).gather(0, order).to(torch.uint8).sort(stable=True).indices)  # valid first
+    s = flat_lp.gather(0, order)
+    n = flat_valid.sum()
+    k = torch.minimum(n - 1, torch.tensor(min_kept, device=lp.device)).clamp_min(0)
+    s_k = s.gather(0, k.reshape(1)).reshape(()) if s.numel() else log_thresh
+    return torch.where((n > 0) & (s_k > log_thresh), s_k, log_thresh)
 
 
 def ohem_focal_loss(logits, target, gamma=0.5, thresh=0.7, min_kept=100_000, weight=None, ignore_index=-100):
     """The mean of the focal term -w[y] (1 - p_t)^gamma log p_t over the pixels online hard example
-    mining keeps: p_t < tau (or NaN), tau = ohem_threshold(p_t, ..., min_kept * N); 0 if none. p_t
-    and the selection in float64; the kept set is a constant of the gradient."""
+    mining keeps: log p_t < log tau (or NaN), log tau = ohem_threshold(..., min_kept * N); 0 if none.
+    The selection in float64 log space (a p_t that underflows to 0 would tie pixels the rule tells
+    apart); the kept set is a constant of the gradient."""
     valid = check_labels(target, logits.shape[1], ignore_index, "ohem_focal_loss")
-    x = logits.detach().double()
     t = torch.where(valid, target.long(), 0)
-    p_t = torch.softmax(x, dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
-    tau = ohem_threshold(p_t, valid, thresh, min_kept * logits.shape[0])
-    kept = valid & ~(p_t >= tau)
+    lp = torch.log_softmax(logits.detach().double(), dim=1).gather(1, t.unsqueeze(1)).squeeze(1)
+    log_tau = ohem_threshold(lp, valid, thresh, min_kept * logits.shape[0])
+    kept = valid & ~(lp >= log_tau)
     kept_target = torch.where(kept, t, torch.full_like(t, -1))
     loss = focal_loss(logits.double(), kept_target, None if weight is None else weight.double(), gamma, -1, "mean")
     return loss.to(logits.dtype)

@@ -13,16 +13,18 @@ from helpers import assert_close, assert_compiles_like_eager, backend_ids, kerne
 
 BACKENDS = kernel_backends("ohem_select")
 ALL = [("reference", "cpu")] + BACKENDS
-# p_t in fp32 (softmax over up to 12 classes: an exp, a sum and a division, each within a few units
-# of 2^-24 relative) against float64: pixels this close to tau may fall either side of it.
-BAND = 1e-5
+# lp = x_t - max - log(sum exp) in fp32 against float64: the sum of up to 12 exponentials within a
+# few units of 2^-24 each (about 1.5e-6 absolute in its log), plus one rounding of x_t - max and of
+# lp (2^-24 relative to |lp|). Pixels this close to log tau may fall either side of it.
+def band(log_tau, fp64):
+    return (1e-12 if fp64 else 1e-5) * (1 + abs(log_tau))
 
 
-def p_t64(logits, target, ignore_index):
+def lp64(logits, target, ignore_index):
     valid = target.long() != ignore_index
     t = torch.where(valid, target.long(), 0)
-    p = torch.softmax(logits.double(), 1).gather(1, t.unsqueeze(1)).squeeze(1)
-    return p, valid
+    lp = torch.log_softmax(logits.double(), 1).gather(1, t.unsqueeze(1)).squeeze(1)
+    return lp, valid
 
 
 @st.composite
@@ -71,14 +73,14 @@ def test_matches_reference(backend, device, case, dtype):
     loss, grad, labels, stats, w = kernel_run(backend, device, logits, target, kw, dtype)
     # The reference's rule in float64, on the same (rounded) logits.
     x64 = logits.to(dtype).double()
-    p, valid = p_t64(x64, target, kw["ignore_index"])
-    tau = reference.ohem_threshold(p, valid, kw["thresh"], kw["min_kept"] * logits.shape[0])
+    lp, valid = lp64(x64, target, kw["ignore_index"])
+    log_tau = reference.ohem_threshold(lp, valid, kw["thresh"], kw["min_kept"] * logits.shape[0]).item()
     kept = labels >= 0
-    band = BAND * max(tau, 1e-30) if dtype != torch.float64 or backend == "triton" else 1e-12 * max(tau, 1e-30)
+    width = band(log_tau, dtype == torch.float64 and backend == "cpu")
     assert not (kept & ~valid).any()
-    assert kept[valid & (p < tau - band)].all(), "a pixel clearly below tau was dropped"
-    assert not kept[valid & (p > tau + band)].any(), "a pixel clearly above tau was kept"
-    assert abs(stats[0].item() - tau) <= band, (stats[0].item(), tau)
+    assert kept[valid & (lp < log_tau - width)].all(), "a pixel clearly below tau was dropped"
+    assert not kept[valid & (lp > log_tau + width)].any(), "a pixel clearly above tau was kept"
+    assert stats[0].item() == log_tau or abs(stats[0].item() - log_tau) <= width, (stats[0].item(), log_tau)
     assert stats[1].item() == kept.sum().item() and stats[2].item() == valid.sum().item()
     assert torch.equal(labels[kept].long(), target.long()[kept])
     # The loss and gradient: the focal term's mean over the kernel's own kept set.
@@ -88,7 +90,7 @@ def test_matches_reference(backend, device, case, dtype):
     (expected_grad,) = torch.autograd.grad(expected, x, torch.tensor(0.75, dtype=torch.float64))
     assert_close(loss.cpu(), expected.to(dtype), dtype)
     assert_close(grad.cpu(), expected_grad.to(dtype), dtype)
-    ambiguous = valid & ((p - tau).abs() <= band)
+    ambiguous = valid & ((lp - log_tau).abs() <= width)
     if not ambiguous.any():  # then the whole rule agrees with the reference's
         assert_close(loss.cpu(), marsops.ohem_focal_loss(x.detach(), target, backend="reference",
                                                          **{**kw, "weight": w}).to(dtype), dtype)
@@ -187,6 +189,51 @@ def test_bad_input(backend, device):
         marsops.ohem_focal_loss(x, t, gamma=-1.0, backend=backend)
     with pytest.raises(ValueError, match="weight"):
         marsops.ohem_focal_loss(x, t, weight=torch.ones(4, device=device), backend=backend)
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_confidently_wrong_pixels_stay_apart(backend, device, dtype):
+    """Margins past ~87 (p_t underflows to 0 in fp32; fp16 logits reach them easily): in log space
+    the hardest pixels stay distinct, so thresh 0 (pure top-k) keeps the k hardest, not none."""
+    x = torch.zeros(1, 2, 10, dtype=dtype, device=device)
+    x[0, 0] = -torch.arange(90.0, 100.0, dtype=dtype)
+    t = torch.zeros(1, 10, dtype=torch.long, device=device)
+    loss = marsops.ohem_focal_loss(x.requires_grad_(), t, gamma=0.0, thresh=0.0, min_kept=5, backend=backend)
+    assert loss.item() == pytest.approx(97.0, rel=1e-3)  # the mean margin of the 5 hardest: 95..99
+    (grad,) = torch.autograd.grad(loss, x)
+    assert (grad[0, 0] != 0).sum().item() == 5 and (grad[0, 0, 5:] != 0).all()
+
+
+@pytest.mark.parametrize("wrap", ["compile", "vmap"])
+def test_reference_compiles_and_vmaps(wrap):
+    x, t = torch.randn(3, 4, 5, 6), torch.randint(0, 4, (3, 5, 6))
+
+    def f(a, b):
+        return marsops.ohem_focal_loss(a, b, thresh=0.3, min_kept=7, backend="reference")
+
+    if wrap == "compile":
+        torch.testing.assert_close(torch.compile(f, fullgraph=True)(x, t), f(x, t))
+    else:
+        got = torch.func.vmap(f)(x.unsqueeze(1), t.unsqueeze(1))
+        torch.testing.assert_close(got, torch.stack([f(x[i:i + 1], t[i:i + 1]) for i in range(3)]))
+
+
+def test_triton_op_checks_its_arguments():
+    if not any(b == "triton" for b, _ in BACKENDS):
+        pytest.skip("no Triton here")
+    x, t = torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))
+    op = torch.ops.marsops.ohem_select_triton
+    with pytest.raises(ValueError, match="thresh"):
+        op(x, t, -100, float("nan"), 0)
+    with pytest.raises(ValueError, match="min_kept"):
+        op(x, t, -100, 0.5, -5)
+    with pytest.raises(ValueError, match="shape"):
+        op(x, t[:, :3], -100, 0.5, 0)
+    with pytest.raises(TypeError, match="fp32"):
+        op(x.double(), t, -100, 0.5, 0)
+    with pytest.raises(TypeError, match="integer"):
+        op(x, t.float(), -100, 0.5, 0)
 
 
 def test_fp64_rejected_by_triton():

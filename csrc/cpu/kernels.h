@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 #include "../tta_common.h"
 
@@ -119,8 +121,9 @@ struct SigmoidArgs {
   void* grad;         // in logits_dtype, or nullptr
 };
 
-// The OHEM selection's first pass (ohem_kernel.h): each non-ignored pixel's softmax probability of
-// its label, p_t, in the compute type, and its label; a histogram of p_t for the selection.
+// The OHEM selection's first pass (ohem_kernel.h): each non-ignored pixel's log-probability of its
+// label, lp = log p_t (in log space: a p_t that underflows to 0 would tie pixels the rule tells
+// apart), and its label; a histogram of lp for the selection.
 struct OhemArgs {
   const void* logits;  // (N, C, P) contiguous, or (N, P, C) when class_last
   ScalarType logits_dtype;
@@ -129,27 +132,43 @@ struct OhemArgs {
   ScalarType target_dtype;
   int64_t N, C, P;
   int64_t ignore_index;
-  double thresh;
-  void* p_t;       // (N, P) compute type (double for float64 logits, else float); any value where ignored
-  int32_t* label;  // (N, P): the label, or -1 where ignored
+  double log_thresh;  // log(thresh): -inf for thresh 0
+  void* lp;           // (N, P) compute type (double for float64 logits, else float); any value where ignored
+  int32_t* label;     // (N, P): the label, or -1 where ignored
 };
 
-// Bins of p_t: bin b holds [b, b + 1) / kOhemBins, bin kOhemBins exactly 1, the last one NaN.
-constexpr int64_t kOhemBins = 4096;
-constexpr int64_t kOhemHistSize = kOhemBins + 2;
+// An unsigned integer that orders as the float does (negative ones reversed), NaN last: a float
+// is counted and selected by its key.
+inline uint32_t ordered_key(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return (b >> 31) ? ~b : (b | 0x80000000u);
+}
+inline uint64_t ordered_key(double v) {
+  uint64_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return (b >> 63) ? ~b : (b | 0x8000000000000000ull);
+}
+template <typename key_t>
+inline auto from_ordered_key(key_t k) {
+  using float_t = std::conditional_t<sizeof(key_t) == 4, float, double>;
+  constexpr key_t top = key_t{1} << (8 * sizeof(key_t) - 1);
+  const key_t b = (k & top) ? (k ^ top) : ~k;
+  float_t v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
 
-// The bin of p_t (scaling by a power of two is exact, so the bins keep p_t's order; the rounding
-// of p_t just above 1 joins bin kOhemBins).
+// The histogram's bins: the top 12 bits of the key (sign, exponent, leading mantissa bits).
+constexpr int64_t kOhemBins = 4096;
 template <typename acc_t>
-inline int64_t ohem_bin(acc_t p) {
-  if (p != p) return kOhemBins + 1;
-  const int64_t b = static_cast<int64_t>(p * static_cast<acc_t>(kOhemBins));
-  return b < kOhemBins ? b : kOhemBins;
+inline int64_t ohem_bin(acc_t v) {
+  return static_cast<int64_t>(ordered_key(v) >> (8 * sizeof(acc_t) - 12));
 }
 
 struct OhemCounts {
   int64_t valid = 0;  // non-ignored pixels
-  int64_t below = 0;  // ... whose p_t < thresh
+  int64_t below = 0;  // ... whose lp < log_thresh
   bool bad = false;   // a label outside [0, C) that is not ignore_index was seen
   int64_t bad_label = 0;
   void merge(const OhemCounts& o) {
@@ -178,7 +197,7 @@ struct SimdKernels {
   // Elements [begin, end) of the flattened (planes, P) index: loss sum and count of the counted
   // elements (and the first bad target: bad_label, or for float targets bad with label 0).
   FocalStats (*sigmoid_focal)(const SigmoidArgs&, int64_t begin, int64_t end);
-  // Pixels [begin, end): writes p_t and the labels (OhemArgs), adds to hist (kOhemHistSize int64).
+  // Pixels [begin, end): writes lp and the labels (OhemArgs), adds to hist (kOhemBins int64).
   OhemCounts (*ohem_probs)(const OhemArgs&, int64_t begin, int64_t end, int64_t* hist);
   // The views_argmax predictions of output row `row` ((n, d, h) flattened) into pred[0 .. W).
   void (*views_argmax_row)(const void* outputs, ScalarType dtype, const ViewsGeometry& g, bool softmax, int64_t row,

@@ -1,8 +1,9 @@
 // The OHEM selection's pass over the logits, built once per CPU capability: each non-ignored
-// pixel's softmax probability of its label, p_t, and a histogram of p_t, from which the op finds
-// the threshold by counting (ohem_cpu.cpp). The last, partial block of a sample runs through the
-// same vector code as the others, padded: p_t is a function of the pixel's logits alone, so equal
-// pixels tie exactly wherever they lie (the selection is exact on ties).
+// pixel's log-probability of its label, lp = x_t - max - log(sum exp) (never underflowing, as p_t
+// itself would past a margin of ~87 in fp32), and a histogram of lp, from which the op finds the
+// threshold by counting (ohem_cpu.cpp). The last, partial block of a sample runs through the same
+// vector code as the others, padded: lp is a function of the pixel's logits alone, so equal pixels
+// tie exactly wherever they lie (the selection is exact on ties).
 #pragma once
 #include "softmax_block.h"
 
@@ -43,17 +44,19 @@ struct OhemKernel {
   // n <= L pixels from flat index i, whose logits start at src (class-last, or NCHW with stride P).
   template <bool CLASS_LAST, typename src_t>
   void block(const src_t* src, int64_t i, int n, OhemCounts& st, int64_t* hist) const {
-    acc_t cls[L], pt[L];
+    acc_t cls[L], lp[L];
     labels(i, n, cls, st);
     const BlockSoftmax<CLASS_LAST, false, Vec, src_t, acc_t> sm(src, a.C, a.P, tile, exps, Vec::loadu(cls));
-    (sm.et * sm.inv_s).store(pt);
-    acc_t* out = static_cast<acc_t*>(a.p_t) + i;
+    (sm.xt - sm.m - sm.log_s).store(lp);
+    acc_t* out = static_cast<acc_t*>(a.lp) + i;
     for (int k = 0; k < n; ++k) {
-      out[k] = pt[k];
+      // One NaN (sorted last by its key) and one zero: -0 would order below +0.
+      const acc_t v = lp[k] != lp[k] ? std::numeric_limits<acc_t>::quiet_NaN() : lp[k] + acc_t(0);
+      out[k] = v;
       if (cls[k] < 0) continue;
       st.valid += 1;
-      st.below += static_cast<double>(pt[k]) < a.thresh;
-      hist[ohem_bin(pt[k])] += 1;
+      st.below += static_cast<double>(v) < a.log_thresh;
+      hist[ohem_bin(v)] += 1;
     }
   }
 
