@@ -297,11 +297,12 @@ def lovasz_softmax_loss(logits, target, classes="present", per_image=False, igno
     valid = check_labels(target, C, ignore_index, "lovasz_softmax_loss")
     # An ignored pixel never contributes, whatever its logits hold: replaced before the softmax.
     x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
-    p = torch.softmax(x, 1).reshape(N, C, -1)
-    y = torch.where(valid, target.long(), -1).reshape(N, -1)
-    v = valid.reshape(N, -1)
+    P = x[0, 0].numel() if N else 0
+    p = torch.softmax(x, 1).reshape(N, C, P)
+    y = torch.where(valid, target.long(), -1).reshape(N, P)
+    v = valid.reshape(N, P)
     if not per_image:  # one group: every pixel of the batch, image after image
-        p, y, v = p.transpose(0, 1).reshape(1, C, -1), y.reshape(1, -1), v.reshape(1, -1)
+        p, y, v = p.transpose(0, 1).reshape(1, C, N * P), y.reshape(1, N * P), v.reshape(1, N * P)
     fg = (y.unsqueeze(1) == torch.arange(C, device=y.device).view(1, C, 1)).double()  # (groups, C, pixels)
     # Ignored pixels get the error -1: sorted after every valid one, they change no valid pixel's
     # term; their own terms are dropped below.
