@@ -81,7 +81,8 @@ def main(argv=None):
         os.environ["MARSOPS_BENCH_SMOKE"] = "1"
         os.environ.setdefault("MARSOPS_BENCH_RESULTS", tempfile.mkdtemp(prefix="marsops-bench-smoke-"))
     # Imported here: in smoke mode their shapes are sized when they load.
-    from . import bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_train_step, harness
+    from . import (bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_lovasz, bench_train_step,
+                   harness)
 
     flags = ["--quick"] if args.quick else []
     device = harness.device_from_env()
@@ -91,6 +92,7 @@ def main(argv=None):
     flip = bench_flip.main(flags)
     fused = bench_fused.main(flags)
     losses = bench_losses.main(flags)
+    lovasz = bench_lovasz.main(flags)
     step = bench_train_step.main(flags)
     backend = "cuda" if device.type == "cuda" else "cpu"
     ups = speedups(focal, confusion, flip, step, backend)
@@ -115,6 +117,8 @@ def main(argv=None):
                  ["part", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs loss alone", "GB/s", "peak MB"] + gpu),
                 ("Region and sigmoid losses, forward + backward (fp32)", losses,
                  ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "peak MB"] + gpu),
+                ("Lovász-Softmax loss, forward + backward (fp32)", lovasz,
+                 ["shape", "per_image", "impl", "ms", "p20", "p80", "vs smp", "peak MB"]),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
                                          "host syncs/step"])]
     for title, rows, cols in sections:
