@@ -289,3 +289,43 @@ def test_opcheck(backend):
 def test_torch_compile_fullgraph():
     assert_compiles_like_eager(marsops.LovaszSoftmaxLoss(per_image=True, backend="cpu"), 4,
                                torch.randint(0, 4, (2, 8, 8)))
+
+
+@pytest.mark.parametrize("backend", [b for b, d in BACKENDS], ids=backend_ids(BACKENDS))
+@pytest.mark.parametrize("per_image", [False, True])
+def test_images_larger_than_a_chunk(backend, per_image):
+    """Images of 2257 pixels, a batch of 6771: the CPU kernel's 4096-pixel chunks straddle images
+    and its radix sort sees every digit vary. In fp64 (cpu) the errors of 2257 pixels lie far
+    further apart than fp64's roundoff, so the gradients compare too; Triton computes in fp32,
+    where such errors may fall within roundoff of each other: its loss compares."""
+    g = torch.Generator().manual_seed(12)
+    x = torch.randn(3, 5, 37, 61, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 5, (3, 37, 61), generator=g)
+    t[1, :5] = -100
+    t[2][t[2] == 3] = 1  # a class absent from one image
+    dtype = torch.float64 if backend == "cpu" else torch.float32
+    for classes in ("present", "all"):
+        kw = dict(per_image=per_image, classes=classes)
+        loss, grad = run(x, t, kw, backend, dtype)
+        ref_loss, ref_grad = run(x, t, kw, "reference", torch.float64)
+        assert_close(loss, ref_loss.to(dtype), dtype)
+        if dtype == torch.float64:
+            assert min_error_gap(x, t, dict(kw, ignore_index=-100)) > GAP[torch.float64]
+            assert_close(grad, ref_grad, dtype)
+
+
+@pytest.mark.skipif(not any(b == "cpu" for b, d in BACKENDS), reason="the CPU kernels are not built")
+def test_cpu_results_do_not_depend_on_the_thread_count():
+    g = torch.Generator().manual_seed(13)
+    x = torch.randn(4, 3, 50, 90, generator=g)
+    t = torch.randint(0, 3, (4, 50, 90), generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            results.append([run(x, t, dict(per_image=p), "cpu", torch.float32) for p in (False, True)])
+    finally:
+        torch.set_num_threads(threads)
+    for (l1, g1), (l2, g2) in zip(*results):
+        assert torch.equal(l1, l2) and torch.equal(g1, g2)
