@@ -1,7 +1,7 @@
 // CPU implementation of the Lovász-Softmax loss (semantics: marsops/lovasz.py), in three passes:
 //   1. the softmax of every pixel and its label (SIMD, lovasz_kernel.h), into class-major buffers;
 //   2. per (group, class), in parallel: the errors e = |[y = c] - p_c| of the group's valid pixels,
-//      sorted in decreasing order by an LSD radix sort (no comparison sort), then one walk that
+//      sorted in decreasing order by an LSD radix sort (no comparison sort, O(n)), then one walk that
 //      accumulates Berman's lovasz_grad g_k, the loss dot(e_sorted, g) and, for the gradient,
 //      dL/dp_c of each pixel = weight * g_k * (fg ? -1 : 1);
 //   3. the gradient through the softmax (SIMD, lovasz_kernel.h).
@@ -41,34 +41,37 @@ acc_t key_error(key_t key) {
   return e;
 }
 
-// Sorts (key, value) pairs by key, stable, with 8-bit digits; skips the digits every key shares.
-// The result is in keys/values or in the temporaries: returns whether it is in the temporaries.
+// A valid pixel of a (group, class) row: its error's key, and its index in the group times 2
+// plus its foreground flag.
 template <typename key_t>
-bool radix_sort(key_t* keys, uint32_t* values, key_t* keys_tmp, uint32_t* values_tmp, int64_t n) {
-  constexpr int kDigits = sizeof(key_t);
-  std::vector<int64_t> hist(kDigits * 256, 0);
+struct Item {
+  key_t key;
+  uint32_t value;
+};
+
+// Sorts items by key, stable (LSD radix, 11-bit digits: 3 passes for fp32 keys, 6 for fp64);
+// skips the digits every key shares. Returns the sorted array: items or tmp.
+template <typename key_t>
+Item<key_t>* radix_sort(Item<key_t>* items, Item<key_t>* tmp, int64_t n) {
+  constexpr int kBits = 11, kBuckets = 1 << kBits;
+  constexpr int kDigits = (8 * static_cast<int>(sizeof(key_t)) + kBits - 1) / kBits;
+  auto digit = [](key_t key, int d) { return static_cast<int>((key >> (d * kBits)) & (kBuckets - 1)); };
+  std::vector<uint32_t> hist(kDigits * kBuckets, 0);  // n < 2^31
   for (int64_t i = 0; i < n; ++i)
-    for (int d = 0; d < kDigits; ++d) ++hist[d * 256 + ((keys[i] >> (8 * d)) & 255)];
-  bool swapped = false;
+    for (int d = 0; d < kDigits; ++d) ++hist[d * kBuckets + digit(items[i].key, d)];
   for (int d = 0; d < kDigits; ++d) {
-    int64_t* h = hist.data() + d * 256;
-    if (n == 0 || h[(keys[0] >> (8 * d)) & 255] == n) continue;  // one value for this digit: nothing moves
-    int64_t offset = 0;
-    for (int b = 0; b < 256; ++b) {
-      const int64_t count = h[b];
+    uint32_t* h = hist.data() + d * kBuckets;
+    if (n == 0 || h[digit(items[0].key, d)] == n) continue;  // one value for this digit: nothing moves
+    uint32_t offset = 0;
+    for (int b = 0; b < kBuckets; ++b) {
+      const uint32_t count = h[b];
       h[b] = offset;
       offset += count;
     }
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t at = h[(keys[i] >> (8 * d)) & 255]++;
-      keys_tmp[at] = keys[i];
-      values_tmp[at] = values[i];
-    }
-    std::swap(keys, keys_tmp);
-    std::swap(values, values_tmp);
-    swapped = !swapped;
+    for (int64_t i = 0; i < n; ++i) tmp[h[digit(items[i].key, d)]++] = items[i];
+    std::swap(items, tmp);
   }
-  return swapped;
+  return items;
 }
 
 template <typename acc_t>
@@ -81,9 +84,8 @@ struct LovaszClass {
   acc_t* dprobs;         // class c's row of d(loss)/d(p) for the group's pixels, or nullptr
 
   // The class's loss; with dprobs, writes weight * dloss_c/dp_c for every pixel of the group.
-  double run(double weight, std::vector<key_t>& keys, std::vector<uint32_t>& values) const {
-    keys.resize(2 * pixels);
-    values.resize(2 * pixels);
+  double run(double weight, std::vector<Item<key_t>>& items) const {
+    items.resize(2 * pixels);
     int64_t n = 0, gts = 0;
     for (int64_t i = 0; i < pixels; ++i) {
       const int32_t y = labels[i];
@@ -92,25 +94,23 @@ struct LovaszClass {
         continue;
       }
       const bool fg = y == c;
-      keys[n] = error_key<acc_t>(fg ? acc_t(1) - probs[i] : probs[i]);
-      values[n] = static_cast<uint32_t>(i) << 1 | static_cast<uint32_t>(fg);  // pixel and flag
+      items[n] = {error_key<acc_t>(fg ? acc_t(1) - probs[i] : probs[i]),
+                  static_cast<uint32_t>(i) << 1 | static_cast<uint32_t>(fg)};
       gts += fg;
       ++n;
     }
-    const bool in_tmp = radix_sort(keys.data(), values.data(), keys.data() + pixels, values.data() + pixels, n);
-    const key_t* k = keys.data() + (in_tmp ? pixels : 0);
-    const uint32_t* v = values.data() + (in_tmp ? pixels : 0);
+    const Item<key_t>* sorted = radix_sort(items.data(), items.data() + pixels, n);
     double loss = 0, previous = 0;
     int64_t cum_fg = 0, cum_bg = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const bool fg = v[j] & 1;
+      const bool fg = sorted[j].value & 1;
       cum_fg += fg;
       cum_bg += !fg;
       const double jaccard = 1.0 - static_cast<double>(gts - cum_fg) / static_cast<double>(gts + cum_bg);
       const double g = jaccard - previous;
       previous = jaccard;
-      loss += static_cast<double>(key_error<acc_t>(k[j])) * g;
-      if (dprobs) dprobs[v[j] >> 1] = static_cast<acc_t>(fg ? -weight * g : weight * g);
+      loss += static_cast<double>(key_error<acc_t>(sorted[j].key)) * g;
+      if (dprobs) dprobs[sorted[j].value >> 1] = static_cast<acc_t>(fg ? -weight * g : weight * g);
     }
     return loss;
   }
@@ -186,8 +186,7 @@ std::tuple<Tensor, Tensor> lovasz_softmax_forward_cpu(const Tensor& logits, cons
   auto run_pairs = [&](auto acc_tag) {
     using acc_t = decltype(acc_tag);
     st::parallel_for(0, groups * C, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<typename KeyOf<acc_t>::type> keys;
-      std::vector<uint32_t> values;
+      std::vector<Item<typename KeyOf<acc_t>::type>> items;
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t g = t / C, c = t % C, first = g * group_pixels;
         acc_t* dp = compute_grad ? static_cast<acc_t*>(dprobs) + c * pixels + first : nullptr;
@@ -197,7 +196,7 @@ std::tuple<Tensor, Tensor> lovasz_softmax_forward_cpu(const Tensor& logits, cons
         }
         const LovaszClass<acc_t> job{static_cast<const acc_t*>(probs) + c * pixels + first,
                                      labels + first, group_pixels, static_cast<int32_t>(c), dp};
-        losses[t] = job.run(weight[g], keys, values);
+        losses[t] = job.run(weight[g], items);
       }
     });
   };
