@@ -118,7 +118,7 @@ def main(argv=None):
                 ("Region and sigmoid losses, forward + backward (fp32)", losses,
                  ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "peak MB"] + gpu),
                 ("Lovász-Softmax loss, forward + backward (fp32)", lovasz,
-                 ["shape", "per_image", "impl", "ms", "p20", "p80", "vs smp", "peak MB"]),
+                 ["shape", "per_image", "impl", "ms", "p20", "p80", "vs smp", "vs smp (paired)", "peak MB"]),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
                                          "host syncs/step"])]
     for title, rows, cols in sections:
