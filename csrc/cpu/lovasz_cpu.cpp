@@ -4,7 +4,7 @@
 //      sorted in decreasing order by an LSD radix sort (no comparison sort, O(n)), then one walk that
 //      accumulates Berman's lovasz_grad g_k, the loss dot(e_sorted, g) and, for the gradient,
 //      dL/dp_c of each pixel = weight * g_k * (fg ? -1 : 1);
-//   3. the gradient through the softmax (SIMD, lovasz_kernel.h).
+//   3. the gradient through the softmax (lovasz_kernel.h: loops the compiler vectorizes per capability).
 // Compute in fp32 (fp64 for fp64 logits); the cumulative counts are exact integers and the loss
 // and the Jaccard terms are accumulated in double. Deterministic for any thread count.
 #include <algorithm>
