@@ -21,7 +21,8 @@ TARGETS = [("focal fwd+bwd vs eager", 4.0), ("focal fwd+bwd vs torch.compile", 2
            ("confusion from logits vs eager argmax+bincount", 20.0), ("flip4 vs cat of flips", 2.0),
            ("training step (width 8, train.py's CPU preset) vs reference ops", 1.0),
            ("focal fwd+bwd on NHWC vs NCHW logits", 1.0), ("confusion on NHWC vs NCHW logits", 1.0),
-           ("OHEM focal fwd+bwd vs the sort rule (eager)", 5.0)]
+           ("OHEM focal fwd+bwd vs the sort rule (eager)", 5.0),
+           ("Lovász per_image fwd+bwd vs smp LovaszLoss", 3.0)]
 
 
 def _pick(rows, impl, shape_prefix="report", key="ms", **match):
@@ -32,7 +33,7 @@ def _pick(rows, impl, shape_prefix="report", key="ms", **match):
     return None
 
 
-def speedups(focal, confusion, flip, step, ohem, backend):
+def speedups(focal, confusion, flip, step, ohem, lovasz, backend):
     impl = f"marsops {backend}"
     return {
         TARGETS[0][0]: _pick(focal, impl, key="vs eager"),
@@ -45,6 +46,7 @@ def speedups(focal, confusion, flip, step, ohem, backend):
         # the slower of its two settings
         TARGETS[7][0]: min(filter(None, (_pick(ohem, impl, key="vs sort rule", setting=s) for s in
                                          {r["setting"] for r in ohem})), default=None),
+        TARGETS[8][0]: _pick(lovasz, impl, key="vs smp", per_image=True),
     }
 
 
@@ -85,8 +87,8 @@ def main(argv=None):
         os.environ["MARSOPS_BENCH_SMOKE"] = "1"
         os.environ.setdefault("MARSOPS_BENCH_RESULTS", tempfile.mkdtemp(prefix="marsops-bench-smoke-"))
     # Imported here: in smoke mode their shapes are sized when they load.
-    from . import bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_ohem, bench_train_step
-    from . import harness
+    from . import (bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_lovasz, bench_ohem,
+                   bench_train_step, harness)
 
     flags = ["--quick"] if args.quick else []
     device = harness.device_from_env()
@@ -97,9 +99,10 @@ def main(argv=None):
     fused = bench_fused.main(flags)
     losses = bench_losses.main(flags)
     ohem = bench_ohem.main(flags)
+    lovasz = bench_lovasz.main(flags)
     step = bench_train_step.main(flags)
     backend = "cuda" if device.type == "cuda" else "cpu"
-    ups = speedups(focal, confusion, flip, step, ohem, backend)
+    ups = speedups(focal, confusion, flip, step, ohem, lovasz, backend)
     m = harness.machine(device)
     where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads ({m['cpu_capability']})"
     lines = [f"Measured on {where}, torch {m['torch']}{' (quick mode)' if args.quick else ''}.", "",
@@ -123,6 +126,8 @@ def main(argv=None):
                  ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "peak MB"] + gpu),
                 ("OHEM focal loss, forward + backward (fp32, gamma 0.5)", ohem,
                  ["setting", "impl", "ms", "p20", "p80", "vs sort rule", "vs compiled sort rule", "peak MB"] + gpu),
+                ("Lovász-Softmax loss, forward + backward (fp32)", lovasz,
+                 ["shape", "per_image", "impl", "ms", "p20", "p80", "vs smp", "vs smp (paired)", "peak MB"]),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
                                          "host syncs/step"])]
     for title, rows, cols in sections:

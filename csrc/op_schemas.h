@@ -54,6 +54,11 @@ void define_ops(Library& m) {
   // (labels, stats): int32 labels of the target's shape, -1 where not kept; float64 (3,) =
   // [log tau, kept pixels, non-ignored pixels].
   m.def("ohem_select(Tensor logits, Tensor target, int ignore_index, float thresh, int min_kept) -> (Tensor, Tensor)");
+  // The Lovász-Softmax loss (csrc/cpu/lovasz_cpu.cpp; semantics: marsops/lovasz.py): the classes scored
+  // (each group's present ones among them when only_present), groups = the images when per_image,
+  // else the batch. Returns (loss in the logits' dtype, d(loss)/d(logits) or an empty tensor).
+  m.def("lovasz_softmax_forward(Tensor logits, Tensor target, int[] classes, bool only_present, bool per_image, "
+        "int ignore_index, bool compute_grad) -> (Tensor, Tensor)");
   // Releases the CPU kernels' cache of large output buffers (see csrc/cpu/buffer_pool.h).
   m.def("empty_cache() -> ()");
 }

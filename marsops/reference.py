@@ -306,3 +306,49 @@ def ohem_focal_loss(logits, target, gamma=0.5, thresh=0.7, min_kept=100_000, wei
     kept_target = torch.where(kept, t, torch.full_like(t, -1))
     loss = focal_loss(logits.double(), kept_target, None if weight is None else weight.double(), gamma, -1, "mean")
     return loss.to(logits.dtype)
+
+
+def lovasz_grad(fg_sorted: torch.Tensor) -> torch.Tensor:
+    """Berman et al.'s gradient of the Lovász extension of the Jaccard loss along the last dim, for
+    foreground flags sorted by decreasing error: with gts = sum fg, jac_k = 1 - (gts - cumsum(fg)_k)
+    / (gts + cumsum(1 - fg)_k), the result is jac with jac[1:] -= jac[:-1]."""
+    gts = fg_sorted.sum(-1, keepdim=True)
+    jac = 1 - (gts - fg_sorted.cumsum(-1)) / (gts + (1 - fg_sorted).cumsum(-1))
+    return torch.cat([jac[..., :1], jac[..., 1:] - jac[..., :-1]], -1)
+
+
+def lovasz_softmax_loss(logits, target, classes="present", per_image=False, ignore_index=-100):
+    """Berman et al. 2018's Lovász-Softmax loss (see marsops.lovasz_softmax_loss), in float64.
+
+    Per group (the batch, or each image with per_image) and class c, over the non-ignored pixels:
+    fg = [y = c], e = |fg - p_c| sorted descending, loss_c = dot(e_sorted, lovasz_grad(fg_sorted)).
+    The group's loss is the mean over the classes scored ("present": those in the group's target,
+    "all", or a list), 0 when none is; the loss is the mean over the groups. Autograd's gradient
+    is the Lovász subgradient of the sort order found (ties kept in pixel order: a stable sort)."""
+    x = logits.double()
+    N, C = x.shape[:2]
+    valid = check_labels(target, C, ignore_index, "lovasz_softmax_loss")
+    # An ignored pixel never contributes, whatever its logits hold: replaced before the softmax.
+    x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
+    P = x[0, 0].numel() if N else 0
+    p = torch.softmax(x, 1).reshape(N, C, P)
+    y = torch.where(valid, target.long(), -1).reshape(N, P)
+    v = valid.reshape(N, P)
+    if not per_image:  # one group: every pixel of the batch, image after image
+        p, y, v = p.transpose(0, 1).reshape(1, C, N * P), y.reshape(1, N * P), v.reshape(1, N * P)
+    fg = (y.unsqueeze(1) == torch.arange(C, device=y.device).view(1, C, 1)).double()  # (groups, C, pixels)
+    # Ignored pixels get the error -1: sorted after every valid one, they change no valid pixel's
+    # term; their own terms are dropped below.
+    errors = torch.where(v.unsqueeze(1), (fg - p).abs(), -torch.ones((), dtype=p.dtype, device=p.device))
+    errors_sorted, perm = torch.sort(errors, stable=True, dim=-1, descending=True)
+    kept = v.unsqueeze(1).expand_as(errors).gather(-1, perm)
+    terms = errors_sorted * lovasz_grad(fg.gather(-1, perm))
+    losses = torch.where(kept, terms, torch.zeros_like(terms)).sum(-1)  # (groups, C)
+    scored = torch.ones_like(losses, dtype=torch.bool)
+    if not isinstance(classes, str):
+        scored = scored & torch.isin(torch.arange(C, device=y.device), torch.tensor(list(classes), device=y.device))
+    elif classes == "present":
+        scored = scored & (fg.sum(-1) > 0)
+    count = scored.sum(-1)
+    group_loss = torch.where(scored, losses, torch.zeros_like(losses)).sum(-1) / count.clamp_min(1)
+    return (group_loss.sum() / max(group_loss.shape[0], 1)).to(logits.dtype)

@@ -874,6 +874,9 @@ BOOL_OPTIONS = {
     **{(cls, "per_image"): (lambda v, c=cls: getattr(marsops, c)(per_image=v)) for cls in
        ("DiceLoss", "JaccardLoss", "TverskyLoss", "DiceFocalLoss", "DiceCELoss")},
     ("StreamingIoU", "per_image"): lambda v: marsops.StreamingIoU(3, per_image=v),
+    ("lovasz_softmax_loss", "per_image"): lambda v: marsops.lovasz_softmax_loss(
+        torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4)), per_image=v),
+    ("LovaszSoftmaxLoss", "per_image"): lambda v: marsops.LovaszSoftmaxLoss(per_image=v),
     ("flip4_argmax", "softmax"): lambda v: _views(marsops.flip4_argmax, softmax=v)(),
     ("d4_argmax", "softmax"): lambda v: _views(marsops.d4_argmax, softmax=v)(),
     ("StreamingIoU.update_flip4", "softmax"): lambda v: _metric_views("update_flip4", softmax=v)(),

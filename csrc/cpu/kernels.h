@@ -181,6 +181,22 @@ struct OhemCounts {
   }
 };
 
+// The Lovász-Softmax loss' elementwise passes (its sorts run in lovasz_cpu.cpp). Buffers are
+// class-major over the flattened (N, P) pixels: probs[c * N * P + n * P + p].
+struct LovaszArgs {
+  const void* logits;  // (N, C, P) contiguous, or (N, P, C) when class_last
+  ScalarType logits_dtype;
+  bool class_last;
+  const void* target;  // (N, P) contiguous
+  ScalarType target_dtype;
+  int64_t N, C, P;
+  int64_t ignore_index;
+  void* probs;          // (C, N * P) in the compute type: the softmax (pass 1 writes it)
+  int32_t* labels;      // (N * P): each pixel's label, -1 when ignored (pass 1 writes it)
+  const void* dprobs;   // (C, N * P) in the compute type: d(loss)/d(probs) (the gradient pass)
+  void* grad;           // in the logits' saved-gradient dtype and layout
+};
+
 // The kernels of one CPU capability. Each processes the pixels [begin, end) of the flattened
 // (N, P) index; the ops split the work and run the pieces in parallel.
 struct SimdKernels {
@@ -202,6 +218,10 @@ struct SimdKernels {
   // The views_argmax predictions of output row `row` ((n, d, h) flattened) into pred[0 .. W).
   void (*views_argmax_row)(const void* outputs, ScalarType dtype, const ViewsGeometry& g, bool softmax, int64_t row,
                            int64_t* pred);
+  // Lovász-Softmax: the softmax and labels of pixels [begin, end) (returns any bad label), and
+  // their gradient dL/dx_j = p_j (dL/dp_j - sum_c p_c dL/dp_c), 0 for ignored pixels.
+  FocalStats (*lovasz_probs)(const LovaszArgs&, int64_t begin, int64_t end);
+  void (*lovasz_grad)(const LovaszArgs&, int64_t begin, int64_t end);
 };
 
 // One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).
