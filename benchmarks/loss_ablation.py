@@ -2,12 +2,15 @@
 for all (the same synthetic images, epochs, schedule; no early stopping), and the best
 validation IoU of each run: the mean over classes 1-4 and per class, mean and spread over seeds.
 
-    python -m benchmarks.loss_ablation [--seeds 2] [--epochs 8] [--synthetic-train 400]
+    python -m benchmarks.loss_ablation [--seeds 2] [--epochs 8] [--synthetic-train 320]
         [--losses focal,dice_focal,ohem_focal,lovasz,generalized_dice] [--out runs/loss_ablation]
 
 A seed sets the synthetic data, the split and the initial weights; every loss trains on the same
-seeds, so the comparison is paired. Writes benchmarks/results/loss_ablation_<device>.json and
-.md, and prints the markdown table.
+seeds, so the comparison is paired. The default budget (about 245 training images x 4 flips, 8
+epochs: about 8k images seen) is sized from train.py's CPU rate on an idle 2-core machine (about 10
+ms per image seen, README): about 90 s a run, 15-20 min for 5 losses x 2 seeds. It compares
+early training (the CPU preset sees 37k images); raise --epochs / --synthetic-train for more.
+Writes benchmarks/results/loss_ablation_<device>.json and .md, and prints the markdown table.
 """
 import argparse
 import csv
@@ -59,7 +62,7 @@ def main(argv=None):
     parser.add_argument("--losses", default=",".join(LOSSES), help="comma-separated train.py --loss names")
     parser.add_argument("--seeds", type=int, default=2, help="runs per loss: seeds 0 .. SEEDS-1")
     parser.add_argument("--epochs", type=int, default=8, help="epochs per run (no early stopping)")
-    parser.add_argument("--synthetic-train", type=int, default=400, help="synthetic training images per seed")
+    parser.add_argument("--synthetic-train", type=int, default=320, help="synthetic training images per seed")
     parser.add_argument("--width", type=int, default=8, help="Multipath UNet width (the CPU preset's)")
     parser.add_argument("--skip-missing", action="store_true",
                         help="leave out losses this marsops lacks (default: refuse to start)")
