@@ -202,6 +202,27 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
     return loss.to(logits.dtype)
 
 
+def generalized_dice_weights(T, weight_type):
+    """Sudre et al.'s class weights from the target counts T (constants: no gradient): 1 / T^2
+    ("square"), 1 / T ("simple") or 1 ("uniform"); the infinite weight of a class absent from the
+    target becomes the largest finite one (0 if none is finite), as MONAI does."""
+    T = T.detach()
+    w = {"square": lambda: 1 / (T * T), "simple": lambda: 1 / T, "uniform": lambda: torch.ones_like(T)}[weight_type]()
+    finite = torch.isfinite(w)
+    largest = torch.where(finite, w, torch.zeros_like(w)).amax() if w.numel() else w.new_zeros(())
+    return torch.where(finite, w, largest)
+
+
+def generalized_dice_loss(logits, target, smooth=1e-5, weight_type="square", ignore_index=-100):
+    """1 - (2 sum_c w_c I_c + smooth) / (sum_c w_c (S_c + T_c) + smooth) over the batch's sums
+    (see marsops.generalized_dice_loss); 0 when both are 0 (nothing counted, smooth 0)."""
+    I, S, T = region_sums(logits, target, ignore_index, False, "generalized_dice_loss")
+    w = generalized_dice_weights(T, weight_type)
+    num, den = 2 * (w * I).sum() + smooth, (w * (S + T)).sum() + smooth
+    ok = den != 0
+    return torch.where(ok, 1 - num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den)).to(logits.dtype)
+
+
 def confusion_matrix(input, target, num_classes, ignore_index=None):
     """int64 (C, C) counts, rows = true class, columns = predicted (argmax over dim 1 of logits)."""
     pred = (input.argmax(1) if input.is_floating_point() else input).long()
@@ -281,23 +302,3 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
     counts = empty if target is None else confusion_matrix(pred, target, num_classes, ignore_index)
     return (pred if want_pred else empty), counts
 
-
-def generalized_dice_weights(T, weight_type):
-    """Sudre et al.'s class weights from the target counts T (constants: no gradient): 1 / T^2
-    ("square"), 1 / T ("simple") or 1 ("uniform"); the infinite weight of a class absent from the
-    target becomes the largest finite one (0 if none is finite), as MONAI does."""
-    T = T.detach()
-    w = {"square": lambda: 1 / (T * T), "simple": lambda: 1 / T, "uniform": lambda: torch.ones_like(T)}[weight_type]()
-    finite = torch.isfinite(w)
-    largest = torch.where(finite, w, torch.zeros_like(w)).amax() if w.numel() else w.new_zeros(())
-    return torch.where(finite, w, largest)
-
-
-def generalized_dice_loss(logits, target, smooth=1e-5, weight_type="square", ignore_index=-100):
-    """1 - (2 sum_c w_c I_c + smooth) / (sum_c w_c (S_c + T_c) + smooth) over the batch's sums
-    (see marsops.generalized_dice_loss); 0 when both are 0 (nothing counted, smooth 0)."""
-    I, S, T = region_sums(logits, target, ignore_index, False, "generalized_dice_loss")
-    w = generalized_dice_weights(T, weight_type)
-    num, den = 2 * (w * I).sum() + smooth, (w * (S + T)).sum() + smooth
-    ok = den != 0
-    return torch.where(ok, 1 - num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den)).to(logits.dtype)
