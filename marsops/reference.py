@@ -301,4 +301,3 @@ def views_argmax(outputs, target, ignore_index, softmax, want_pred, views, volum
     empty = torch.empty(0, dtype=torch.int64, device=outputs.device)
     counts = empty if target is None else confusion_matrix(pred, target, num_classes, ignore_index)
     return (pred if want_pred else empty), counts
-
