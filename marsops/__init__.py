@@ -12,8 +12,8 @@ from .metrics import IoUResult, StreamingIoU, confusion_matrix, scores
 __all__ = [
     "DiceCELoss", "DiceFocalLoss", "DiceLoss", "JaccardLoss", "TverskyLoss", "dice_ce_loss", "dice_focal_loss",
     "dice_loss", "jaccard_loss", "tversky_loss",
-    "GeneralizedDiceLoss", "generalized_dice_loss",
     "SigmoidFocalLoss", "sigmoid_focal_loss",
     "FocalLoss", "IoUResult", "StreamingIoU", "backends", "confusion_matrix", "d4", "d4_argmax", "d4_merge",
+    "GeneralizedDiceLoss", "generalized_dice_loss",
     "empty_cache", "flip4", "flip4_argmax", "flip4_merge", "focal_loss", "random_flip", "scores",
 ]
