@@ -23,6 +23,8 @@ import marsops
 from marsops import models
 from marsops import backend as _backend, data
 from marsops.recipes.mars import checkpoint, loop, plots
+from marsops.recipes.mars import losses as loss_table
+from marsops.recipes.mars.losses import LOSSES
 
 NUM_CLASSES = data.NUM_CLASSES
 SCORED_CLASSES = [1, 2, 3, 4]  # the leaderboard's mean IoU ignores background
@@ -57,9 +59,27 @@ def get_args_parser():
     g.add_argument("--model", choices=sorted(models.MODELS), default="multipath_unet")
     g.add_argument("--width", type=int)
     g.add_argument("--paths", default=",".join(models.PATHS), help="Multipath UNet bottleneck paths")
-    g.add_argument("--loss", choices=["focal", "ce"], default="focal")
-    g.add_argument("--gamma", type=float, default=0.5)
-    g.add_argument("--background-weight", type=float, default=0.0)
+    g.add_argument("--loss", choices=list(LOSSES), default="focal",
+                   help="the training loss (marsops.recipes.mars.losses); the class weights go to each loss's "
+                        "pixel term (focal, ce, ohem_focal) and, with --region-weights recipe, to the weighted mean "
+                        "of a region loss's per-class scores")
+    g.add_argument("--gamma", type=float, default=0.5, help="focusing parameter of focal, dice_focal, ohem_focal")
+    g.add_argument("--background-weight", type=float, default=0.0,
+                   help="class 0's weight; the others are inverse pixel frequencies")
+    g.add_argument("--region-weights", choices=("recipe", "uniform"), default="recipe",
+                   help="dice, jaccard, tversky, dice_focal, dice_ce: the per-class scores' weights are the "
+                        "recipe's class weights, or all 1 (background scored too)")
+    g.add_argument("--dice-smooth", type=float,
+                   help="smooth term of the region losses (default: each loss's own, 1 for dice-type, 1e-5 for "
+                        "generalized_dice)")
+    g.add_argument("--tversky-alpha", type=float, default=0.3, help="tversky: weight of false positives")
+    g.add_argument("--tversky-beta", type=float, default=0.7, help="tversky: weight of false negatives")
+    g.add_argument("--gdl-weight-type", choices=("square", "simple", "uniform"), default="square",
+                   help="generalized_dice: class weights 1/T^2, 1/T or 1 (T: the class's pixels in the batch)")
+    g.add_argument("--ohem-thresh", type=float, default=0.7,
+                   help="ohem_focal: keep pixels whose target probability is below this")
+    g.add_argument("--ohem-min-kept", type=int, default=100_000, help="ohem_focal: keep at least this many pixels")
+    g.add_argument("--lovasz-per-image", action="store_true", help="lovasz: average per-image losses")
     g.add_argument("--backend", default="auto", choices=("auto",) + _backend.BACKENDS, help="marsops backend")
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int)
@@ -117,9 +137,19 @@ def check_args(args):
     if not (0 < args.lr < math.inf) or args.epochs < 1 or args.width < 1:
         errors.append("--lr, --epochs and --width must be positive (and --lr finite)")
     for flag, value in (("--gamma", args.gamma), ("--weight-decay", args.weight_decay),
-                        ("--background-weight", args.background_weight)):
+                        ("--background-weight", args.background_weight), ("--tversky-alpha", args.tversky_alpha),
+                        ("--tversky-beta", args.tversky_beta),
+                        ("--dice-smooth", 0.0 if args.dice_smooth is None else args.dice_smooth)):
         if not 0 <= value < math.inf:
             errors.append(f"{flag} must be a finite number >= 0")
+    if not args.tversky_alpha + args.tversky_beta > 0:
+        errors.append("--tversky-alpha and --tversky-beta must not both be 0")
+    if not 0 <= args.ohem_thresh <= 1:
+        errors.append("--ohem-thresh must be in [0, 1] (a probability)")
+    if args.ohem_min_kept < 0:
+        errors.append("--ohem-min-kept must be >= 0")
+    if not loss_table.available(args.loss):
+        errors.append(f"--loss {args.loss} needs marsops.{LOSSES[args.loss].function}, which this marsops lacks")
     if not 0 < args.lr_factor < 1:
         errors.append("--lr-factor must be in (0, 1): ReduceLROnPlateau multiplies the learning rate by it")
     if args.lr_patience < 0 or args.early_stop < 1:
@@ -294,10 +324,7 @@ def build(args, device, weights):
     net = models.build_model(args.model, in_channels=1, num_classes=NUM_CLASSES, width=args.width,
                              **({"paths": tuple(args.paths.split(","))} if args.model == "multipath_unet" else {}))
     net = net.to(device, memory_format=torch.channels_last)
-    if args.loss == "focal":
-        criterion = marsops.FocalLoss(weights, gamma=args.gamma, backend=args.backend)
-    else:
-        criterion = loop.cross_entropy(weights)
+    criterion = loss_table.build(args, weights)
     if args.cuda_graph:  # replayed graphs read the learning rate from a tensor the scheduler updates
         optimizer = torch.optim.AdamW(net.parameters(), lr=torch.tensor(args.lr, device=device),
                                       weight_decay=args.weight_decay, capturable=True)

@@ -1,6 +1,6 @@
-"""Region and sigmoid losses, forward + backward: marsops against the eager reference,
-torch.compile of the reference, MONAI, segmentation_models_pytorch and torchvision, at the report's
-shape and a Cityscapes-size one. Time and peak memory.
+"""Region (Dice, Dice + CE, Generalized Dice) and sigmoid losses, forward + backward: marsops against
+the eager reference, torch.compile of the reference, MONAI, segmentation_models_pytorch and
+torchvision, at the report's shape and a Cityscapes-size one. Time and peak memory.
 
     python -m benchmarks.bench_losses [--quick]
 """
@@ -49,6 +49,23 @@ def dice_candidates(device, c):
     return fns
 
 
+def gdl_candidates(device):
+    """name -> loss(x, t) for the Generalized Dice loss (weights 1/T^2, smooth 1e-5, batch sums)."""
+    fns = {"generalized dice: reference (eager)": lambda x, t: reference.generalized_dice_loss(x, t)}
+    compiled = torch.compile(reference.generalized_dice_loss)
+    fns["generalized dice: reference (torch.compile)"] = lambda x, t: compiled(x, t)
+    for b in harness.kernel_backends(device, "region_stats"):
+        fns[f"generalized dice: marsops {b}"] = lambda x, t, b=b: marsops.generalized_dice_loss(x, t, backend=b)
+    try:
+        import monai.losses
+
+        gdl = monai.losses.GeneralizedDiceLoss(softmax=True, to_onehot_y=True, batch=True)
+        fns["generalized dice: MONAI GeneralizedDiceLoss"] = lambda x, t: gdl(x, t.unsqueeze(1))
+    except ImportError:
+        pass
+    return fns
+
+
 def sigmoid_candidates(device):
     """name -> loss(x, t) for the sigmoid focal loss (alpha 0.25, gamma 2, mean) of 0/1 masks."""
     fns = {"sigmoid focal: reference (eager)": lambda x, t: reference.sigmoid_focal_loss(x, t, 0.25, 2.0)}
@@ -87,6 +104,8 @@ def bench_shape(label, shape, device, fns, make_target, repeats):
         same_loss = [r for r in rows if r["loss"] == loss_name]
         harness.add_speedups(same_loss, "vs eager", eager)
         harness.add_speedups(same_loss, "vs compile", compiled)
+        harness.add_speedups(same_loss, "vs MONAI", next((ms for impl, ms in group.items() if impl.startswith("MONAI")),
+                                                         None))
     return rows
 
 
@@ -100,9 +119,11 @@ def main(argv=None):
         c = shape[1]
         rows += bench_shape(label, shape, device, dice_candidates(device, c),
                             lambda s, g: torch.randint(0, s[1], (s[0],) + s[2:], generator=g), repeats)
+        rows += bench_shape(label, shape, device, gdl_candidates(device),
+                            lambda s, g: torch.randint(0, s[1], (s[0],) + s[2:], generator=g), repeats)
         rows += bench_shape(label, shape, device, sigmoid_candidates(device),
                             lambda s, g: torch.randint(0, 2, s, generator=g).float(), repeats)
-    cols = ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "peak MB"]
+    cols = ["loss", "shape", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs MONAI", "peak MB"]
     if device.type == "cuda":
         cols.append("launches")
     print(f"region and sigmoid losses, fwd+bwd, fp32; device {device}")

@@ -8,6 +8,7 @@ from .losses import (DiceCELoss, DiceFocalLoss, DiceLoss, JaccardLoss, TverskyLo
                      dice_loss, jaccard_loss, tversky_loss)
 from .ohem import OhemFocalLoss, ohem_focal_loss
 from .sigmoid_focal import SigmoidFocalLoss, sigmoid_focal_loss
+from .generalized_dice import GeneralizedDiceLoss, generalized_dice_loss
 from .metrics import IoUResult, StreamingIoU, confusion_matrix, scores
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "SigmoidFocalLoss", "sigmoid_focal_loss",
     "LovaszSoftmaxLoss", "lovasz_softmax_loss",
     "FocalLoss", "IoUResult", "StreamingIoU", "backends", "confusion_matrix", "d4", "d4_argmax", "d4_merge",
+    "GeneralizedDiceLoss", "generalized_dice_loss",
     "empty_cache", "flip4", "flip4_argmax", "flip4_merge", "focal_loss", "random_flip", "scores",
 ]

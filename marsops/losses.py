@@ -90,20 +90,25 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
                         lambda_names=("lambda_dice", "lambda_ce"))
 
 
-def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
-                 region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
-                 label_smoothing=0.0, focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
+def check_logits_and_target(op: str, logits: Tensor, target: Tensor) -> int:
+    """Float logits (N, C, *spatial) and an integer target (N, *spatial), else a clear error; returns C."""
     _checks.check_tensor("logits", logits, op)
     _checks.check_tensor("target", target, op)
     _checks.check_float("logits", logits, op)
     _checks.check_integer("target", target, op)
     if logits.dim() < 2 or logits.shape[1] < 1:
         raise ValueError(f"marsops.{op}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
-    num_classes = logits.shape[1]
     expected = (logits.shape[0],) + tuple(logits.shape[2:])
     if tuple(target.shape) != expected:
         raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
                          f"{tuple(logits.shape)}; expected {expected}")
+    return logits.shape[1]
+
+
+def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
+                 region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
+                 label_smoothing=0.0, focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
+    num_classes = check_logits_and_target(op, logits, target)
     for name, w in (("weight", weight), (focal_name, focal_weight)):
         if w is not None:
             _checks.check_tensor(name, w, op)
@@ -200,7 +205,20 @@ def _region_loss_op(logits: Tensor, target: Tensor, class_weight: Tensor, coeffs
                     per_image: bool, ignore_index: int, region_lambda: float, focal_lambda: float, gamma: float,
                     focal_weight: Optional[Tensor], focal_reduction: int, label_smoothing: float, compute_grad: bool,
                     backend: str) -> tuple[Tensor, Tensor]:
-    focal = focal_lambda != 0
+    def coefficients(stats, focal_stats):
+        return region_coefficients(stats, focal_stats, class_weight, coeffs, smooth, region_lambda, focal_lambda,
+                                   focal_reduction)
+
+    return two_passes(logits, target, ignore_index, per_image, focal_lambda != 0, focal_weight, gamma,
+                      label_smoothing, compute_grad, backend, coefficients)
+
+
+def two_passes(logits: Tensor, target: Tensor, ignore_index: int, per_image: bool, focal: bool,
+               focal_weight: Optional[Tensor], gamma: float, label_smoothing: float, compute_grad: bool, backend: str,
+               coefficients) -> tuple[Tensor, Tensor]:
+    """The body of a region loss op on one backend: region_stats' per-class sums, then
+    coefficients(stats, focal_stats) -> (loss, dL/dI, dL/dS, focal scale) in float64, then
+    region_grad's gradient (empty unless compute_grad). Returns (loss in the logits' dtype, gradient)."""
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
     if backend == "triton":
         _triton.require(logits.device.type, "region_loss")
@@ -213,8 +231,7 @@ def _region_loss_op(logits: Tensor, target: Tensor, class_weight: Tensor, coeffs
     else:
         stats, focal_stats = torch.ops.marsops.region_stats(logits, target, ignore_index, per_image, focal,
                                                             focal_weight, gamma, label_smoothing)
-    loss, coef_i, coef_s, focal_scale = region_coefficients(stats, focal_stats, class_weight, coeffs, smooth,
-                                                            region_lambda, focal_lambda, focal_reduction)
+    loss, coef_i, coef_s, focal_scale = coefficients(stats, focal_stats)
     grad = logits.new_empty(0)
     if compute_grad:
         # In the compute type; a coefficient beyond its range saturates there rather than turning inf.

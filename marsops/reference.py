@@ -165,17 +165,12 @@ def class_shares(w):
     return w / torch.where(total != 0, total, torch.ones_like(total))
 
 
-def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=False, ignore_index=-100,
-                region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
-                label_smoothing=0.0):
-    """region_lambda * (1 - the class_weight-weighted mean of the per-class region scores) (the mean
-    over images of that when per_image), + focal_lambda * focal_loss(...). The sums run over the
-    non-ignored pixels of the batch (of each image when per_image), from the softmax of the logits
-    (computed in fp32 for fp16 / bf16), in float64 as the kernels sum: a tiny class mass, whose
-    1 / mass overflows fp32, then cannot turn the gradient into inf * 0 = NaN."""
+def region_sums(logits, target, ignore_index=-100, per_image=False, op="region_loss"):
+    """Float64 per-class sums over the non-ignored pixels of the batch ((C,) each; (N, C) per image):
+    I = sum p [y = c], S = sum p, T = sum [y = c], with p = softmax(logits) (fp32 for fp16 / bf16)."""
     x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
     C = x.shape[1]
-    valid = check_labels(target, C, ignore_index, "region_loss")
+    valid = check_labels(target, C, ignore_index, op)
     t = torch.where(valid, target.long(), 0)
     x = torch.where(valid.unsqueeze(1), x, torch.zeros((), dtype=x.dtype, device=x.device))
     keep = valid.unsqueeze(1).double()
@@ -185,7 +180,19 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
     dims = tuple(d for d in range(x.dim()) if d != 1 and (d != 0 or not per_image))
     # (C,) or (N, C); with no axis to sum (per-image sums of (N, C) logits) nothing is summed:
     # torch's sum(()) would sum over every axis instead.
-    I, S, T = ((v.sum(dims) if dims else v) for v in (p * onehot, p, onehot))
+    return tuple((v.sum(dims) if dims else v) for v in (p * onehot, p, onehot))
+
+
+def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=False, ignore_index=-100,
+                region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
+                label_smoothing=0.0):
+    """region_lambda * (1 - the class_weight-weighted mean of the per-class region scores) (the mean
+    over images of that when per_image), + focal_lambda * focal_loss(...). The sums run over the
+    non-ignored pixels of the batch (of each image when per_image), from the softmax of the logits
+    (computed in fp32 for fp16 / bf16), in float64 as the kernels sum: a tiny class mass, whose
+    1 / mass overflows fp32, then cannot turn the gradient into inf * 0 = NaN."""
+    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    I, S, T = region_sums(logits, target, ignore_index, per_image)
     w = class_weight.to(I.dtype)
     per_group = ((1 - region_scores(I, S, T, coeffs, smooth)) * class_shares(w)).sum(-1)
     groups = per_group.numel()  # 0 for an empty batch per image: nothing scored, 0
@@ -195,6 +202,27 @@ def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=Fals
                                                 focal_reduction,
                                                 label_smoothing).to(loss.dtype)
     return loss.to(logits.dtype)
+
+
+def generalized_dice_weights(T, weight_type):
+    """Sudre et al.'s class weights from the target counts T (constants: no gradient): 1 / T^2
+    ("square"), 1 / T ("simple") or 1 ("uniform"); the infinite weight of a class absent from the
+    target becomes the largest finite one (0 if none is finite), as MONAI does."""
+    T = T.detach()
+    w = {"square": lambda: 1 / (T * T), "simple": lambda: 1 / T, "uniform": lambda: torch.ones_like(T)}[weight_type]()
+    finite = torch.isfinite(w)
+    largest = torch.where(finite, w, torch.zeros_like(w)).amax() if w.numel() else w.new_zeros(())
+    return torch.where(finite, w, largest)
+
+
+def generalized_dice_loss(logits, target, smooth=1e-5, weight_type="square", ignore_index=-100):
+    """1 - (2 sum_c w_c I_c + smooth) / (sum_c w_c (S_c + T_c) + smooth) over the batch's sums
+    (see marsops.generalized_dice_loss); 0 when both are 0 (nothing counted, smooth 0)."""
+    I, S, T = region_sums(logits, target, ignore_index, False, "generalized_dice_loss")
+    w = generalized_dice_weights(T, weight_type)
+    num, den = 2 * (w * I).sum() + smooth, (w * (S + T)).sum() + smooth
+    ok = den != 0
+    return torch.where(ok, 1 - num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(den)).to(logits.dtype)
 
 
 def confusion_matrix(input, target, num_classes, ignore_index=None):

@@ -359,7 +359,7 @@ def test_tune_trials_get_free_folders_and_resume_as_plain_runs(tmp_path, monkeyp
 
 
 @pytest.mark.parametrize("key,value", [("model", "foo"), ("lr", None), ("paths", 5), ("device", 3),
-                                       ("loss", "dice"), ("width", "4"), ("no_flips", "yes"),
+                                       ("loss", "hinge"), ("width", "4"), ("no_flips", "yes"),
                                        ("lr_patience", None)])
 def test_a_saved_configuration_of_the_wrong_type_or_choice_is_one_clear_error(tmp_path, key, value):
     run(tmp_path, "--epochs", "1", "--name", "cfg")

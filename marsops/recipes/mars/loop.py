@@ -5,7 +5,6 @@ a device flag read every `check_every` steps (and before the epoch ends, so no N
 checkpoint), the batch order lives on the device, and the focal loss counts the training
 confusion matrix in the same pass as the loss and its gradient."""
 import torch
-import torch.nn.functional as F
 
 import marsops
 
@@ -192,14 +191,3 @@ def predict(model, images, batch_size, device, tta=False, amp=False, backend="au
         out.append(pred.to(torch.uint8).cpu())
     return torch.cat(out) if out else torch.zeros(0, *images.shape[-2:], dtype=torch.uint8)
 
-
-def cross_entropy(weight):
-    """The plain-PyTorch alternative to the focal loss, with the same call signature: its metric
-    counts in a pass of its own."""
-
-    def criterion(logits, target, confusion=None):
-        if confusion is not None:
-            confusion.update(logits.detach(), target)
-        return F.cross_entropy(logits, target.long(), weight=weight)
-
-    return criterion
