@@ -91,7 +91,7 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
 
 
 def check_logits_and_target(op: str, logits: Tensor, target: Tensor) -> int:
-    """Float logits (N, C, *spatial) and an integer target (N, *spatial), else a clear error; returns C."""
+    """Float logits ``(N, C, *spatial)`` and an integer target ``(N, *spatial)``, else a clear error; returns C."""
     _checks.check_tensor("logits", logits, op)
     _checks.check_tensor("target", target, op)
     _checks.check_float("logits", logits, op)

@@ -2,7 +2,7 @@
 Jaccard (IoU) loss, on softmax probabilities.
 
 With p = softmax(logits) and, per group (the whole batch, or each image with per_image=True) and
-class c, over the group's non-ignored pixels: fg = [y = c], errors e = |fg - p_c| sorted in
+class c, over the group's non-ignored pixels: fg = [y = c], errors ``e = |fg - p_c|`` sorted in
 decreasing order, and with gts = sum fg, jac_k = 1 - (gts - cumsum(fg)_k) / (gts + cumsum(1 - fg)_k),
 g = jac with g[1:] = jac[1:] - jac[:-1] (Berman's lovasz_grad)::
 

@@ -349,7 +349,7 @@ def lovasz_softmax_loss(logits, target, classes="present", per_image=False, igno
     """Berman et al. 2018's Lovász-Softmax loss (see marsops.lovasz_softmax_loss), in float64.
 
     Per group (the batch, or each image with per_image) and class c, over the non-ignored pixels:
-    fg = [y = c], e = |fg - p_c| sorted descending, loss_c = dot(e_sorted, lovasz_grad(fg_sorted)).
+    fg = [y = c], ``e = |fg - p_c|`` sorted descending, loss_c = dot(e_sorted, lovasz_grad(fg_sorted)).
     The group's loss is the mean over the classes scored ("present": those in the group's target,
     "all", or a list), 0 when none is; the loss is the mean over the groups. Autograd's gradient
     is the Lovász subgradient of the sort order found (ties kept in pixel order: a stable sort)."""

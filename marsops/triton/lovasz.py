@@ -2,12 +2,12 @@
 
 - _lovasz_errors_kernel: one program per pixel block of an image: the softmax of the block's
   logits (one [BLOCK_C, BLOCK_P] tile, classes padded to a power of 2), the errors
-  e = |[y = c] - p_c| of the valid pixels (-1 for ignored ones, which sorts them last) and the
+  ``e = |[y = c] - p_c|`` of the valid pixels (-1 for ignored ones, which sorts them last) and the
   labels (-1 when ignored), class-major, plus the bad-label flag.
 - between the kernels, in PyTorch: torch.sort (stable, descending) of each (group, class) row of
   errors, Berman's lovasz_grad from cumulative sums of the sorted foreground flags (int64 counts,
   float64 Jaccard terms), the loss, and d(loss)/d(p) scattered back to pixel order with
-  torch.Tensor.scatter_;
+  ``torch.Tensor.scatter_``;
 - _lovasz_grad_kernel: one program per pixel block: the softmax again and
   dL/dx_j = p_j (dL/dp_j - sum_c p_c dL/dp_c), written in the logits' dtype and layout.
 """
