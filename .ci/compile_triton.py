@@ -105,6 +105,15 @@ def _cases():
                 x, t, focal_weight=w, gamma=1.5, label_smoothing=0.1, backend="triton")
             yield f"confusion C={C} {dtype}", lambda x=x, t=t, C=C: marsops.confusion_matrix(
                 x.detach(), t, C, ignore_index=255, backend="triton")
+            yield f"ohem_focal C={C} {dtype}", lambda x=x, t=t, w=w: marsops.ohem_focal_loss(
+                x, t, 0.5, 0.7, 100, w, backend="triton")
+            yield f"ohem_focal class_last C={C} {dtype}", lambda C=C, dtype=dtype: marsops.ohem_focal_loss(
+                logits(2, C, 64, 128, dtype, True).requires_grad_(), target(2, C, 64, 128), backend="triton")
+            for per_image in (False, True):
+                yield f"lovasz C={C} {dtype} per_image={per_image}", (
+                    lambda x=x, t=t, p=per_image: marsops.lovasz_softmax_loss(x, t, per_image=p, backend="triton"))
+            yield f"lovasz class_last C={C} {dtype}", lambda C=C, dtype=dtype: marsops.lovasz_softmax_loss(
+                logits(2, C, 64, 128, dtype, True).requires_grad_(), target(2, C, 64, 128), backend="triton")
         yield f"confusion labels C={C}", lambda C=C: marsops.confusion_matrix(
             target(2, C, 64, 128, torch.uint8), target(2, C, 64, 128), C, backend="triton")
     for dtype in (torch.float32, torch.float16, torch.uint8):

@@ -21,7 +21,7 @@ RADIX = ((8, 12), (0, 8))  # (shift, bits) of the refinement levels below the hi
 
 
 @triton.jit
-def _probs_kernel(x_ptr, y_ptr, lp_ptr, label_ptr, hist_ptr, counts_ptr, C, P, stride_n, stride_c, stride_p,
+def _ohem_probs_kernel(x_ptr, y_ptr, lp_ptr, label_ptr, hist_ptr, counts_ptr, C, P, stride_n, stride_c, stride_p,
                   ignore_index, log_thresh, BLOCK_C: tl.constexpr, BLOCK_P: tl.constexpr):
     pid = tl.program_id(0).to(tl.int64)
     blocks = tl.cdiv(P, BLOCK_P)
@@ -95,7 +95,7 @@ def ohem_select(x, y, ignore_index, thresh, batch_kept, class_last):
         block_p = max(16, min(1024, TILE // block_c))
         strides = (x.stride(0), 1, C) if class_last else (x.stride(0), x.stride(1), 1)
         grid = (N * triton.cdiv(P, block_p),)
-        _probs_kernel[grid](x, y, lp, labels, hist, counts, C, P, *strides, ignore_index, log_thresh,
+        _ohem_probs_kernel[grid](x, y, lp, labels, hist, counts, C, P, *strides, ignore_index, log_thresh,
                             BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps(block_c * block_p))
     valid, below, bad = counts.unbind()
     k = torch.minimum(torch.tensor(batch_kept, device=dev), valid - 1).clamp_min(0)
