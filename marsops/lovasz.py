@@ -11,7 +11,8 @@ g = jac with g[1:] = jac[1:] - jac[:-1] (Berman's lovasz_grad)::
 A group's loss is the mean of loss_c over the scored classes ("present": the classes occurring in
 the group's non-ignored target; "all"; or a list of classes, scored whether present or not), 0
 when no class is scored or the group has no valid pixel; the loss is the mean over the groups (an
-image with nothing to score still counts in the per_image mean, as in Berman's code). The
+image with no class to score counts as 0 in the per_image mean, as in Berman's code; one with no
+valid pixel too, where Berman's code returns an empty tensor). The
 gradient is the Lovász subgradient for the sort order found (dL/de_k = g_k / classes / groups),
 through the softmax. Tied errors give the same loss in any order; only the gradient depends on the
 order of ties (the kernels keep ties in pixel order, as a stable sort).
@@ -53,7 +54,7 @@ def lovasz_softmax_loss(logits: Tensor, target: Tensor, classes: Union[str, Sequ
         chosen_classes = tuple(range(num_classes))
     else:
         chosen_classes = _checks.as_classes(classes, num_classes, OP)
-    only_present = classes == "present"
+    only_present = isinstance(classes, str) and classes == "present"  # an array compares elementwise
     per_image = _checks.as_bool("per_image", per_image, OP)
     ignore_index = _checks.as_int64("ignore_index", ignore_index, OP)
     chosen = _backend.resolve("lovasz_softmax_forward", logits, backend)

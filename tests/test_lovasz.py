@@ -329,3 +329,20 @@ def test_cpu_results_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     for (l1, g1), (l2, g2) in zip(*results):
         assert torch.equal(l1, l2) and torch.equal(g1, g2)
+
+
+def test_numpy_classes_and_the_triton_class_limit():
+    """Review: a numpy array of classes compared elementwise with "present"; Triton's one-tile kernels
+    cannot compile past 65536 classes, so more than 1024 are refused there."""
+    import numpy as np
+
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 5, 6, generator=g), torch.randint(0, 4, (2, 5, 6), generator=g)
+    for b, _ in BACKENDS:
+        torch.testing.assert_close(marsops.lovasz_softmax_loss(x, t, classes=np.array([1, 2]), backend=b),
+                                   marsops.lovasz_softmax_loss(x, t, classes=[1, 2], backend="reference"),
+                                   rtol=1e-5, atol=1e-6)
+    if any(b == "triton" for b, _ in BACKENDS):
+        with pytest.raises(ValueError, match="up to 1024 classes"):
+            marsops.lovasz_softmax_loss(torch.randn(1, 1025, 2), torch.zeros(1, 2, dtype=torch.long),
+                                        backend="triton")

@@ -69,6 +69,9 @@ def _lovasz_grad_kernel(x_ptr, lab_ptr, dp_ptr, grad_ptr, C, P, pixel_stride, cl
     tl.store(grad_ptr + tile, g.to(grad_ptr.dtype.element_ty), mask=tile_mask)
 
 
+MAX_C = 1024  # classes of one register tile (more spill, and past 65536 the tile does not compile)
+
+
 def _blocks(C: int, P: int):
     block_c = triton.next_power_of_2(C)
     block_p = min(triton.next_power_of_2(max(P, 1)), max(16, 4096 // block_c))
@@ -92,6 +95,9 @@ def lovasz_softmax(logits, target, classes, only_present, per_image, ignore_inde
     from ..focal import _empty_gradient
 
     N, C = logits.shape[:2]
+    if C > MAX_C:  # every class is held in one register tile
+        raise ValueError(f"marsops.lovasz_softmax_loss: the triton backend supports up to {MAX_C} classes, got {C}; "
+                         "use the cpu or reference backend")
     dev = logits.device
     x, y, _, pixel_stride, class_stride = _layout(logits, target)
     P = y.shape[1]
