@@ -97,6 +97,21 @@ def check_float(name: str, t: torch.Tensor, op: str):
         raise TypeError(f"marsops.{op}: {name} must be a floating-point tensor, got {t.dtype}")
 
 
+def check_logits_and_target(op: str, logits: torch.Tensor, target: torch.Tensor) -> int:
+    """Float logits ``(N, C, *spatial)`` and an integer target ``(N, *spatial)``, else a clear error; returns C."""
+    check_tensor("logits", logits, op)
+    check_tensor("target", target, op)
+    check_float("logits", logits, op)
+    check_integer("target", target, op)
+    if logits.dim() < 2 or logits.shape[1] < 1:
+        raise ValueError(f"marsops.{op}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
+    expected = (logits.shape[0],) + tuple(logits.shape[2:])
+    if tuple(target.shape) != expected:
+        raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
+                         f"{tuple(logits.shape)}; expected {expected}")
+    return logits.shape[1]
+
+
 def assert_ok(ok: torch.Tensor, op: str, message: str) -> None:
     """Checks a device flag a kernel wrote (nonzero: fine): at once on CPU, as a device-side
     assertion on GPUs (no host synchronisation; a failure ends the CUDA context, as torch's own

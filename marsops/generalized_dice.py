@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from . import _checks, _saved_gradient, backend as _backend, reference
-from .losses import check_logits_and_target, two_passes
+from .losses import two_passes
 
 WEIGHT_TYPES = ("square", "simple", "uniform")
 
@@ -29,7 +29,7 @@ def generalized_dice_loss(logits: Tensor, target: Tensor, smooth: float = 1e-5, 
     smooth: added to numerator and denominator (finite, >= 0); weight_type: "square" (1 / T_c^2,
     Sudre et al.), "simple" (1 / T_c) or "uniform" (1)."""
     op = "generalized_dice_loss"
-    check_logits_and_target(op, logits, target)
+    _checks.check_logits_and_target(op, logits, target)
     _checks.check_same_device(op, logits=logits, target=target)
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"marsops.{op}: unknown weight_type {weight_type!r}; choose one of {WEIGHT_TYPES}")

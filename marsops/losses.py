@@ -90,25 +90,10 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
                         lambda_names=("lambda_dice", "lambda_ce"))
 
 
-def check_logits_and_target(op: str, logits: Tensor, target: Tensor) -> int:
-    """Float logits ``(N, C, *spatial)`` and an integer target ``(N, *spatial)``, else a clear error; returns C."""
-    _checks.check_tensor("logits", logits, op)
-    _checks.check_tensor("target", target, op)
-    _checks.check_float("logits", logits, op)
-    _checks.check_integer("target", target, op)
-    if logits.dim() < 2 or logits.shape[1] < 1:
-        raise ValueError(f"marsops.{op}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
-                         f"{tuple(logits.shape)}; expected {expected}")
-    return logits.shape[1]
-
-
 def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
                  region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
                  label_smoothing=0.0, focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
-    num_classes = check_logits_and_target(op, logits, target)
+    num_classes = _checks.check_logits_and_target(op, logits, target)
     for name, w in (("weight", weight), (focal_name, focal_weight)):
         if w is not None:
             _checks.check_tensor(name, w, op)

@@ -35,17 +35,7 @@ def lovasz_softmax_loss(logits: Tensor, target: Tensor, classes: Union[str, Sequ
 
     classes: "present" (the classes in the target), "all", or a list of class indices to average;
     per_image: the loss of each image, averaged over the images (else one loss over the batch)."""
-    _checks.check_tensor("logits", logits, OP)
-    _checks.check_tensor("target", target, OP)
-    _checks.check_float("logits", logits, OP)
-    _checks.check_integer("target", target, OP)
-    if logits.dim() < 2 or logits.shape[1] < 1:
-        raise ValueError(f"marsops.{OP}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
-    num_classes = logits.shape[1]
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"marsops.{OP}: target shape {tuple(target.shape)} does not match logits shape "
-                         f"{tuple(logits.shape)}; expected {expected}")
+    num_classes = _checks.check_logits_and_target(OP, logits, target)
     _checks.check_same_device(OP, logits=logits, target=target)
     if isinstance(classes, str):
         if classes not in ("present", "all"):

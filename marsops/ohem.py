@@ -41,16 +41,7 @@ def ohem_focal_loss(logits: Tensor, target: Tensor, gamma: float = 0.5, thresh: 
     for float64 logits on the cpu backend), so a pixel within rounding of tau may be kept by one
     backend and not another."""
     op = "ohem_focal_loss"
-    _checks.check_tensor("logits", logits, op)
-    _checks.check_tensor("target", target, op)
-    _checks.check_float("logits", logits, op)
-    _checks.check_integer("target", target, op)
-    if logits.dim() < 2 or logits.shape[1] < 1:
-        raise ValueError(f"marsops.{op}: logits must be (N, C, *spatial) with C >= 1, got shape {tuple(logits.shape)}")
-    expected = (logits.shape[0],) + tuple(logits.shape[2:])
-    if tuple(target.shape) != expected:
-        raise ValueError(f"marsops.{op}: target shape {tuple(target.shape)} does not match logits shape "
-                         f"{tuple(logits.shape)}; expected {expected}")
+    _checks.check_logits_and_target(op, logits, target)
     _checks.check_same_device(op, logits=logits, target=target, weight=weight)
     thresh = _checks.as_float("thresh", thresh, op)
     if not 0 <= thresh <= 1:
