@@ -42,6 +42,16 @@ void define_ops(Library& m) {
   // logits' compute type, plus focal_scale times the focal term's gradient.
   m.def("region_grad(Tensor logits, Tensor target, int ignore_index, bool per_image, Tensor coef_i, Tensor coef_s, "
         "bool focal, Tensor? focal_weight, float gamma, float label_smoothing, float focal_scale) -> Tensor");
+  // The region sums against dense targets (csrc/cpu/dense_region_kernel.h; marsops/dense_region.py):
+  // x (N, C, P) contiguous, or (N, P, C) when class_last; activation 0 identity (probabilities in
+  // [0, 1]), 1 sigmoid, 2 softmax over C; target of x's shape (float soft labels in [0, 1], integer
+  // 0 / 1 / ignore_index) or, with target_is_map, an (N, P) class map. Pass 1: float64 (groups, C, 3)
+  // = [sum q t, sum q, sum t] over the valid elements. Pass 2: from coef = dL/d(I, S, T) (groups,
+  // C, 3) in the compute type, (dL/dx in x's dtype, dL/dtarget in the compute type or empty).
+  m.def("dense_region_stats(Tensor x, Tensor target, int activation, bool class_last, bool target_is_map, "
+        "bool has_ignore, int ignore_index, bool per_image) -> Tensor");
+  m.def("dense_region_grad(Tensor x, Tensor target, int activation, bool class_last, bool target_is_map, "
+        "bool has_ignore, int ignore_index, bool per_image, Tensor coef, bool want_target_grad) -> (Tensor, Tensor)");
   // The sigmoid focal loss (binary / multi-label masks; csrc/cpu/sigmoid_kernel.h): target of the
   // logits' shape, floating (soft labels in [0, 1]) or integer / bool (0, 1, ignore_index);
   // pos_weight one value or (C,) along dim 1; alpha < 0: none; reduction 0 none, 1 sum, 2 mean

@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import _checks, _saved_gradient, backend as _backend, reference
+from . import _checks, _saved_gradient, backend as _backend, reference, region_modes
 from . import triton as _triton
 from .focal import REDUCTIONS
 
@@ -34,88 +34,110 @@ def tversky_coefficients(alpha: float, beta: float):
 
 
 def dice_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, classes: Optional[Sequence[int]] = None,
-              smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
-    """Soft Dice loss, 1 - mean_c dice_c (module docstring), from logits ``(N, C, *)`` and integer
-    targets ``(N, *)`` in [0, C) or ignore_index, without a one-hot tensor.
+              smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto",
+              mode: str = "multiclass", from_logits: bool = True, reduction: str = "mean") -> Tensor:
+    """Soft Dice loss, 1 - mean_c dice_c (module docstring), fused: no softmax, sigmoid or one-hot
+    tensor is built.
 
-    weight: (C,) finite class weights >= 0 of the mean (None: all 1; weights summing to 0 score nothing:
-    loss 0; differentiable with backend='reference' only); classes: the classes scored (None: all);
-    smooth: added to numerator and denominator; per_image: sums per image, loss averaged over the
-    images (else over the whole batch)."""
-    return _region_loss("dice_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image, backend)
+    mode: "multiclass": logits ``(N, C, *)``, softmax over C, target an integer class map ``(N, *)``
+    in [0, C) or ignore_index, or ``(N, C, *)`` one-hot / soft labels (float in [0, 1], bool, or
+    integer 0 / 1). "binary": logits ``(N, 1, *)`` or ``(N, *)``, sigmoid, a target of that shape.
+    "multilabel": logits ``(N, C, *)``, a sigmoid per channel, target ``(N, C, *)``. Mask targets
+    are float soft labels in [0, 1], bool, or integer 0 / 1 where an element equal to ignore_index
+    is left out (ignore_index applies to integer and bool targets only).
+
+    from_logits: False when the input holds probabilities already (softmax / sigmoid skipped;
+    values outside [0, 1] are an error). weight: (C,) finite class weights >= 0 (None: all 1;
+    weights summing to 0 score nothing: loss 0); classes: the classes scored (None: all); smooth:
+    added to numerator and denominator; per_image: sums per image, loss averaged over the images
+    (else over the whole batch). reduction: "mean" the weighted mean of the per-class losses
+    (averaged over the images with per_image), "sum" the sum of the weighted per-class losses,
+    "none" those losses, weight_c (1 - dice_c) of each scored class: shape (K,) for K scored
+    classes, (N, K) with per_image. A soft target that requires grad gets its gradient too."""
+    return _region_loss("dice_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image, backend,
+                        mode, from_logits, reduction)
 
 
 def jaccard_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                  classes: Optional[Sequence[int]] = None, smooth: float = 1.0, ignore_index: int = -100,
-                 per_image: bool = False, backend: str = "auto") -> Tensor:
+                 per_image: bool = False, backend: str = "auto", mode: str = "multiclass", from_logits: bool = True,
+                 reduction: str = "mean") -> Tensor:
     """Soft Jaccard (IoU) loss, 1 - mean_c jaccard_c; arguments as dice_loss."""
     return _region_loss("jaccard_loss", logits, target, JACCARD, weight, classes, smooth, ignore_index, per_image,
-                        backend)
+                        backend, mode, from_logits, reduction)
 
 
 def tversky_loss(logits: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5,
                  weight: Optional[Tensor] = None, classes: Optional[Sequence[int]] = None, smooth: float = 1.0,
-                 ignore_index: int = -100, per_image: bool = False, backend: str = "auto") -> Tensor:
+                 ignore_index: int = -100, per_image: bool = False, backend: str = "auto", mode: str = "multiclass",
+                 from_logits: bool = True, reduction: str = "mean") -> Tensor:
     """Tversky loss, 1 - mean_c tversky_c: alpha weighs false positives, beta false negatives
     (alpha = beta = 1 is the Jaccard loss); other arguments as dice_loss."""
     alpha, beta = (_checks.as_nonnegative(n, v, "tversky_loss") for n, v in (("alpha", alpha), ("beta", beta)))
     if not alpha + beta > 0:
         raise ValueError(f"marsops.tversky_loss: alpha and beta must not both be 0, got {alpha}, {beta}")
     return _region_loss("tversky_loss", logits, target, tversky_coefficients(alpha, beta), weight, classes, smooth,
-                        ignore_index, per_image, backend)
+                        ignore_index, per_image, backend, mode, from_logits, reduction)
 
 
 def dice_focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                     classes: Optional[Sequence[int]] = None, smooth: float = 1.0, gamma: float = 2.0,
                     focal_weight: Optional[Tensor] = None, lambda_dice: float = 1.0, lambda_focal: float = 1.0,
                     ignore_index: int = -100, per_image: bool = False, label_smoothing: float = 0.0,
-                    backend: str = "auto") -> Tensor:
+                    backend: str = "auto", mode: str = "multiclass", from_logits: bool = True,
+                    reduction: str = "mean") -> Tensor:
     """lambda_dice * dice_loss + lambda_focal * focal_loss (mean over the non-ignored pixels, class
-    weights focal_weight), sharing the softmax and the two passes over the logits."""
+    weights focal_weight), sharing the softmax and the two passes over the logits. In binary and
+    multilabel modes the focal term is marsops.sigmoid_focal_loss (alpha None; focal_weight its
+    pos_weight). Needs logits (from_logits=True), a class map in multiclass mode, and reduction
+    "mean"."""
     return _region_loss("dice_focal_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
-                        backend, region_lambda=lambda_dice, focal_lambda=lambda_focal, gamma=gamma,
-                        focal_weight=focal_weight, focal_reduction="mean", label_smoothing=label_smoothing,
+                        backend, mode, from_logits, reduction, region_lambda=lambda_dice, focal_lambda=lambda_focal,
+                        gamma=gamma, focal_weight=focal_weight, focal_reduction="mean", label_smoothing=label_smoothing,
                         lambda_names=("lambda_dice", "lambda_focal"))
 
 
 def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None,
                  classes: Optional[Sequence[int]] = None, smooth: float = 1.0, ce_weight: Optional[Tensor] = None,
                  lambda_dice: float = 1.0, lambda_ce: float = 1.0, ignore_index: int = -100, per_image: bool = False,
-                 label_smoothing: float = 0.0, backend: str = "auto") -> Tensor:
+                 label_smoothing: float = 0.0, backend: str = "auto", mode: str = "multiclass",
+                 from_logits: bool = True, reduction: str = "mean") -> Tensor:
     """lambda_dice * dice_loss + lambda_ce * F.cross_entropy(logits, target, weight=ce_weight,
-    ignore_index=..., label_smoothing=...), sharing the softmax and the two passes."""
+    ignore_index=..., label_smoothing=...), sharing the softmax and the two passes. In binary and
+    multilabel modes the second term is binary cross-entropy (ce_weight its pos_weight, as MONAI's
+    DiceCELoss); with (N, C, *) soft labels in multiclass mode, cross-entropy against them. Needs
+    logits (from_logits=True) and reduction "mean"."""
     return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
-                        backend, region_lambda=lambda_dice, focal_lambda=lambda_ce, gamma=0.0, focal_weight=ce_weight,
-                        focal_reduction="weighted_mean", label_smoothing=label_smoothing, focal_name="ce_weight",
+                        backend, mode, from_logits, reduction, region_lambda=lambda_dice, focal_lambda=lambda_ce,
+                        gamma=0.0, focal_weight=ce_weight, focal_reduction="weighted_mean",
+                        label_smoothing=label_smoothing, focal_name="ce_weight",
                         lambda_names=("lambda_dice", "lambda_ce"))
 
 
+MODES = ("multiclass", "binary", "multilabel")
+LOSS_REDUCTIONS = ("mean", "sum", "none")
+
+
 def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image, backend,
-                 region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
-                 label_smoothing=0.0, focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
+                 mode="multiclass", from_logits=True, reduction="mean", region_lambda=1.0, focal_lambda=0.0,
+                 gamma=0.0, focal_weight=None, focal_reduction="mean", label_smoothing=0.0,
+                 focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
+    if mode not in MODES:
+        raise ValueError(f"marsops.{op}: mode must be one of {MODES}, got {mode!r}")
+    if reduction not in LOSS_REDUCTIONS:
+        raise ValueError(f"marsops.{op}: reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    from_logits = _checks.as_bool("from_logits", from_logits, op)
+    _checks.check_tensor("target", target, op)
+    class_map = mode == "multiclass" and target.dim() == logits.dim() - 1
+    if not (class_map and from_logits and reduction == "mean"):
+        return region_modes.region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image,
+                                        backend, mode, from_logits, reduction, region_lambda, focal_lambda, gamma,
+                                        focal_weight, focal_reduction, label_smoothing, focal_name, lambda_names)
     num_classes = _checks.check_logits_and_target(op, logits, target)
-    for name, w in (("weight", weight), (focal_name, focal_weight)):
-        if w is not None:
-            _checks.check_tensor(name, w, op)
-            _checks.check_float(name, w, op)
-            if w.shape != (num_classes,):
-                raise ValueError(f"marsops.{op}: {name} must have shape ({num_classes},), got {tuple(w.shape)}")
-    _checks.check_same_device(op, logits=logits, target=target, weight=weight, focal_weight=focal_weight)
-    # Every float option: finite and >= 0 (label_smoothing at most 1), else one clear error naming it.
-    smooth = _checks.as_nonnegative("smooth", smooth, op)
-    gamma = _checks.as_nonnegative("gamma", gamma, op)
-    region_lambda = _checks.as_nonnegative(lambda_names[0], region_lambda, op)
-    focal_lambda = _checks.as_nonnegative(lambda_names[1], focal_lambda, op)
-    label_smoothing = _checks.as_float("label_smoothing", label_smoothing, op)
-    if not 0 <= label_smoothing <= 1:
-        raise ValueError(f"marsops.{op}: label_smoothing must be in [0, 1], got {label_smoothing}")
-    per_image = _checks.as_bool("per_image", per_image, op)
-    ignore_index = _checks.as_int64("ignore_index", ignore_index, op)
+    smooth, gamma, region_lambda, focal_lambda, label_smoothing, per_image, ignore_index = \
+        region_modes.check_options(op, num_classes, logits, target, weight, focal_weight, focal_name, smooth, gamma,
+                                   region_lambda, focal_lambda, label_smoothing, per_image, ignore_index, lambda_names)
     chosen = _backend.resolve("region_stats", logits, backend)
-    if weight is not None:
-        # A weighted mean needs weights >= 0 (a device-side check on GPUs and in compiled graphs).
-        _checks.assert_ok(((weight >= 0) & (weight < float("inf"))).all(), op,
-                          "weight must be finite and >= 0 (the class weights of a weighted mean)")
     # The weighted mean is taken in float64 (the per-class sums are), so the weights keep their
     # precision: a float64 weight is not rounded to float32 (float32 ones convert exactly).
     if weight is None:
@@ -263,16 +285,23 @@ _region_loss_op.register_autograd(_backward, setup_context=_setup_context)
 
 class _RegionLossModule(nn.Module):
     def __init__(self, weight: Optional[Union[Tensor, Sequence[float]]] = None, classes: Optional[Sequence[int]] = None,
-                 smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto"):
+                 smooth: float = 1.0, ignore_index: int = -100, per_image: bool = False, backend: str = "auto",
+                 mode: str = "multiclass", from_logits: bool = True, reduction: str = "mean"):
         super().__init__()
         per_image = _checks.as_bool("per_image", per_image, type(self).__name__)
+        if mode not in MODES:
+            raise ValueError(f"marsops.{type(self).__name__}: mode must be one of {MODES}, got {mode!r}")
+        if reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"marsops.{type(self).__name__}: reduction must be one of {LOSS_REDUCTIONS}, got "
+                             f"{reduction!r}")
+        self.mode, self.from_logits, self.reduction = mode, from_logits, reduction
         self.register_buffer("weight", None if weight is None else _checks.as_weight_buffer(weight))
         self.classes = None if classes is None else tuple(classes)
         self.smooth, self.ignore_index, self.per_image, self.backend = smooth, ignore_index, per_image, backend
 
     def extra_repr(self) -> str:
-        return (f"classes={self.classes}, smooth={self.smooth}, ignore_index={self.ignore_index}, "
-                f"per_image={self.per_image}")
+        return (f"mode={self.mode!r}, classes={self.classes}, smooth={self.smooth}, ignore_index={self.ignore_index}, "
+                f"per_image={self.per_image}, from_logits={self.from_logits}, reduction={self.reduction!r}")
 
 
 class DiceLoss(_RegionLossModule):
@@ -280,7 +309,7 @@ class DiceLoss(_RegionLossModule):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return dice_loss(logits, target, self.weight, self.classes, self.smooth, self.ignore_index, self.per_image,
-                         self.backend)
+                         self.backend, self.mode, self.from_logits, self.reduction)
 
 
 class JaccardLoss(_RegionLossModule):
@@ -288,7 +317,7 @@ class JaccardLoss(_RegionLossModule):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return jaccard_loss(logits, target, self.weight, self.classes, self.smooth, self.ignore_index, self.per_image,
-                            self.backend)
+                            self.backend, self.mode, self.from_logits, self.reduction)
 
 
 class TverskyLoss(_RegionLossModule):
@@ -300,7 +329,8 @@ class TverskyLoss(_RegionLossModule):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return tversky_loss(logits, target, self.alpha, self.beta, self.weight, self.classes, self.smooth,
-                            self.ignore_index, self.per_image, self.backend)
+                            self.ignore_index, self.per_image, self.backend, self.mode, self.from_logits,
+                            self.reduction)
 
 
 class DiceFocalLoss(_RegionLossModule):
@@ -317,7 +347,7 @@ class DiceFocalLoss(_RegionLossModule):
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return dice_focal_loss(logits, target, self.weight, self.classes, self.smooth, self.gamma, self.focal_weight,
                                self.lambda_dice, self.lambda_focal, self.ignore_index, self.per_image,
-                               self.label_smoothing, self.backend)
+                               self.label_smoothing, self.backend, self.mode, self.from_logits, self.reduction)
 
 
 class DiceCELoss(_RegionLossModule):
@@ -331,4 +361,5 @@ class DiceCELoss(_RegionLossModule):
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         return dice_ce_loss(logits, target, self.weight, self.classes, self.smooth, self.ce_weight, self.lambda_dice,
-                            self.lambda_ce, self.ignore_index, self.per_image, self.label_smoothing, self.backend)
+                            self.lambda_ce, self.ignore_index, self.per_image, self.label_smoothing, self.backend,
+                            self.mode, self.from_logits, self.reduction)

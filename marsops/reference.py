@@ -183,6 +183,68 @@ def region_sums(logits, target, ignore_index=-100, per_image=False, op="region_l
     return tuple((v.sum(dims) if dims else v) for v in (p * onehot, p, onehot))
 
 
+IDENTITY, SIGMOID, SOFTMAX = 0, 1, 2  # how dense_region_sums turns x into q
+
+
+def dense_targets(target, like, ignore_index, op):
+    """(t, v): float64 targets and the validity mask, of like's shape (N, C, *), from a class map
+    (N, *) (a pixel equal to ignore_index: all its classes invalid), an integer / bool mask (0 / 1,
+    or ignore_index: that element invalid) or float soft labels in [0, 1]."""
+    if target.dim() == like.dim() - 1:  # a class map
+        valid = check_labels(target, like.shape[1], ignore_index, op)
+        classes = torch.arange(like.shape[1], device=target.device).view((1, -1) + (1,) * (target.dim() - 1))
+        v = valid.unsqueeze(1).expand(like.shape)
+        return ((target.long().unsqueeze(1) == classes) & v).double(), v
+    if target.is_floating_point():
+        refuse(~((target >= 0) & (target <= 1)), f"marsops.{op}: target contains values outside [0, 1] (soft labels "
+                                                 "are probabilities)", target, name="")
+        return target.double(), torch.ones_like(target, dtype=torch.bool)
+    k = target.long()
+    v = torch.ones_like(k, dtype=torch.bool) if ignore_index is None else k != ignore_index
+    refuse(v & (k != 0) & (k != 1), f"marsops.{op}: target contains values outside {{0, 1}} that are not "
+                                    f"ignore_index ({ignore_index})", k, name="")
+    return (v & (k == 1)).double(), v
+
+
+def dense_region_sums(x, target, activation, ignore_index=None, per_image=False, op="dice_loss"):
+    """Float64 per-class sums ((C,) each, (N, C) per image) of q = activation(x) (IDENTITY: x holds
+    probabilities, SIGMOID, SOFTMAX over dim 1; computed in fp32 for fp16 / bf16) against target t
+    over the valid elements v (dense_targets): I = sum v q t, S = sum v q, T = sum v t."""
+    t, v = dense_targets(target, x, ignore_index, op)
+    xc = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    zero = torch.zeros((), dtype=xc.dtype, device=xc.device)
+    if activation == SOFTMAX:  # a pixel with no valid element may hold anything: 0s, not its NaNs
+        q = torch.softmax(torch.where(v.any(1, keepdim=True), xc, zero), dim=1)
+    else:
+        xv = torch.where(v, xc, zero)  # invalid elements may hold NaN or inf
+        if activation == IDENTITY:
+            refuse(~((xv >= 0) & (xv <= 1)), f"marsops.{op}: with from_logits=False the input holds probabilities, "
+                                             "but it contains values outside [0, 1]", xv, name="")
+        q = xv if activation == IDENTITY else torch.sigmoid(xv)
+    q = torch.where(v, q.double(), torch.zeros((), dtype=torch.float64, device=q.device))
+    dims = tuple(d for d in range(x.dim()) if d != 1 and (d != 0 or not per_image))
+    return tuple((s.sum(dims) if dims else s) for s in (q * t, q, t))
+
+
+def reduce_region_losses(I, S, T, coeffs, smooth, weight=None, classes=None, reduction="mean"):
+    """The per-class losses 1 - score ((C,) or (N, C) from per-image sums) of the scored classes
+    (classes: their indices, None: all), each times its weight (None: 1), as reduction asks:
+    "none" those, "sum" their sum, "mean" the weighted mean over the classes (0 when the weights
+    sum to 0), averaged over the images."""
+    losses = 1 - region_scores(I, S, T, coeffs, smooth)
+    w = torch.ones(losses.shape[-1], dtype=losses.dtype, device=losses.device) if weight is None else \
+        weight.to(losses.dtype)
+    if classes is not None:
+        index = torch.tensor(list(classes), dtype=torch.long, device=losses.device)
+        losses, w = losses.index_select(-1, index), w.index_select(0, index)
+    if reduction == "none":
+        return losses * w
+    if reduction == "sum":
+        return (losses * w).sum()
+    per_group = (losses * class_shares(w)).sum(-1)
+    return per_group.sum() / max(per_group.numel(), 1)
+
+
 def region_loss(logits, target, class_weight, coeffs, smooth=1.0, per_image=False, ignore_index=-100,
                 region_lambda=1.0, focal_lambda=0.0, gamma=0.0, focal_weight=None, focal_reduction="mean",
                 label_smoothing=0.0):

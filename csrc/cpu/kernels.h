@@ -103,6 +103,44 @@ struct RegionArgs {
   void* grad;  // in the logits' dtype and layout
 };
 
+// The region losses against dense targets (dense_region_kernel.h): x (N, C, P) contiguous, or
+// (N, P, C) when class_last; the target of the same shape and layout (floating: soft labels in
+// [0, 1]; integer: 0 / 1 masks, or ignore_index), or a class map (N, P) of labels in [0, C).
+enum DenseActivation : int64_t { kDenseIdentity = 0, kDenseSigmoid = 1, kDenseSoftmax = 2 };
+
+struct DenseRegionArgs {
+  const void* x;
+  ScalarType x_dtype;
+  bool class_last;
+  const void* target;
+  ScalarType target_dtype;
+  bool target_is_map;
+  int64_t N, C, P;
+  int64_t activation;  // DenseActivation
+  bool has_ignore;
+  int64_t ignore_index;
+  bool per_image;   // sums per image (groups = N), else over the batch (groups = 1)
+  const void* coef;  // the gradient pass: (groups, C, 3) dL/d(I, S, T) in the compute type
+  void* grad_x;      // in x's dtype and layout
+  void* grad_t;      // in the compute type and the target's layout, or nullptr
+};
+
+// The first bad target value and the first probability outside [0, 1] a pass met.
+struct DenseRegionFlags {
+  bool bad_target = false, bad_probability = false;
+  double target_value = 0, probability_value = 0;
+  void target(double v) {
+    if (!bad_target) bad_target = true, target_value = v;
+  }
+  void probability(double v) {
+    if (!bad_probability) bad_probability = true, probability_value = v;
+  }
+  void merge(const DenseRegionFlags& o) {
+    if (o.bad_target) target(o.target_value);
+    if (o.bad_probability) probability(o.probability_value);
+  }
+};
+
 // The sigmoid focal loss, elementwise: logits and target viewed as (planes, P) contiguous, plane k
 // of class k % C (for pos_weight; C = 1 without a per-class pos_weight).
 struct SigmoidArgs {
@@ -213,6 +251,10 @@ struct SimdKernels {
   // Elements [begin, end) of the flattened (planes, P) index: loss sum and count of the counted
   // elements (and the first bad target: bad_label, or for float targets bad with label 0).
   FocalStats (*sigmoid_focal)(const SigmoidArgs&, int64_t begin, int64_t end);
+  // Region sums against dense targets: adds [I, S, T] of every class to stats as region_stats.
+  DenseRegionFlags (*dense_region_stats)(const DenseRegionArgs&, int64_t begin, int64_t end, double* stats,
+                                         int64_t first_group);
+  void (*dense_region_grad)(const DenseRegionArgs&, int64_t begin, int64_t end);
   // Pixels [begin, end): writes lp and the labels (OhemArgs), adds to hist (kOhemBins int64).
   OhemCounts (*ohem_probs)(const OhemArgs&, int64_t begin, int64_t end, int64_t* hist);
   // The views_argmax predictions of output row `row` ((n, d, h) flattened) into pred[0 .. W).

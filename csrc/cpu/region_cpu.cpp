@@ -1,10 +1,10 @@
-// CPU implementations of the region-loss passes (region_kernel.h): per-class sums, then the
-// gradient. Chunks of pixels run in parallel; each chunk's sums land in its own rows, added up
-// in chunk order (deterministic, whatever the thread count).
+// CPU implementations of the region-loss passes (region_kernel.h): per-class sums (in parallel,
+// deterministic: group_sums.h), then the gradient.
 #include <algorithm>
 
 #include "../region_common.h"
 #include "buffer_pool.h"
+#include "group_sums.h"
 #include "kernels.h"
 
 namespace marsops::cpu {
@@ -47,32 +47,12 @@ std::tuple<Tensor, Tensor> region_stats_cpu(const Tensor& logits, const Tensor& 
   MARSOPS_CHECK(s.C <= (int64_t{1} << 24), "marsops.region_loss: the CPU kernel supports up to 2^24 classes");
   const Tensor fw = weight_in(focal_weight, compute_type(logits));
   const RegionArgs a = region_args(s, logits, ignore_index, per_image, focal, fw, gamma, label_smoothing);
-  const int64_t groups = per_image ? s.N : 1, total = s.N * s.P;
-  const int64_t num_chunks = (total + kChunk - 1) / kChunk;
-  // A chunk's rows: from the group of its first pixel to the group of its last.
-  auto first_group = [&](int64_t chunk) { return per_image ? chunk * kChunk / std::max<int64_t>(s.P, 1) : 0; };
-  auto last_group = [&](int64_t chunk) {
-    return per_image ? (std::min(total, (chunk + 1) * kChunk) - 1) / std::max<int64_t>(s.P, 1) : 0;
-  };
-  std::vector<std::vector<double>> parts(num_chunks);
-  std::vector<FocalStats> focal_parts(num_chunks);
   const auto& kernels = simd_kernels();
-  st::parallel_for(0, num_chunks, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t chunk = c0; chunk < c1; ++chunk) {
-      parts[chunk].assign((last_group(chunk) - first_group(chunk) + 1) * s.C * 3, 0.0);
-      focal_parts[chunk] = kernels.region_stats(a, chunk * kChunk, std::min(total, (chunk + 1) * kChunk),
-                                                parts[chunk].data(), first_group(chunk));
-    }
-  });
-  Tensor stats = empty_on(logits, {groups, s.C, 3}, ScalarType::Double);
-  st::zero_(stats);
-  double* out = stats.mutable_data_ptr<double>();
   FocalStats fs;
-  for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
-    double* rows = out + first_group(chunk) * s.C * 3;
-    for (size_t j = 0; j < parts[chunk].size(); ++j) rows[j] += parts[chunk][j];
-    fs.merge(focal_parts[chunk]);
-  }
+  Tensor stats = chunked_group_sums(logits, s.N, s.C, s.P, 3, per_image, kChunk, fs,
+                                    [&](int64_t begin, int64_t end, double* rows, int64_t first_group) {
+                                      return kernels.region_stats(a, begin, end, rows, first_group);
+                                    });
   MARSOPS_CHECK(!fs.bad, "marsops.region_loss: target contains label ", fs.bad_label, ", outside [0, ", s.C,
                 ") and not ignore_index (", ignore_index, ")");
   Tensor focal_stats = empty_on(logits, {3}, ScalarType::Double);
