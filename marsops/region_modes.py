@@ -117,8 +117,11 @@ def _second_term(op, logits, x, t, mode, gamma, focal_weight, integer_target, ig
     from .sigmoid_focal import sigmoid_focal_loss
 
     if mode != "multiclass":  # gamma 0, no alpha: binary cross-entropy; focal_weight as pos_weight
+        # The fused kernels differentiate the logits only: a soft target that requires grad gets
+        # this term from the reference (plain autograd).
+        chosen = "reference" if t.requires_grad and torch.is_grad_enabled() else backend
         return sigmoid_focal_loss(x, t, alpha=None, gamma=gamma, pos_weight=focal_weight,
-                                  ignore_index=ignore_index if integer_target else None, backend=backend)
+                                  ignore_index=ignore_index if integer_target else None, backend=chosen)
     if t.dim() == logits.dim() - 1:  # a class map with reduction "sum" / "none": refused above
         raise AssertionError("unreachable")
     if integer_target and t.dtype != torch.bool:

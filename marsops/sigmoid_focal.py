@@ -79,6 +79,9 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
     if pos_weight is not None and pos_weight.requires_grad and torch.is_grad_enabled():
         raise ValueError(f"marsops.{op}: pos_weight requires grad, but the fused {chosen} kernels treat it as a "
                          "constant; pass pos_weight.detach(), or backend='reference'")
+    if target.requires_grad and torch.is_grad_enabled():  # silently no gradient would be wrong
+        raise ValueError(f"marsops.{op}: target requires grad, but the fused {chosen} kernels give the gradient "
+                         "of the logits only; pass target.detach(), or backend='reference'")
     if logits.dtype == torch.float64 and chosen in ("cuda", "triton"):
         raise TypeError(f"marsops.{op}: the {chosen} backend computes in fp32; use float32 logits or the cpu / "
                         "reference backend for float64")
