@@ -3,8 +3,8 @@
     python -m benchmarks [--quick] [--readme]
     python -m benchmarks --smoke        every script at tiny sizes, results in a temporary folder (CI)
 
-Runs the focal-loss, confusion-matrix, flip, fused loss+metric / TTA, region / sigmoid loss and
-training-step benchmarks, writes
+Runs the focal-loss, confusion-matrix, flip, fused loss+metric / TTA, region / sigmoid loss, region
+modes (binary / multilabel) and training-step benchmarks, writes
 benchmarks/results/report_<cpu|gpu>.md (machine, tables, shortfalls against the targets) and a
 bar chart of the speedups (speedups_<cpu|gpu>.png); with --readme, replaces the README's
 performance section with the report.
@@ -22,7 +22,8 @@ TARGETS = [("focal fwd+bwd vs eager", 4.0), ("focal fwd+bwd vs torch.compile", 2
            ("training step (width 8, train.py's CPU preset) vs reference ops", 1.0),
            ("focal fwd+bwd on NHWC vs NCHW logits", 1.0), ("confusion on NHWC vs NCHW logits", 1.0),
            ("OHEM focal fwd+bwd vs the sort rule (eager)", 5.0),
-           ("Lovász per_image fwd+bwd vs smp LovaszLoss", 3.0)]
+           ("Lovász per_image fwd+bwd vs smp LovaszLoss", 3.0),
+           ("binary Dice fwd+bwd vs smp DiceLoss", 3.0), ("multilabel Dice fwd+bwd vs MONAI DiceLoss", 3.0)]
 
 
 def _pick(rows, impl, shape_prefix="report", key="ms", **match):
@@ -33,7 +34,7 @@ def _pick(rows, impl, shape_prefix="report", key="ms", **match):
     return None
 
 
-def speedups(focal, confusion, flip, step, ohem, lovasz, backend):
+def speedups(focal, confusion, flip, step, ohem, lovasz, backend, region_modes=()):
     impl = f"marsops {backend}"
     return {
         TARGETS[0][0]: _pick(focal, impl, key="vs eager"),
@@ -47,6 +48,8 @@ def speedups(focal, confusion, flip, step, ohem, lovasz, backend):
         TARGETS[7][0]: min(filter(None, (_pick(ohem, impl, key="vs sort rule", setting=s) for s in
                                          {r["setting"] for r in ohem})), default=None),
         TARGETS[8][0]: _pick(lovasz, impl, key="vs smp", per_image=True),
+        TARGETS[9][0]: _pick(region_modes, impl, shape_prefix="binary", key="vs target base (paired)"),
+        TARGETS[10][0]: _pick(region_modes, impl, shape_prefix="multilabel", key="vs target base (paired)"),
     }
 
 
@@ -88,7 +91,7 @@ def main(argv=None):
         os.environ.setdefault("MARSOPS_BENCH_RESULTS", tempfile.mkdtemp(prefix="marsops-bench-smoke-"))
     # Imported here: in smoke mode their shapes are sized when they load.
     from . import (bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_lovasz, bench_ohem,
-                   bench_train_step, harness)
+                   bench_region_modes, bench_train_step, harness)
 
     flags = ["--quick"] if args.quick else []
     device = harness.device_from_env()
@@ -100,9 +103,10 @@ def main(argv=None):
     losses = bench_losses.main(flags)
     ohem = bench_ohem.main(flags)
     lovasz = bench_lovasz.main(flags)
+    region_modes = bench_region_modes.main(flags)
     step = bench_train_step.main(flags)
     backend = "cuda" if device.type == "cuda" else "cpu"
-    ups = speedups(focal, confusion, flip, step, ohem, lovasz, backend)
+    ups = speedups(focal, confusion, flip, step, ohem, lovasz, backend, region_modes)
     m = harness.machine(device)
     where = m.get("gpu") or f"{m['cpu']}, {m['threads']} threads ({m['cpu_capability']})"
     lines = [f"Measured on {where}, torch {m['torch']}{' (quick mode)' if args.quick else ''}.", "",
@@ -128,6 +132,9 @@ def main(argv=None):
                  ["setting", "impl", "ms", "p20", "p80", "vs sort rule", "vs compiled sort rule", "peak MB"] + gpu),
                 ("Lovász-Softmax loss, forward + backward (fp32)", lovasz,
                  ["shape", "per_image", "impl", "ms", "p20", "p80", "vs smp", "vs smp (paired)", "peak MB"]),
+                ("Region losses, binary / multilabel modes, forward + backward (fp32)", region_modes,
+                 ["shape", "impl", "ms", "p20", "p80", "vs eager", "vs smp", "vs smp compiled", "vs MONAI",
+                  "vs MONAI compiled", "vs target base (paired)", "peak MB"] + gpu),
                 ("Training step", step, ["step", "ops", "ms", "p20", "p80", "speedup", "images/s", "peak MB",
                                          "host syncs/step"])]
     for title, rows, cols in sections:
