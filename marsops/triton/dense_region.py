@@ -103,13 +103,13 @@ def _dense_region_stats_kernel(x_ptr, y_ptr, partial_ptr, ok_ptr, C, P, pixel_st
     acc_i = tl.zeros([BLOCK_C], tl.float64)
     acc_s = tl.zeros([BLOCK_C], tl.float64)
     acc_t = tl.zeros([BLOCK_C], tl.float64)
-    any_bad = tl.zeros([BLOCK_C, BLOCK_P], tl.int32)
+    any_bad = tl.zeros([BLOCK_C], tl.int32)
     for b in range(pid - n * splits, blocks_per_sample, splits):
         offs_p = b * BLOCK_P + tl.arange(0, BLOCK_P)
         q, t, valid, bad, tile, tile_mask = _read_tile(x_ptr, y_ptr, base, n, offs_c, offs_p, C, P, pixel_stride,
                                                        class_stride, ignore_index, ACTIVATION, TARGET_IS_MAP,
                                                        FLOAT_TARGET, HAS_IGNORE)
-        any_bad = tl.maximum(any_bad, bad.to(tl.int32))
+        any_bad = tl.maximum(any_bad, tl.max(bad.to(tl.int32), axis=1))  # a [BLOCK_C] vector: fewer registers
         # Invalid elements are selected out: their logits may hold NaN or inf.
         vq = tl.where(valid, q, 0.0)
         acc_i += tl.sum(vq * t, axis=1).to(tl.float64)
@@ -120,7 +120,7 @@ def _dense_region_stats_kernel(x_ptr, y_ptr, partial_ptr, ok_ptr, C, P, pixel_st
     tl.store(row, acc_i, mask=cmask)
     tl.store(row + 1, acc_s, mask=cmask)
     tl.store(row + 2, acc_t, mask=cmask)
-    tl.atomic_min(ok_ptr, 0, mask=tl.max(tl.max(any_bad, axis=1), axis=0) > 0)
+    tl.atomic_min(ok_ptr, 0, mask=tl.max(any_bad, axis=0) > 0)
 
 
 @triton.jit
