@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import num_warps
+from . import num_warps, on_device_of
 
 IDENTITY, SIGMOID, SOFTMAX = 0, 1, 2
 MAX_C = 1024  # softmax: every class of a pixel in one register tile (what lovasz.py allows too)
@@ -215,10 +215,11 @@ def dense_region_stats(x, target, activation, class_last, target_is_map, has_ign
     blocks_per_sample = triton.cdiv(P, block_p)
     splits = max(1, min(blocks_per_sample, MAX_PROGRAMS // (N * chunks)))
     partial = torch.empty((N * splits, C, 3), device=dev, dtype=torch.float64)  # every entry written once
-    _dense_region_stats_kernel[(N * splits, chunks)](
-        x, target, partial, ok, C, P, C if class_last else 1, 1 if class_last else P, blocks_per_sample, splits,
-        ignore_index, ACTIVATION=activation, TARGET_IS_MAP=target_is_map, FLOAT_TARGET=float_target,
-        HAS_IGNORE=has_ignore, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps(block_c * block_p))
+    with on_device_of(x):  # Triton launches on the current device, which need not be x's
+        _dense_region_stats_kernel[(N * splits, chunks)](
+            x, target, partial, ok, C, P, C if class_last else 1, 1 if class_last else P, blocks_per_sample, splits,
+            ignore_index, ACTIVATION=activation, TARGET_IS_MAP=target_is_map, FLOAT_TARGET=float_target,
+            HAS_IGNORE=has_ignore, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps(block_c * block_p))
     stats = partial.view(N, splits, C, 3).sum(1)
     return (stats if per_image else stats.sum(0, keepdim=True)), ok
 
@@ -242,9 +243,10 @@ def dense_region_grad(x, target, activation, class_last, target_is_map, has_igno
     if N * P == 0:
         return grad_x, grad_t
     blocks_per_sample = triton.cdiv(P, block_p)
-    _dense_region_grad_kernel[(N * blocks_per_sample, chunks)](
-        x, target, coef, grad_x, grad_t if target_grad else grad_x, C, P, C if class_last else 1,
-        1 if class_last else P, blocks_per_sample, ignore_index, ACTIVATION=activation,
-        TARGET_IS_MAP=target_is_map, FLOAT_TARGET=float_target, HAS_IGNORE=has_ignore, PER_IMAGE=per_image,
-        TARGET_GRAD=target_grad, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps(block_c * block_p))
+    with on_device_of(x):
+        _dense_region_grad_kernel[(N * blocks_per_sample, chunks)](
+            x, target, coef, grad_x, grad_t if target_grad else grad_x, C, P, C if class_last else 1,
+            1 if class_last else P, blocks_per_sample, ignore_index, ACTIVATION=activation,
+            TARGET_IS_MAP=target_is_map, FLOAT_TARGET=float_target, HAS_IGNORE=has_ignore, PER_IMAGE=per_image,
+            TARGET_GRAD=target_grad, BLOCK_C=block_c, BLOCK_P=block_p, num_warps=num_warps(block_c * block_p))
     return grad_x, grad_t
