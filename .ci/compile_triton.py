@@ -139,6 +139,7 @@ def _cases():
 
             scale_(torch.ones(64, dtype=dtype), torch.tensor(2.0))
         yield f"scale_ {dtype}", scale
+    yield from _dense_region_cases()
     for C in (5, 70):
         out = torch.randn(16, C, 8, 8)
         yield f"flip4_merge C={C}", lambda out=out: marsops.flip4_merge(out, backend="triton")
@@ -146,6 +147,47 @@ def _cases():
         yield f"update_flip4 C={C}", lambda out=out, C=C: marsops.StreamingIoU(C, backend="triton").update_flip4(
             out, torch.randint(0, C, (4, 8, 8)))
         yield f"d4_argmax C={C}", lambda C=C: marsops.d4_argmax(torch.randn(32, C, 8, 8), backend="triton")
+
+
+def _dense_region_cases():
+    """The dense-target region sums (marsops/triton/dense_region.py), called directly: each
+    activation in both layouts; dense 0/1 (with an ignore value), soft (with dL/dt) and class-map
+    targets; one class (binary), 8 (multi-label), 70 (two class chunks / one 128-class softmax
+    tile) and the softmax limit MAX_C. 64x128 images: the largest pixel blocks."""
+    from marsops.triton.dense_region import MAX_C, SOFTMAX, dense_region_grad, dense_region_stats
+
+    def run(x, t, activation, class_last=False, is_map=False, has_ignore=False, per_image=False, t_grad=False):
+        N, C = x.shape[0], x.shape[2] if class_last else x.shape[1]
+        args = (x, t, activation, class_last, is_map, has_ignore, 255, per_image)
+        dense_region_stats(*args)
+        dense_region_grad(*args, torch.zeros(N if per_image else 1, C, 3), t_grad)
+
+    N, P = 2, 64 * 128
+    for activation in range(3):
+        for class_last in (False, True):
+            for C in ((8, 70) if activation == SOFTMAX else (1, 8, 70)):
+                for dtype in ((torch.float32, torch.float16, torch.bfloat16) if C == 8 else (torch.float16,)):
+                    shape = (N, P, C) if class_last else (N, C, P)
+                    x = torch.rand(shape, dtype=dtype)
+                    yield f"dense_region act={activation} C={C} class_last={class_last} {dtype} uint8", (
+                        lambda x=x, a=activation, cl=class_last: run(
+                            x, torch.zeros(x.shape, dtype=torch.uint8), a, cl, has_ignore=True, per_image=True))
+                    if dtype != torch.float16:
+                        continue
+                    yield f"dense_region act={activation} C={C} class_last={class_last} {dtype} soft", (
+                        lambda x=x, a=activation, cl=class_last: run(x, torch.rand(x.shape), a, cl, t_grad=True))
+                    if activation != SOFTMAX:
+                        yield f"dense_region act={activation} C={C} class_last={class_last} {dtype} map", (
+                            lambda x=x, a=activation, cl=class_last: run(
+                                x, torch.zeros(N, P, dtype=torch.int64), a, cl, is_map=True, has_ignore=True))
+    for t_dtype in (torch.float16, torch.bfloat16, torch.float64, torch.int8, torch.int32, torch.int64):
+        x = torch.rand(N, 8, P, dtype=torch.float16)
+        yield f"dense_region target {t_dtype}", lambda x=x, t_dtype=t_dtype: run(
+            x, torch.zeros(x.shape, dtype=t_dtype), SOFTMAX, has_ignore=not t_dtype.is_floating_point, t_grad=True)
+    for class_last in (False, True):  # the widest softmax tile
+        x = torch.rand((1, 64, MAX_C) if class_last else (1, MAX_C, 64))
+        yield f"dense_region softmax C={MAX_C} class_last={class_last}", lambda x=x, cl=class_last: run(
+            x, torch.rand(x.shape), SOFTMAX, cl, t_grad=True)
 
 
 def main():
