@@ -103,7 +103,7 @@ EXTRAS = {
     "test": ["pytest", "hypothesis"],
     # Oracles we did not write, used by the tests where installed (torchvision: resolved together with
     # torch, so it matches it).
-    "oracles": ["monai", "torchmetrics", "torchvision"],
+    "oracles": ["monai", "torchmetrics", "torchvision", "segmentation-models-pytorch", "kornia"],
     # Triton's interpreter runs the Triton kernels on CPU tensors in the tests (CUDA builds of torch
     # bring it anyway).
     "triton": ["triton; platform_system == 'Linux'"],

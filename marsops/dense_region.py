@@ -70,7 +70,8 @@ def _sums_op(x: Tensor, target: Tensor, activation: int, has_ignore: bool, ignor
         from .triton import dense_region as kernels
 
         with _triton.on_device_of(x):
-            stats, ok = kernels.stats(x3, t3, activation, class_last, is_map, has_ignore, ignore_index, per_image)
+            stats, ok = kernels.dense_region_stats(x3, t3, activation, class_last, is_map, has_ignore, ignore_index,
+                                                   per_image)
         _checks.assert_ok(ok, "dense_region_sums", "target values outside {0, 1} / [0, 1] or labels outside [0, C) "
                           "(not ignore_index), or probabilities outside [0, 1] with from_logits=False")
         return stats
@@ -98,8 +99,8 @@ def _grad_op(x: Tensor, target: Tensor, activation: int, has_ignore: bool, ignor
         from .triton import dense_region as kernels
 
         with _triton.on_device_of(x):
-            gx, gt = kernels.grad(x3, t3, activation, class_last, is_map, has_ignore, ignore_index, per_image, coef,
-                                  want_target_grad)
+            gx, gt = kernels.dense_region_grad(x3, t3, activation, class_last, is_map, has_ignore, ignore_index,
+                                               per_image, coef, want_target_grad)
     else:
         gx, gt = torch.ops.marsops.dense_region_grad(x3, t3, activation, class_last, is_map, has_ignore, ignore_index,
                                                      per_image, coef, want_target_grad)

@@ -105,7 +105,7 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     """lambda_dice * dice_loss + lambda_ce * F.cross_entropy(logits, target, weight=ce_weight,
     ignore_index=..., label_smoothing=...), sharing the softmax and the two passes. In binary and
     multilabel modes the second term is binary cross-entropy (ce_weight its pos_weight, as MONAI's
-    DiceCELoss); with (N, C, *) soft labels in multiclass mode, cross-entropy against them. Needs
+    DiceCELoss); with ``(N, C, *)`` soft labels in multiclass mode, cross-entropy against them. Needs
     logits (from_logits=True) and reduction "mean"."""
     return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
                         backend, mode, from_logits, reduction, region_lambda=lambda_dice, focal_lambda=lambda_ce,

@@ -187,8 +187,8 @@ IDENTITY, SIGMOID, SOFTMAX = 0, 1, 2  # how dense_region_sums turns x into q
 
 
 def dense_targets(target, like, ignore_index, op):
-    """(t, v): float64 targets and the validity mask, of like's shape (N, C, *), from a class map
-    (N, *) (a pixel equal to ignore_index: all its classes invalid), an integer / bool mask (0 / 1,
+    """(t, v): float64 targets and the validity mask, of like's shape ``(N, C, *)``, from a class map
+    ``(N, *)`` (a pixel equal to ignore_index: all its classes invalid), an integer / bool mask (0 / 1,
     or ignore_index: that element invalid) or float soft labels in [0, 1]."""
     if target.dim() == like.dim() - 1:  # a class map
         valid = check_labels(target, like.shape[1], ignore_index, op)

@@ -38,8 +38,8 @@ def check_options(op, num_classes, logits, target, weight, focal_weight, focal_n
 
 
 def _inputs(op, logits, target, mode):
-    """(x, target) as (N, C, *) and a dense (N, C, *) or class-map (N, *) target, after the shape and
-    dtype checks of the mode."""
+    """(x, target): x as ``(N, C, *)``, the target dense ``(N, C, *)`` or a class map ``(N, *)``,
+    after the shape and dtype checks of the mode."""
     _checks.check_tensor("logits", logits, op)
     _checks.check_float("logits", logits, op)
     if target.is_complex() or not (target.is_floating_point() or target.dtype == torch.bool

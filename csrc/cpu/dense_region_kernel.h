@@ -28,57 +28,99 @@ struct DenseRegionKernel {
 
   // The block's x, targets and validity into the tiles. Bad targets and probabilities are flagged
   // (and their elements made invalid); ignored elements may hold anything.
-  template <int L>
+  template <typename V>
   void load(int64_t n, int64_t p, bool check) const {
+    constexpr int L = Lanes<V>::n;
     const int64_t C = a.C, off = offset(n, p);
     const in_t* x = static_cast<const in_t*>(a.x) + off;
     if (a.class_last) {
       gather_tile<L>(x, C, xs);
     } else {
-      for (int64_t c = 0; c < C; ++c)
-        for (int i = 0; i < L; ++i) xs[c * L + i] = static_cast<acc_t>(x[c * a.P + i]);
+      for (int64_t c = 0; c < C; ++c) store_as<V, acc_t>(load_as<V, acc_t, in_t>(x + c * a.P), xs + c * L);
     }
     const tgt_t* y = static_cast<const tgt_t*>(a.target);
     if (a.target_is_map) {
-      for (int i = 0; i < L; ++i) {
-        const int64_t label = static_cast<int64_t>(y[n * a.P + p + i]);
-        const bool ignored = a.has_ignore && label == a.ignore_index;
-        const bool bad = !ignored && (label < 0 || label >= C);
-        if (bad && check) flags->target(static_cast<double>(label));
-        for (int64_t c = 0; c < C; ++c) {
-          ts[c * L + i] = acc_t(label == c && !bad && !ignored);
-          vs[c * L + i] = acc_t(!bad && !ignored);
-        }
-      }
+      load_map<L>(y + n * a.P + p, check);
     } else {
       for (int64_t c = 0; c < C; ++c)
-        for (int i = 0; i < L; ++i) {
-          const tgt_t raw = y[off + (a.class_last ? i * C + c : c * a.P + i)];
-          bool ok;
-          acc_t t;
-          if constexpr (std::is_integral_v<tgt_t>) {
-            const int64_t k = static_cast<int64_t>(raw);
-            if (a.has_ignore && k == a.ignore_index) {
-              ok = false;
-            } else {
-              ok = k == 0 || k == 1;
-              if (!ok && check) flags->target(static_cast<double>(k));
-            }
-            t = acc_t(ok && k == 1);
-          } else {
-            t = static_cast<acc_t>(raw);
-            ok = t >= acc_t(0) && t <= acc_t(1);  // false for NaN
-            if (!ok && check) flags->target(static_cast<double>(t));
-            if (!ok) t = acc_t(0);
-          }
-          ts[c * L + i] = t;
-          vs[c * L + i] = acc_t(ok);
-        }
+        read_elements<V>(y + off + (a.class_last ? c : c * a.P), a.class_last ? C : 1, ts + c * L, vs + c * L, check);
     }
     if (a.activation == kDenseIdentity && check) {
-      for (int64_t j = 0; j < C * L; ++j)
-        if (vs[j] != acc_t(0) && !(xs[j] >= acc_t(0) && xs[j] <= acc_t(1))) flags->probability(xs[j]);
+      const V zero(0), one(1);
+      for (int64_t c = 0; c < C; ++c) {  // a valid probability outside [0, 1] (or NaN) is flagged
+        const V x = load_as<V, acc_t, acc_t>(xs + c * L), v = load_as<V, acc_t, acc_t>(vs + c * L);
+        const V ok = v_where(x >= zero, v_where(x <= one, one, zero), zero);
+        if (v_sum(v_where(v > zero, one - ok, zero)) != acc_t(0))
+          for (int i = 0; i < L; ++i)
+            if (vs[c * L + i] != acc_t(0) && !(xs[c * L + i] >= acc_t(0) && xs[c * L + i] <= acc_t(1)))
+              flags->probability(xs[c * L + i]);
+      }
     }
+  }
+
+  // A class map's L labels: t = [label = c]; an ignored or bad label's pixel is invalid.
+  template <int L>
+  void load_map(const tgt_t* y, bool check) const {
+    for (int i = 0; i < L; ++i) {
+      const int64_t label = static_cast<int64_t>(y[i]);
+      const bool ignored = a.has_ignore && label == a.ignore_index;
+      const bool bad = !ignored && (label < 0 || label >= a.C);
+      if (bad && check) flags->target(static_cast<double>(label));
+      for (int64_t c = 0; c < a.C; ++c) {
+        ts[c * L + i] = acc_t(label == c && !bad && !ignored);
+        vs[c * L + i] = acc_t(!bad && !ignored);
+      }
+    }
+  }
+
+  // L dense target elements y[i * stride] as t (0 where invalid) and validity v (1 / 0): soft labels
+  // must lie in [0, 1] (a vector at a time when contiguous), integer masks hold 0, 1 or ignore_index.
+  template <typename V>
+  void read_elements(const tgt_t* y, int64_t stride, acc_t* t, acc_t* v, bool check) const {
+    constexpr int L = Lanes<V>::n;
+    constexpr bool soft = !std::is_integral_v<tgt_t>;
+    if (soft && stride == 1) {
+      const V zero(0), one(1), raw = load_as<V, acc_t, tgt_t>(y);
+      const V ok = v_where(raw >= zero, v_where(raw <= one, one, zero), zero);  // 0 for NaN
+      store_as<V, acc_t>(v_where(ok > zero, raw, zero), t);
+      store_as<V, acc_t>(ok, v);
+      if (check && v_sum(ok) != acc_t(L))
+        for (int i = 0; i < L; ++i)
+          if (v[i] == acc_t(0)) flags->target(static_cast<double>(static_cast<acc_t>(y[i])));
+      return;
+    }
+    for (int i = 0; i < L; ++i) {
+      bool ok;
+      acc_t value;
+      if constexpr (std::is_integral_v<tgt_t>) {
+        const int64_t k = static_cast<int64_t>(y[i * stride]);
+        if (a.has_ignore && k == a.ignore_index) {
+          ok = false;
+        } else {
+          ok = k == 0 || k == 1;
+          if (!ok && check) flags->target(static_cast<double>(k));
+        }
+        value = acc_t(ok && k == 1);
+      } else {
+        value = static_cast<acc_t>(y[i * stride]);
+        ok = value >= acc_t(0) && value <= acc_t(1);  // false for NaN
+        if (!ok && check) flags->target(static_cast<double>(value));
+        if (!ok) value = acc_t(0);
+      }
+      t[i] = value;
+      v[i] = acc_t(ok);
+    }
+  }
+
+  // The sigmoid q of x and 1 - q as sigmoid(-x) (no cancellation); NaN stays NaN.
+  template <typename V>
+  static void sigmoid(const V& x, V& q, V& om) {
+    const V zero(0), one(1);
+    const V e = v_where(x != x, x, v_exp(zero - v_abs(x)));  // exp(-|x|) in (0, 1]
+    const V inv = one / (one + e);
+    const auto nonneg = x >= zero;
+    q = v_where(nonneg, inv, e * inv);
+    om = v_where(nonneg, e * inv, inv);
   }
 
   // q of every class into qs; for the sigmoid also 1 - q (as sigmoid(-x), no cancellation) into om.
@@ -86,17 +128,15 @@ struct DenseRegionKernel {
   void activate(acc_t* om) const {
     constexpr int L = Lanes<V>::n;
     const int64_t C = a.C;
-    const V zero(0), one(1);
+    const V one(1);
     if (a.activation == kDenseIdentity) {
       for (int64_t c = 0; c < C; ++c) store_as<V, acc_t>(load_as<V, acc_t, acc_t>(xs + c * L), qs + c * L);
     } else if (a.activation == kDenseSigmoid) {
       for (int64_t c = 0; c < C; ++c) {
-        const V x = load_as<V, acc_t, acc_t>(xs + c * L);
-        const V e = v_where(x != x, x, v_exp(zero - v_abs(x)));  // exp(-|x|); NaN stays NaN
-        const V inv = one / (one + e);
-        const auto nonneg = x >= zero;
-        store_as<V, acc_t>(v_where(nonneg, inv, e * inv), qs + c * L);
-        if (om) store_as<V, acc_t>(v_where(nonneg, e * inv, inv), om + c * L);
+        V q, omq;
+        sigmoid(load_as<V, acc_t, acc_t>(xs + c * L), q, omq);
+        store_as<V, acc_t>(q, qs + c * L);
+        if (om) store_as<V, acc_t>(omq, om + c * L);
       }
     } else {
       V m = load_as<V, acc_t, acc_t>(xs);
@@ -112,11 +152,68 @@ struct DenseRegionKernel {
     }
   }
 
+  // Elementwise activations of (N, C, P) x against a dense target: each class's row streamed on
+  // its own, a vector at a time, without the pixel-block tiles (those serve the softmax, which
+  // couples the classes, class-last inputs and class maps).
+  bool by_rows() const { return a.activation != kDenseSoftmax && !a.class_last && !a.target_is_map; }
+
+  // L elements of row (n, c) from pixel p: x, q, 1 - q (sigmoid), t and validity.
+  template <typename V>
+  void row_elements(int64_t n, int64_t c, int64_t p, bool check, V& q, V& om, V& t, acc_t* v) const {
+    constexpr int L = Lanes<V>::n;
+    const int64_t off = (n * a.C + c) * a.P + p;
+    const V x = load_as<V, acc_t, in_t>(static_cast<const in_t*>(a.x) + off);
+    acc_t t_buf[L];
+    read_elements<V>(static_cast<const tgt_t*>(a.target) + off, 1, t_buf, v, check);
+    t = load_as<V, acc_t, acc_t>(t_buf);
+    if (a.activation == kDenseSigmoid) {
+      sigmoid(x, q, om);
+      return;
+    }
+    q = x;
+    if (check) {  // a valid probability outside [0, 1] (or NaN) is flagged
+      acc_t x_buf[L];
+      store_as<V, acc_t>(x, x_buf);
+      for (int i = 0; i < L; ++i)
+        if (v[i] != acc_t(0) && !(x_buf[i] >= acc_t(0) && x_buf[i] <= acc_t(1))) flags->probability(x_buf[i]);
+    }
+  }
+
+  template <typename V>
+  void stats_row_block(int64_t n, int64_t c, int64_t p) const {
+    constexpr int L = Lanes<V>::n;
+    constexpr int VL = Vectorized<acc_t>::size();
+    V q, om, t;
+    acc_t v[L];
+    row_elements<V>(n, c, p, true, q, om, t, v);
+    q = v_where(load_as<V, acc_t, acc_t>(v) > V(0), q, V(0));  // invalid elements may hold NaN or inf
+    acc_t* acc = sums + 3 * c * VL;
+    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc) + q * t, acc);
+    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + VL) + q, acc + VL);
+    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + 2 * VL) + t, acc + 2 * VL);
+  }
+
+  template <typename V>
+  void grad_row_block(int64_t n, int64_t c, int64_t p) const {
+    constexpr int L = Lanes<V>::n;
+    V q, om, t;
+    acc_t v[L];
+    row_elements<V>(n, c, p, false, q, om, t, v);
+    const acc_t* coef = static_cast<const acc_t*>(a.coef) + (group(n) * a.C + c) * 3;
+    const auto valid = load_as<V, acc_t, acc_t>(v) > V(0);
+    const int64_t off = (n * a.C + c) * a.P + p;
+    if (a.grad_t)
+      store_as<V, acc_t>(v_where(valid, V(coef[0]) * q + V(coef[2]), V(0)), static_cast<acc_t*>(a.grad_t) + off);
+    V g = V(coef[0]) * t + V(coef[1]);
+    if (a.activation == kDenseSigmoid) g = g * q * om;
+    store_as<V, acc_t>(v_where(valid, g, V(0)), static_cast<in_t*>(a.grad_x) + off);
+  }
+
   template <typename V>
   void stats_block(int64_t n, int64_t p) const {
     constexpr int L = Lanes<V>::n;
     constexpr int VL = Vectorized<acc_t>::size();  // the accumulators' width (the scalar tail uses lane 0)
-    load<L>(n, p, true);
+    load<V>(n, p, true);
     activate<V>(nullptr);
     for (int64_t c = 0; c < a.C; ++c) {
       const V v = load_as<V, acc_t, acc_t>(vs + c * L), t = load_as<V, acc_t, acc_t>(ts + c * L);
@@ -134,9 +231,17 @@ struct DenseRegionKernel {
     using Vec = Vectorized<acc_t>;
     constexpr int L = Vec::size();
     std::fill(sums, sums + 3 * a.C * L, acc_t(0));
-    int64_t p = p0;
-    for (; p + L <= p1; p += L) stats_block<Vec>(n, p);
-    for (; p < p1; ++p) stats_block<acc_t>(n, p);
+    if (by_rows()) {
+      for (int64_t c = 0; c < a.C; ++c) {
+        int64_t p = p0;
+        for (; p + L <= p1; p += L) stats_row_block<Vec>(n, c, p);
+        for (; p < p1; ++p) stats_row_block<acc_t>(n, c, p);
+      }
+    } else {
+      int64_t p = p0;
+      for (; p + L <= p1; p += L) stats_block<Vec>(n, p);
+      for (; p < p1; ++p) stats_block<acc_t>(n, p);
+    }
     double* row = stats + (group(n) - first_group) * a.C * 3;
     for (int64_t j = 0; j < 3 * a.C; ++j) {
       double total = 0;
@@ -149,7 +254,7 @@ struct DenseRegionKernel {
   void grad_block(int64_t n, int64_t p, acc_t* om) const {
     constexpr int L = Lanes<V>::n;
     const int64_t C = a.C;
-    load<L>(n, p, false);
+    load<V>(n, p, false);
     activate<V>(om);
     const acc_t* coef = static_cast<const acc_t*>(a.coef) + group(n) * C * 3;
     const V zero(0);
@@ -198,6 +303,14 @@ struct DenseRegionKernel {
 
   void grad_segment(int64_t n, int64_t p0, int64_t p1, acc_t* om) const {
     using Vec = Vectorized<acc_t>;
+    if (by_rows()) {
+      for (int64_t c = 0; c < a.C; ++c) {
+        int64_t p = p0;
+        for (; p + Vec::size() <= p1; p += Vec::size()) grad_row_block<Vec>(n, c, p);
+        for (; p < p1; ++p) grad_row_block<acc_t>(n, c, p);
+      }
+      return;
+    }
     int64_t p = p0;
     for (; p + Vec::size() <= p1; p += Vec::size()) grad_block<Vec>(n, p, om);
     for (; p < p1; ++p) grad_block<acc_t>(n, p, om);
