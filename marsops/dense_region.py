@@ -55,6 +55,11 @@ def _target_3d(target: Tensor, x: Tensor, class_last: bool) -> Tuple[Tensor, boo
     return _as_3d(target, class_last), False
 
 
+def _check_backend(backend: str) -> None:
+    if backend not in ("cpu", "triton"):
+        raise ValueError(f"marsops::dense_region: backend must be 'cpu' or 'triton', got {backend!r}")
+
+
 def _groups(x: Tensor, per_image: bool) -> int:
     return x.shape[0] if per_image else 1
 
@@ -62,6 +67,7 @@ def _groups(x: Tensor, per_image: bool) -> int:
 @torch.library.custom_op("marsops::dense_region", mutates_args=())
 def _sums_op(x: Tensor, target: Tensor, activation: int, has_ignore: bool, ignore_index: int, per_image: bool,
              backend: str) -> Tensor:
+    _check_backend(backend)
     class_last = _class_last(x)
     x3 = _as_3d(x, class_last)
     t3, is_map = _target_3d(target, x, class_last)
@@ -90,11 +96,15 @@ def _grad_op(x: Tensor, target: Tensor, activation: int, has_ignore: bool, ignor
              coef: Tensor, want_target_grad: bool, backend: str) -> Tuple[Tensor, Tensor]:
     """(dL/dx of x's shape and layout, dL/dtarget of the target's shape or empty) from coef =
     dL/d(I, S, T) (groups, C, 3)."""
+    _check_backend(backend)
     class_last = _class_last(x)
     x3 = _as_3d(x, class_last)
     t3, is_map = _target_3d(target, x, class_last)
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    coef = coef.to(compute).contiguous()
+    # In the compute type, saturated rather than inf: dL/dI of a class absent from the target may pass
+    # fp32's range (a tiny mass, smooth 0), and inf * (t = 0) would be NaN.
+    limit = torch.finfo(compute).max
+    coef = coef.clamp(-limit, limit).to(compute).contiguous()
     if backend == "triton":
         from .triton import dense_region as kernels
 
@@ -104,14 +114,23 @@ def _grad_op(x: Tensor, target: Tensor, activation: int, has_ignore: bool, ignor
     else:
         gx, gt = torch.ops.marsops.dense_region_grad(x3, t3, activation, class_last, is_map, has_ignore, ignore_index,
                                                      per_image, coef, want_target_grad)
-    gx = _from_3d(gx, x, class_last)
-    gt = _from_3d(gt, target, class_last).to(target.dtype) if want_target_grad else gt
+    gx = _like(_from_3d(gx, x, class_last), x)
+    gt = _like(_from_3d(gt, target, class_last).to(target.dtype), target) if want_target_grad else gt
     return gx, gt
+
+
+def _like(t: Tensor, like: Tensor) -> Tensor:
+    """t with the strides torch.empty_like(like) has (what the fake kernel promises torch.compile):
+    itself in the usual layouts, a copy for other permutations."""
+    out = torch.empty_like(like, dtype=t.dtype)
+    if out.stride() == t.stride():
+        return t
+    return out.copy_(t)
 
 
 @_grad_op.register_fake
 def _(x, target, activation, has_ignore, ignore_index, per_image, coef, want_target_grad, backend):
-    return (torch.empty_like(x), torch.empty_like(target) if want_target_grad else x.new_empty(0))
+    return torch.empty_like(x), (torch.empty_like(target) if want_target_grad else x.new_empty(0))
 
 
 def _setup_context(ctx, inputs, output):

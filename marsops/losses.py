@@ -105,8 +105,10 @@ def dice_ce_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None
     """lambda_dice * dice_loss + lambda_ce * F.cross_entropy(logits, target, weight=ce_weight,
     ignore_index=..., label_smoothing=...), sharing the softmax and the two passes. In binary and
     multilabel modes the second term is binary cross-entropy (ce_weight its pos_weight, as MONAI's
-    DiceCELoss); with ``(N, C, *)`` soft labels in multiclass mode, cross-entropy against them. Needs
-    logits (from_logits=True) and reduction "mean"."""
+    DiceCELoss); with ``(N, C, *)`` soft labels in multiclass mode, cross-entropy against them (as
+    F.cross_entropy with probability targets, ce_weight then weighs the terms but the mean is over
+    the pixels, not the weights as for a class map). Needs logits (from_logits=True) and reduction
+    "mean"."""
     return _region_loss("dice_ce_loss", logits, target, DICE, weight, classes, smooth, ignore_index, per_image,
                         backend, mode, from_logits, reduction, region_lambda=lambda_dice, focal_lambda=lambda_ce,
                         gamma=0.0, focal_weight=ce_weight, focal_reduction="weighted_mean",
@@ -128,6 +130,8 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
         raise ValueError(f"marsops.{op}: reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
     from_logits = _checks.as_bool("from_logits", from_logits, op)
     _checks.check_tensor("target", target, op)
+    if target.dtype in (torch.uint16, torch.uint32, torch.uint64):  # labels fit int64: every path takes them
+        target = target.to(torch.int64)
     class_map = mode == "multiclass" and target.dim() == logits.dim() - 1
     if not (class_map and from_logits and reduction == "mean"):
         return region_modes.region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_index, per_image,

@@ -340,3 +340,50 @@ def test_learnable_class_weights_get_gradients_outside_the_fused_mean():
                                                       backend=backend), w)
         torch.testing.assert_close(gw, marsops.dice_loss(x, t, mode="multilabel", reduction="none",
                                                          backend=backend))
+
+
+def test_compiled_gradients_keep_the_layouts_the_fake_kernels_promise():
+    """Review: the backward's outputs must have empty_like's strides (inductor asserts them), also
+    for a target laid out unlike the logits and for permutations that are not channels_last."""
+    loss = torch.compile(marsops.DiceLoss(mode="multilabel", backend="cpu"), fullgraph=True)
+    cases = [(torch.randn(2, 3, 5, 4).to(memory_format=torch.channels_last), torch.rand(2, 3, 5, 4)),
+             (torch.randn(2, 3, 4, 5).transpose(2, 3), torch.rand(2, 3, 5, 4)),
+             (torch.randn(2, 3, 5, 4), torch.rand(2, 3, 5, 4).to(memory_format=torch.channels_last))]
+    for x, t in cases:
+        x, t = x.requires_grad_(), t.requires_grad_()
+        gx, gt = torch.autograd.grad(loss(x, t), [x, t])
+        ex, et = torch.autograd.grad(marsops.dice_loss(x, t, mode="multilabel", backend="reference"), [x, t])
+        torch.testing.assert_close(gx, ex)
+        torch.testing.assert_close(gt, et)
+        assert gx.stride() == torch.empty_like(x).stride() and gt.stride() == torch.empty_like(t).stride()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+def test_vanishing_mass_of_an_absent_class_gives_a_finite_gradient(backend, device):
+    """Review: smooth 0, a class absent from the target with a tiny predicted mass: dL/dI = -2 / S
+    passes fp32's range; the kernels saturate it (inf * 0 would be NaN), as the reference's float64."""
+    for x, from_logits in ((torch.tensor([[-88.5]]), True), (torch.tensor([[1e-44]]), False)):
+        x = x.to(device).requires_grad_()
+        loss = marsops.dice_loss(x, torch.zeros(1, 1, device=device), mode="binary", smooth=0.0,
+                                 from_logits=from_logits, backend=backend)
+        (g,) = torch.autograd.grad(loss, x)
+        assert torch.isfinite(g).all() and loss.item() == 1.0
+
+
+@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
+def test_float64_soft_labels_are_checked_in_float64(backend, device):
+    x = torch.randn(2, 3, 4, device=device)
+    t = torch.rand(2, 3, 4, dtype=torch.float64, device=device)
+    t[1, 2, 3] = 1 + 1e-12
+    with pytest.raises(ValueError, match="outside"):
+        marsops.dice_loss(x, t, mode="multilabel", backend=backend)
+
+
+def test_unsigned_class_maps_on_every_path():
+    x = torch.randn(2, 3, 5)
+    m = torch.randint(0, 3, (2, 5))
+    expected = marsops.dice_loss(x, m, backend="cpu")
+    for dtype in (torch.uint16, torch.uint32, torch.uint64):
+        torch.testing.assert_close(marsops.dice_loss(x, m.to(dtype), backend="cpu"), expected)
+        torch.testing.assert_close(marsops.dice_loss(x, m.to(dtype), reduction="sum", backend="cpu"),
+                                   marsops.dice_loss(x, m, reduction="sum", backend="cpu"))

@@ -27,6 +27,7 @@ DenseRegionArgs dense_args(const Tensor& x, const Tensor& target, int64_t activa
   a.N = x.size(0);
   a.C = class_last ? x.size(2) : x.size(1);
   a.P = class_last ? x.size(1) : x.size(2);
+  MARSOPS_CHECK(a.C >= 1, kOp, ": x must have at least one class, got ", shape_str(x));
   if (target_is_map) {
     MARSOPS_CHECK(is_integral(td), kOp, ": a class map target must be integer, got ", dtype_str(td));
     MARSOPS_CHECK(target.dim() == 2 && target.size(0) == a.N && target.size(1) == a.P && target.is_contiguous(), kOp,

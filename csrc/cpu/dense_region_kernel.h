@@ -78,8 +78,10 @@ struct DenseRegionKernel {
   template <typename V>
   void read_elements(const tgt_t* y, int64_t stride, acc_t* t, acc_t* v, bool check) const {
     constexpr int L = Lanes<V>::n;
-    constexpr bool soft = !std::is_integral_v<tgt_t>;
-    if (soft && stride == 1) {
+    // Float64 labels with float32 compute are checked in float64 (1 + 1e-12 is outside [0, 1]).
+    constexpr bool vector_check =
+        !std::is_integral_v<tgt_t> && !(std::is_same_v<tgt_t, double> && !std::is_same_v<acc_t, double>);
+    if (vector_check && stride == 1) {
       const V zero(0), one(1), raw = load_as<V, acc_t, tgt_t>(y);
       const V ok = v_where(raw >= zero, v_where(raw <= one, one, zero), zero);  // 0 for NaN
       store_as<V, acc_t>(v_where(ok > zero, raw, zero), t);
@@ -102,10 +104,10 @@ struct DenseRegionKernel {
         }
         value = acc_t(ok && k == 1);
       } else {
-        value = static_cast<acc_t>(y[i * stride]);
-        ok = value >= acc_t(0) && value <= acc_t(1);  // false for NaN
-        if (!ok && check) flags->target(static_cast<double>(value));
-        if (!ok) value = acc_t(0);
+        const double raw = static_cast<double>(y[i * stride]);
+        ok = raw >= 0 && raw <= 1;  // false for NaN
+        if (!ok && check) flags->target(raw);
+        value = ok ? static_cast<acc_t>(raw) : acc_t(0);
       }
       t[i] = value;
       v[i] = acc_t(ok);
@@ -187,10 +189,7 @@ struct DenseRegionKernel {
     acc_t v[L];
     row_elements<V>(n, c, p, true, q, om, t, v);
     q = v_where(load_as<V, acc_t, acc_t>(v) > V(0), q, V(0));  // invalid elements may hold NaN or inf
-    acc_t* acc = sums + 3 * c * VL;
-    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc) + q * t, acc);
-    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + VL) + q, acc + VL);
-    store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + 2 * VL) + t, acc + 2 * VL);
+    add_region_sums<V, acc_t>(sums + 3 * c * VL, q * t, q, t);
   }
 
   template <typename V>
@@ -219,10 +218,7 @@ struct DenseRegionKernel {
       const V v = load_as<V, acc_t, acc_t>(vs + c * L), t = load_as<V, acc_t, acc_t>(ts + c * L);
       // Invalid elements are selected out: their x may hold NaN or inf.
       const V q = v_where(v > V(0), load_as<V, acc_t, acc_t>(qs + c * L), V(0));
-      acc_t* acc = sums + 3 * c * VL;
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc) + q * t, acc);
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + VL) + q, acc + VL);
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + 2 * VL) + t, acc + 2 * VL);
+      add_region_sums<V, acc_t>(sums + 3 * c * VL, q * t, q, t);
     }
   }
 
@@ -242,12 +238,7 @@ struct DenseRegionKernel {
       for (; p + L <= p1; p += L) stats_block<Vec>(n, p);
       for (; p < p1; ++p) stats_block<acc_t>(n, p);
     }
-    double* row = stats + (group(n) - first_group) * a.C * 3;
-    for (int64_t j = 0; j < 3 * a.C; ++j) {
-      double total = 0;
-      for (int i = 0; i < L; ++i) total += sums[j * L + i];
-      row[j] += total;
-    }
+    flush_region_sums(sums, a.C, stats + (group(n) - first_group) * a.C * 3);
   }
 
   template <typename V>

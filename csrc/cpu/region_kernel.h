@@ -37,10 +37,7 @@ struct RegionKernel {
       // Ignored pixels are selected out: their logits may hold NaN or inf.
       const V pc = v_where(valid, sm.prob(c), V(0));
       const V is_c = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
-      acc_t* acc = sums + 3 * c * VL;
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc) + pc * is_c, acc);
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + VL) + pc, acc + VL);
-      store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + 2 * VL) + is_c, acc + 2 * VL);
+      add_region_sums<V, acc_t>(sums + 3 * c * VL, pc * is_c, pc, is_c);
     }
     if (!a.focal) return V(0);
     const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), fw, static_cast<acc_t>(a.gamma),
@@ -60,13 +57,7 @@ struct RegionKernel {
     int64_t p = p0;
     for (; p + L <= p1; p += L) loss += v_sum_double(stats_block<CLASS_LAST, Vec>(n, p, st));
     for (; p < p1; ++p) loss += v_sum_double(stats_block<CLASS_LAST, acc_t>(n, p, st));
-    double* row = stats + (group(n) - first_group) * a.C * 3;
-    for (int64_t c = 0; c < a.C; ++c)
-      for (int k = 0; k < 3; ++k) {
-        double total = 0;
-        for (int i = 0; i < L; ++i) total += sums[(3 * c + k) * L + i];
-        row[3 * c + k] += total;
-      }
+    flush_region_sums(sums, a.C, stats + (group(n) - first_group) * a.C * 3);
     st.loss_sum = loss;
     return st;
   }

@@ -34,6 +34,27 @@ inline at::vec::Vectorized<T> m_where_eq(const at::vec::Vectorized<T>& a, const 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {
 
+// The region losses' per-class vector accumulators (region_kernel.h, dense_region_kernel.h): three
+// vectors of VL lanes per class, [I, S, T]; a scalar tail adds to lane 0.
+template <typename V, typename acc_t>
+inline void add_region_sums(acc_t* acc, const V& qt, const V& q, const V& t) {
+  constexpr int VL = Vectorized<acc_t>::size();
+  store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc) + qt, acc);
+  store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + VL) + q, acc + VL);
+  store_as<V, acc_t>(load_as<V, acc_t, acc_t>(acc + 2 * VL) + t, acc + 2 * VL);
+}
+
+// Adds the lanes of C classes' accumulators to a (C, 3) row of float64 sums.
+template <typename acc_t>
+inline void flush_region_sums(const acc_t* sums, int64_t C, double* row) {
+  constexpr int VL = Vectorized<acc_t>::size();
+  for (int64_t j = 0; j < 3 * C; ++j) {
+    double total = 0;
+    for (int i = 0; i < VL; ++i) total += sums[j * VL + i];
+    row[j] += total;
+  }
+}
+
 // Reads the labels of `n` pixels, validating them: ignored / invalid ones get class -1 and weight
 // 0; counts, weight sums and the first bad label go to st.
 template <int n, typename acc_t, typename tgt_t>

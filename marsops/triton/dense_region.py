@@ -169,7 +169,7 @@ def _block_sizes(C: int, P: int, activation: int):
     if activation == SOFTMAX:
         if C > MAX_C:  # every class of a pixel is held in one register tile
             raise ValueError(f"marsops: the triton backend's softmax region losses support up to {MAX_C} classes, "
-                             f"got {C}; use backend='cpu' or 'cuda', or the sigmoid activation")
+                             f"got {C}; use backend='cpu', or mode='multilabel' (a sigmoid per class)")
         block_c = triton.next_power_of_2(C)
     else:
         block_c = min(triton.next_power_of_2(C), ELEMENTWISE_BLOCK_C)
