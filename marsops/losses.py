@@ -293,6 +293,7 @@ class _RegionLossModule(nn.Module):
                  mode: str = "multiclass", from_logits: bool = True, reduction: str = "mean"):
         super().__init__()
         per_image = _checks.as_bool("per_image", per_image, type(self).__name__)
+        from_logits = _checks.as_bool("from_logits", from_logits, type(self).__name__)
         if mode not in MODES:
             raise ValueError(f"marsops.{type(self).__name__}: mode must be one of {MODES}, got {mode!r}")
         if reduction not in LOSS_REDUCTIONS:

@@ -873,6 +873,14 @@ BOOL_OPTIONS = {
        ("dice_loss", "jaccard_loss", "tversky_loss", "dice_focal_loss", "dice_ce_loss")},
     **{(cls, "per_image"): (lambda v, c=cls: getattr(marsops, c)(per_image=v)) for cls in
        ("DiceLoss", "JaccardLoss", "TverskyLoss", "DiceFocalLoss", "DiceCELoss")},
+    # Probabilities in [0, 1] (from_logits=False checks them); the sums' second terms switched off
+    # (they need logits).
+    **{(name, "from_logits"): (lambda v, n=name: getattr(marsops, n)(
+        torch.rand(2, 3, 4), torch.randint(0, 3, (2, 4)), from_logits=v,
+        **{"dice_focal_loss": {"lambda_focal": 0.0}, "dice_ce_loss": {"lambda_ce": 0.0}}.get(n, {}))) for name in
+       ("dice_loss", "jaccard_loss", "tversky_loss", "dice_focal_loss", "dice_ce_loss")},
+    **{(cls, "from_logits"): (lambda v, c=cls: getattr(marsops, c)(from_logits=v)) for cls in
+       ("DiceLoss", "JaccardLoss", "TverskyLoss", "DiceFocalLoss", "DiceCELoss")},
     ("StreamingIoU", "per_image"): lambda v: marsops.StreamingIoU(3, per_image=v),
     ("lovasz_softmax_loss", "per_image"): lambda v: marsops.lovasz_softmax_loss(
         torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4)), per_image=v),
