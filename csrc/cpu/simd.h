@@ -18,10 +18,6 @@
 #ifdef CPU_CAPABILITY_AVX512
 #include "transpose16.h"
 #endif
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-#include "transpose8.h"
-#define MARSOPS_TRANSPOSE8 1
-#endif
 #include "labels_simd.h"
 
 namespace marsops::cpu {
@@ -144,13 +140,6 @@ inline void gather_tile(const in_t* __restrict__ src, int64_t C, acc_t* __restri
     if (transpose16::with_classes(C, [&](auto k) { transpose16::gather<decltype(k)::value>(src, tile); })) return;
   }
 #endif
-#ifdef MARSOPS_TRANSPOSE8
-  // fp32, any C (AVX2; AVX-512 past 16 classes): 8x8 in-register transposes (transpose8.h).
-  if constexpr (L % 8 == 0 && std::is_same_v<acc_t, float> && std::is_same_v<in_t, float>) {
-    transpose8::gather<L>(src, C, tile);
-    return;
-  }
-#endif
   for (int64_t c = 0; c < C; ++c)
     for (int i = 0; i < L; ++i) tile[c * L + i] = static_cast<acc_t>(src[i * C + c]);
 }
@@ -160,14 +149,6 @@ inline void scatter_tile(const acc_t* __restrict__ tile, int64_t C, out_t* __res
 #ifdef CPU_CAPABILITY_AVX512
   if constexpr (L == 16 && std::is_same_v<acc_t, float> && std::is_same_v<out_t, float>) {
     if (transpose16::with_classes(C, [&](auto k) { transpose16::scatter<decltype(k)::value>(tile, dst); })) return;
-  }
-#endif
-#ifdef MARSOPS_TRANSPOSE8
-  if constexpr (L % 8 == 0 && std::is_same_v<acc_t, float> && std::is_same_v<out_t, float>) {
-    if (C <= 32) {
-      transpose8::scatter<L>(tile, C, dst);
-      return;
-    }
   }
 #endif
   for (int i = 0; i < L; ++i)  // contiguous writes; the tile's strided reads stay in L1
