@@ -3,8 +3,8 @@
     python -m benchmarks [--quick] [--readme]
     python -m benchmarks --smoke        every script at tiny sizes, results in a temporary folder (CI)
 
-Runs the focal-loss, confusion-matrix, flip, fused loss+metric / TTA, region / sigmoid loss, region
-modes (binary / multilabel) and training-step benchmarks, writes
+Runs the focal-loss, confusion-matrix, roofline (share of copy bandwidth), flip, fused loss+metric /
+TTA, region / sigmoid loss, region modes (binary / multilabel) and training-step benchmarks, writes
 benchmarks/results/report_<cpu|gpu>.md (machine, tables, shortfalls against the targets) and a
 bar chart of the speedups (speedups_<cpu|gpu>.png); with --readme, replaces the README's
 performance section with the report.
@@ -91,13 +91,14 @@ def main(argv=None):
         os.environ.setdefault("MARSOPS_BENCH_RESULTS", tempfile.mkdtemp(prefix="marsops-bench-smoke-"))
     # Imported here: in smoke mode their shapes are sized when they load.
     from . import (bench_confusion, bench_flip, bench_focal, bench_fused, bench_losses, bench_lovasz, bench_ohem,
-                   bench_region_modes, bench_train_step, harness)
+                   bench_region_modes, bench_roofline, bench_train_step, harness)
 
     flags = ["--quick"] if args.quick else []
     device = harness.device_from_env()
     tag = "gpu" if device.type == "cuda" else "cpu"
     focal = bench_focal.main(flags)
     confusion = bench_confusion.main(flags)
+    roofline = bench_roofline.main(flags)
     flip = bench_flip.main(flags)
     fused = bench_fused.main(flags)
     losses = bench_losses.main(flags)
@@ -118,10 +119,12 @@ def main(argv=None):
     gpu = ["launches"] if device.type == "cuda" else []  # kernels + memsets + copies per call
     sections = [("Focal loss, forward + backward (fp32, gamma 0.5, report weights, mean)", focal,
                  ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs NCHW", "GB/s",
-                  "% copy bw", "peak MB"] + gpu),
+                  "% copy bw", "% clone bw", "peak MB"] + gpu),
                 ("Confusion matrix from logits", confusion,
-                 ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s", "% copy bw", "peak MB"]
-                 + gpu),
+                 ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s", "% copy bw", "% clone bw",
+                  "peak MB"] + gpu),
+                ("Memory roofline of the fused kernels (issue 26): share of the bandwidth of x.clone() and of "
+                 "x.copy_ on the same logits, timed in the same interleaved rounds", roofline, bench_roofline.COLUMNS),
                 ("Flips (fp32 images + int64 masks)", flip,
                  ["op", "shape", "impl", "ms", "p20", "p80", "speedup", "GB/s", "% copy bw", "peak MB"] + gpu),
                 ("One read of the logits: loss + confusion counts, and flip-TTA evaluation", fused,

@@ -52,8 +52,9 @@ def main(argv=None):
         fns = candidates(device, c)
         for layout, memory_format in LAYOUTS.items():
             xl = x.contiguous(memory_format=memory_format)
+            clone_bw = harness.clone_bandwidth_gbs(xl, device)  # of these logits, in this run
             shape_rows = [harness.measure_traffic(lambda: fn(xl, t, c), device, 5 if args.quick else 11, bytes_read,
-                                                  bandwidth, shape=label, layout=layout, impl=name)
+                                                  bandwidth, clone_bw, shape=label, layout=layout, impl=name)
                           for name, fn in fns.items()
                           if layout == "NCHW" or name.startswith("eager") or name.startswith("marsops")]
             harness.add_speedups(shape_rows, "vs eager", shape_rows[0].get("ms"))
@@ -70,7 +71,7 @@ def main(argv=None):
     compare_layouts(rows, step_on, device, 7 if args.quick else 15)
     print(f"confusion matrix from fp32 logits; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
     print(harness.markdown_table(rows, ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs NCHW", "GB/s",
-                                        "% copy bw", "peak MB"]))
+                                        "% copy bw", "% clone bw", "peak MB"]))
     print(f"saved {harness.save('confusion', device, rows, {'copy_bandwidth_gbs': bandwidth})}")
     return rows
 

@@ -59,14 +59,15 @@ def inputs(shape, device, layout="NCHW"):
 def bench_shape(label, shape, device, fns, repeats, bandwidth, layout="NCHW"):
     logits, target, weight = inputs(shape, device, layout)
     min_bytes = logits.numel() * 4 * 2 + target.numel() * target.element_size()  # read x, y; write grad
+    clone_bw = harness.clone_bandwidth_gbs(logits, device)  # of these logits, in this run
     rows = []
     for name, fn in fns.items():
         def step():
             fn(logits, target, weight).backward()
             logits.grad = None
 
-        row = harness.measure_traffic(step, device, repeats, min_bytes, bandwidth, shape=label, layout=layout,
-                                      impl=name)
+        row = harness.measure_traffic(step, device, repeats, min_bytes, bandwidth, clone_bw, shape=label,
+                                      layout=layout, impl=name)
         if "ms" in row:
             row["grad MB"] = logits.numel() * 4 / 2**20
         rows.append(row)
@@ -108,7 +109,7 @@ def main(argv=None):
 
     compare_layouts(rows, step_on, device, 7 if args.quick else 15)
     cols = ["shape", "layout", "impl", "ms", "p20", "p80", "vs eager", "vs compile", "vs NCHW", "GB/s", "% copy bw",
-            "peak MB", "grad MB"]
+            "% clone bw", "peak MB", "grad MB"]
     print(f"focal loss fwd+bwd, fp32, gamma 0.5, mean; device {device}; copy bandwidth {bandwidth:.1f} GB/s")
     print(harness.markdown_table(rows, cols))
     path = harness.save("focal", device, rows, {"copy_bandwidth_gbs": bandwidth})

@@ -149,13 +149,17 @@ def measure(fn, device, repeats, **labels):
     return row
 
 
-def measure_traffic(fn, device, repeats, moved_bytes, bandwidth, **labels):
+def measure_traffic(fn, device, repeats, moved_bytes, bandwidth, clone_bandwidth=None, **labels):
     """measure(), with the rate at which fn moves the bytes it must read and write at the least:
-    GB/s, and that as a share of the copy bandwidth measured in the same run."""
+    GB/s, and that as a share of the copy bandwidth measured in the same run ("% copy bw": a
+    256 MB copy_ into existing memory, copy_bandwidth_gbs) and, when given, of the clone of the
+    benchmarked tensor ("% clone bw", clone_bandwidth_gbs)."""
     row = measure(fn, device, repeats, **labels)
     if "ms" in row:
         row["GB/s"] = moved_bytes / (row["ms"] * 1e-3) / 1e9
         row["% copy bw"] = 100 * row["GB/s"] / bandwidth
+        if clone_bandwidth:
+            row["% clone bw"] = 100 * row["GB/s"] / clone_bandwidth
     return row
 
 
@@ -203,6 +207,16 @@ def copy_bandwidth_gbs(device, mb=256):
     dst = torch.empty_like(src)
     median, _, _ = time_ms(lambda: dst.copy_(src), device, repeats=9)
     return 2 * src.numel() * 4 / (median * 1e-3) / 1e9
+
+
+def clone_bandwidth_gbs(x, device, repeats=9):
+    """Read+write bandwidth of x.clone() on the benchmarked tensor itself, GB/s. Unlike
+    copy_bandwidth_gbs it allocates its output: on CPUs an allocation this large is fresh pages
+    from the kernel every time, faulted in during the copy, so it is the lower of the two
+    baselines (the kernels' outputs come from a cache of mapped buffers, csrc/cpu/buffer_pool.h)."""
+    x = x.detach()
+    median, _, _ = time_ms(lambda: x.clone(), device, repeats=repeats)
+    return 2 * x.numel() * x.element_size() / (median * 1e-3) / 1e9
 
 
 def machine(device):

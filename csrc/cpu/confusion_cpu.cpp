@@ -5,6 +5,7 @@
 
 #include "../confusion_common.h"
 #include "kernels.h"
+#include "parallel_chunks.h"
 
 namespace marsops::cpu {
 namespace {
@@ -28,10 +29,15 @@ Tensor confusion_matrix_cpu(const Tensor& input, const Tensor& target, int64_t n
   ConfusionFlags flags;
   std::mutex mutex;
   const auto& kernels = simd_kernels();
-  st::parallel_for(0, (total + kChunk - 1) / kChunk, 1, [&](int64_t c0, int64_t c1) {
+  const int64_t num_chunks = (total + kChunk - 1) / kChunk;
+  parallel_chunks(num_chunks, [&](auto next) {
     std::vector<int64_t> local(num_classes * num_classes, 0);
     ConfusionFlags local_flags;
-    kernels.confusion(a, c0 * kChunk, std::min(total, c1 * kChunk), local.data(), local_flags);
+    for (int64_t chunk = next(); chunk < num_chunks; chunk = next()) {
+      ConfusionFlags chunk_flags;
+      kernels.confusion(a, chunk * kChunk, std::min(total, (chunk + 1) * kChunk), local.data(), chunk_flags);
+      local_flags.merge(chunk_flags);
+    }
     std::lock_guard<std::mutex> lock(mutex);
     for (int64_t j = 0; j < num_classes * num_classes; ++j) counts[j] += local[j];
     flags.merge(local_flags);

@@ -9,6 +9,11 @@
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {
 
+// The SIMD count's interleaved histograms, for matrices up to this many cells (kSubHists x (C * C + 1)
+// int64 per range, merged into the caller's at its end); larger ones are counted pixel by pixel.
+constexpr int kSubHists = 4;
+constexpr int64_t kSubHistMaxCells = 1024;
+
 template <typename x_t, typename tgt_t>
 struct ConfusionKernel {
   const x_t* x;
@@ -19,10 +24,22 @@ struct ConfusionKernel {
   bool class_last;
 
   compute_t<x_t>* tile;  // scratch: C * lanes (class-last layout)
+  int64_t* sub;          // scratch: subs * (C * C + 1) counts, zeroed (logits_segment)
+  int subs;              // kSubHists, or 0: no SIMD count
 
   // Argmax over classes of the lanes of V at pixel p of sample n, into pred.
   template <bool CLASS_LAST, typename V>
   inline void argmax(int64_t n, int64_t p, int64_t* pred) const {
+    using acc = compute_t<x_t>;
+    constexpr int L = Lanes<V>::n;
+    acc buf[L];
+    store_as<V, acc>(argmax_vec<CLASS_LAST, V>(n, p), buf);
+    for (int i = 0; i < L; ++i) pred[i] = static_cast<int64_t>(buf[i]);
+  }
+
+  // The same as class indices in the lanes of V.
+  template <bool CLASS_LAST, typename V>
+  inline V argmax_vec(int64_t n, int64_t p) const {
     using acc = compute_t<x_t>;
     constexpr int L = Lanes<V>::n;
     const x_t* xn = x + n * C * P + (CLASS_LAST ? p * C : p);
@@ -42,9 +59,7 @@ struct ConfusionKernel {
       best = v_where(take, v, best);
       idx = v_where(take, V(static_cast<acc>(c)), idx);
     }
-    acc buf[L];
-    store_as<V, acc>(idx, buf);
-    for (int i = 0; i < L; ++i) pred[i] = static_cast<int64_t>(buf[i]);
+    return idx;
   }
 
   inline void count(int64_t i, int64_t pred, int64_t* hist, ConfusionFlags& r) const {
@@ -76,11 +91,38 @@ struct ConfusionKernel {
   template <bool CLASS_LAST>
   void logits_segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist, ConfusionFlags& r) const {
     using Vec = Vectorized<compute_t<x_t>>;
-    int64_t pred[Vec::size()];
+    constexpr int L = Vec::size();
+    int64_t pred[L];
     int64_t p = p0;
-    for (; p + Vec::size() <= p1; p += Vec::size()) {
+#ifdef MARSOPS_LABELS_SIMD
+    // int64 labels, fp32 NCHW logits: the cells of a block as one vector (labels_simd.h). Class-last
+    // blocks keep the per-pixel count: with their scalar transposes this path measured slower there.
+    if constexpr (!CLASS_LAST && L == labels_simd::kLanes && std::is_same_v<compute_t<x_t>, float> &&
+                  std::is_same_v<tgt_t, int64_t>) {
+      if (subs > 0) {  // C * C <= kSubHistMaxCells: fits int32
+        const int64_t CC = C * C;
+        for (; p + L <= p1; p += L) {
+          labels_simd::Mask ignored, in_range;
+          const auto t = labels_simd::load(y + n * P + p, ignore_index, C, ignored, in_range);
+          if (!has_ignore) ignored = labels_simd::and_not(ignored, ignored);  // none
+          if (!labels_simd::none(labels_simd::and_not(labels_simd::not_(in_range), ignored))) {
+            argmax<CLASS_LAST, Vec>(n, p, pred);  // a bad label: count() records it
+            for (int i = 0; i < L; ++i) count(n * P + p + i, pred[i], hist, r);
+            continue;
+          }
+          int32_t cell[L];
+          labels_simd::cells(t, argmax_vec<CLASS_LAST, Vec>(n, p), labels_simd::and_not(in_range, ignored), C,
+                             static_cast<int32_t>(CC), cell);
+          // kSubHists interleaved histograms, so that equal neighbouring cells do not chain each
+          // increment to the previous one's store.
+          for (int i = 0; i < L; ++i) sub[(i % kSubHists) * (CC + 1) + cell[i]] += 1;
+        }
+      }
+    }
+#endif
+    for (; p + L <= p1; p += L) {
       argmax<CLASS_LAST, Vec>(n, p, pred);
-      for (int i = 0; i < Vec::size(); ++i) count(n * P + p + i, pred[i], hist, r);
+      for (int i = 0; i < L; ++i) count(n * P + p + i, pred[i], hist, r);
     }
     for (; p < p1; ++p) {
       argmax<CLASS_LAST, compute_t<x_t>>(n, p, pred);
@@ -92,9 +134,14 @@ struct ConfusionKernel {
 template <typename x_t, typename tgt_t>
 void confusion_range_typed(const ConfusionArgs& a, int64_t begin, int64_t end, int64_t* hist, ConfusionFlags& flags) {
   std::vector<compute_t<x_t>> tile(a.class_last ? a.C * Vectorized<compute_t<x_t>>::size() : 0);
+  const int64_t cells = a.C * a.C;
+  const int subs = !std::is_integral_v<x_t> && cells <= kSubHistMaxCells ? kSubHists : 0;
+  std::vector<int64_t> sub(subs * (cells + 1), 0);
   const ConfusionKernel<x_t, tgt_t> k{static_cast<const x_t*>(a.input), static_cast<const tgt_t*>(a.target), a.C,
-                                      a.P, a.has_ignore, a.ignore_index, a.class_last, tile.data()};
+                                      a.P, a.has_ignore, a.ignore_index, a.class_last, tile.data(), sub.data(), subs};
   for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) { k.segment(n, p0, p1, hist, flags); });
+  for (int s = 0; s < subs; ++s)
+    for (int64_t j = 0; j < cells; ++j) hist[j] += sub[s * (cells + 1) + j];
 }
 
 inline void confusion_range(const ConfusionArgs& a, int64_t begin, int64_t end, int64_t* hist,

@@ -19,6 +19,7 @@ struct FocalKernel {
   in_t* loss_none;  // nullptr: reduced
   saved_grad_t<in_t>* grad;  // nullptr: no gradient (fp32 for fp16 logits: csrc/saved_grad.h)
   acc_t* scratch;   // 3 * C * lanes: exponentials, transposed logits, smoothing coefficients
+  bool labels_checked;  // FocalArgs::labels_checked: no counts, no validation
 
   // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
   // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist.
@@ -26,7 +27,11 @@ struct FocalKernel {
   inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
-    read_labels<L>(y + n * P + p, C, ignore_index, w, cls_buf, wt_buf, st);
+    if (labels_checked) {
+      read_checked_labels<L>(y + n * P + p, ignore_index, w, cls_buf, wt_buf);
+    } else {
+      read_labels<L>(y + n * P + p, C, ignore_index, w, cls_buf, wt_buf, st);
+    }
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const int64_t offset = n * C * P + (CLASS_LAST ? p * C : p);
     const BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t> sm(x + offset, C, P, scratch + C * L, scratch, cls);
@@ -59,10 +64,20 @@ struct FocalKernel {
   template <bool COUNT, bool CLASS_LAST>
   FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
+    constexpr int L = Vec::size();
     FocalStats st;
-    double loss = 0;  // in double (simd.h, v_sum_double)
+    // In double (simd.h, v_sum_double), one running sum per lane (independent adds, where one sum
+    // of every lane in turn was a chain of L dependent double adds per block), added up in lane
+    // order at the end of the segment: the order depends on the segment only, not on the threads.
+    double lanes[L] = {};
     int64_t p = p0;
-    for (; p + Vec::size() <= p1; p += Vec::size()) loss += v_sum_double(block<COUNT, CLASS_LAST, Vec>(n, p, st, hist));
+    for (; p + L <= p1; p += L) {
+      acc_t buf[L];
+      block<COUNT, CLASS_LAST, Vec>(n, p, st, hist).store(buf);
+      for (int i = 0; i < L; ++i) lanes[i] += static_cast<double>(buf[i]);
+    }
+    double loss = 0;
+    for (int i = 0; i < L; ++i) loss += lanes[i];
     for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist));
     st.loss_sum = loss;
     return st;
@@ -77,7 +92,7 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
       static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), static_cast<const acc*>(a.weight),
       a.C, a.P, static_cast<acc>(a.gamma), static_cast<acc>(a.label_smoothing), a.ignore_index,
       static_cast<acc>(a.grad_scale), static_cast<in_t*>(a.loss_none), static_cast<saved_grad_t<in_t>*>(a.grad),
-      scratch.data()};
+      scratch.data(), a.labels_checked};
   FocalStats st;
   for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
     if (a.class_last) {

@@ -29,6 +29,9 @@ struct FocalArgs {
   double grad_scale;         // folded into the gradient (1 / denominator of the mean reductions)
   void* loss_none;           // (N, P) per-pixel loss in logits_dtype, or nullptr when reduced
   void* grad;                // dloss/dlogits in logits_dtype and layout, or nullptr
+  // The labels were counted and validated before (the mean reductions with a gradient): the kernel
+  // neither counts them nor looks for bad ones (FocalStats' count, weight_sum and bad stay 0).
+  bool labels_checked = false;
 };
 
 // A reduced loss as fill_ takes it for an output of `dtype`: +-inf beyond the dtype's range (a

@@ -18,6 +18,7 @@
 #ifdef CPU_CAPABILITY_AVX512
 #include "transpose16.h"
 #endif
+#include "labels_simd.h"
 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {

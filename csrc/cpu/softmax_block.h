@@ -76,6 +76,30 @@ inline void read_labels(const tgt_t* y, int64_t C, int64_t ignore_index, const a
   }
 }
 
+// read_labels for labels already validated (FocalArgs::labels_checked): every label is in [0, C)
+// or ignore_index, so only the class and weight are produced (the same values read_labels gives),
+// without the per-pixel counts and the serial double sum of weights. Branch-free, so the compiler
+// vectorises it.
+template <int n, typename acc_t, typename tgt_t>
+inline void read_checked_labels(const tgt_t* __restrict__ y, int64_t ignore_index, const acc_t* __restrict__ w,
+                                acc_t* __restrict__ cls, acc_t* __restrict__ wt) {
+#ifdef MARSOPS_LABELS_SIMD
+  if constexpr (n == labels_simd::kLanes && std::is_same_v<acc_t, float> && std::is_same_v<tgt_t, int64_t>) {
+    labels_simd::Mask ignored, in_range;
+    const auto t = labels_simd::load(y, ignore_index, 0, ignored, in_range);
+    labels_simd::class_and_weight(t, ignored, w, cls, wt);
+    return;
+  }
+#endif
+  for (int i = 0; i < n; ++i) {
+    const int64_t t = static_cast<int64_t>(y[i]);
+    const bool valid = t != ignore_index;
+    cls[i] = valid ? static_cast<acc_t>(t) : acc_t(-1);
+    const acc_t wi = w ? w[valid ? t : 0] : acc_t(1);
+    wt[i] = valid ? wi : acc_t(0);
+  }
+}
+
 // The softmax of a block, and in the same loop the label's logit xt, its exponential et and the
 // other classes' sum (cls: each lane's class, -1 when ignored). With ARGMAX, also the first
 // maximum's class (NaN wins), as torch.argmax.

@@ -1,0 +1,88 @@
+// int64 labels (torch's default) loaded a vector at a time: L labels narrowed to int32 lanes, with
+// the lanes that hold ignore_index and those in [0, C). The scalar loops these replace
+// (read_labels, the confusion counts) converted, compared and selected one label at a time, which
+// cost more than the rest of the confusion kernel. Values are exact: labels used as classes are in
+// [0, C), C < 2^24 (float) and C * C < 2^31 (the confusion cell index) where these are called.
+#pragma once
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace marsops::cpu {
+namespace CPU_CAPABILITY {
+namespace labels_simd {
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kLanes = 16;
+using IntV = __m512i;
+using FloatV = __m512;
+using Mask = __mmask16;
+
+// The labels y[0 .. 16) as int32 (valid where in [0, C)); ignored / in_range: lane masks.
+inline __m512i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored, Mask& in_range) {
+  const __m512i lo = _mm512_loadu_si512(y), hi = _mm512_loadu_si512(y + 8);
+  const __m512i ig = _mm512_set1_epi64(ignore_index), c = _mm512_set1_epi64(C);
+  ignored = static_cast<Mask>(_mm512_cmpeq_epi64_mask(lo, ig) | (_mm512_cmpeq_epi64_mask(hi, ig) << 8));
+  in_range = static_cast<Mask>(_mm512_cmplt_epu64_mask(lo, c) | (_mm512_cmplt_epu64_mask(hi, c) << 8));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+}
+inline bool none(Mask m) { return m == 0; }
+inline Mask and_not(Mask a, Mask b) { return static_cast<Mask>(a & ~b); }  // a and not b
+inline Mask not_(Mask a) { return static_cast<Mask>(~a); }
+
+// read_checked_labels' class (-1 where ignored) and weight (0 where ignored; w[t], or 1 without w).
+inline void class_and_weight(__m512i t, Mask ignored, const float* w, float* cls, float* wt) {
+  const Mask valid = not_(ignored);
+  _mm512_storeu_ps(cls, _mm512_mask_blend_ps(valid, _mm512_set1_ps(-1.0f), _mm512_cvtepi32_ps(t)));
+  _mm512_storeu_ps(wt, w ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), valid, t, w, 4)
+                         : _mm512_mask_blend_ps(valid, _mm512_setzero_ps(), _mm512_set1_ps(1.0f)));
+}
+
+// Confusion cells t * C + pred (pred: the argmax as float lanes), `empty` where not counted.
+inline void cells(__m512i t, __m512 pred, Mask counted, int64_t C, int32_t empty, int32_t* out) {
+  const __m512i cell = _mm512_add_epi32(_mm512_mullo_epi32(t, _mm512_set1_epi32(static_cast<int32_t>(C))),
+                                        _mm512_cvttps_epi32(pred));
+  _mm512_storeu_si512(out, _mm512_mask_blend_epi32(counted, _mm512_set1_epi32(empty), cell));
+}
+#define MARSOPS_LABELS_SIMD 1
+
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int kLanes = 8;
+using Mask = __m256i;  // all-ones lanes
+
+inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64 lanes
+  const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+  return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, perm), _mm256_permutevar8x32_epi32(b, perm), 0x20);
+}
+
+inline __m256i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored, Mask& in_range) {
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + 4));
+  const __m256i ig = _mm256_set1_epi64x(ignore_index), c = _mm256_set1_epi64x(C), zero = _mm256_setzero_si256();
+  ignored = narrow(_mm256_cmpeq_epi64(a, ig), _mm256_cmpeq_epi64(b, ig));
+  auto inside = [&](__m256i u) { return _mm256_andnot_si256(_mm256_cmpgt_epi64(zero, u), _mm256_cmpgt_epi64(c, u)); };
+  in_range = narrow(inside(a), inside(b));
+  return narrow(a, b);
+}
+inline bool none(Mask m) { return _mm256_testz_si256(m, m); }
+inline Mask and_not(Mask a, Mask b) { return _mm256_andnot_si256(b, a); }
+inline Mask not_(Mask a) { return _mm256_xor_si256(a, _mm256_set1_epi32(-1)); }
+
+inline void class_and_weight(__m256i t, Mask ignored, const float* w, float* cls, float* wt) {
+  const __m256 ig = _mm256_castsi256_ps(ignored);
+  _mm256_storeu_ps(cls, _mm256_blendv_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(-1.0f), ig));
+  _mm256_storeu_ps(wt, w ? _mm256_mask_i32gather_ps(_mm256_setzero_ps(), w, t, _mm256_castsi256_ps(not_(ignored)), 4)
+                         : _mm256_blendv_ps(_mm256_set1_ps(1.0f), _mm256_setzero_ps(), ig));
+}
+
+inline void cells(__m256i t, __m256 pred, Mask counted, int64_t C, int32_t empty, int32_t* out) {
+  const __m256i cell = _mm256_add_epi32(_mm256_mullo_epi32(t, _mm256_set1_epi32(static_cast<int32_t>(C))),
+                                        _mm256_cvttps_epi32(pred));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), _mm256_blendv_epi8(_mm256_set1_epi32(empty), cell, counted));
+}
+#define MARSOPS_LABELS_SIMD 1
+#endif
+
+}  // namespace labels_simd
+}  // namespace CPU_CAPABILITY
+}  // namespace marsops::cpu
