@@ -73,15 +73,17 @@ struct DenseRegionKernel {
     }
   }
 
+  // Soft labels whose check the vectors can make (float64 ones with fp32 compute are checked in
+  // float64, one at a time).
+  static constexpr bool kVectorSoft =
+      !std::is_integral_v<tgt_t> && !(std::is_same_v<tgt_t, double> && !std::is_same_v<acc_t, double>);
+
   // L dense target elements y[i * stride] as t (0 where invalid) and validity v (1 / 0): soft labels
   // must lie in [0, 1] (a vector at a time when contiguous), integer masks hold 0, 1 or ignore_index.
   template <typename V>
   void read_elements(const tgt_t* y, int64_t stride, acc_t* t, acc_t* v, bool check) const {
     constexpr int L = Lanes<V>::n;
-    // Float64 labels with float32 compute are checked in float64 (1 + 1e-12 is outside [0, 1]).
-    constexpr bool vector_check =
-        !std::is_integral_v<tgt_t> && !(std::is_same_v<tgt_t, double> && !std::is_same_v<acc_t, double>);
-    if (vector_check && stride == 1) {
+    if (kVectorSoft && stride == 1) {
       const V zero(0), one(1), raw = load_as<V, acc_t, tgt_t>(y);
       const V ok = v_where(raw >= zero, v_where(raw <= one, one, zero), zero);  // 0 for NaN
       store_as<V, acc_t>(v_where(ok > zero, raw, zero), t);
@@ -159,48 +161,91 @@ struct DenseRegionKernel {
   // couples the classes, class-last inputs and class maps).
   bool by_rows() const { return a.activation != kDenseSoftmax && !a.class_last && !a.target_is_map; }
 
-  // L elements of row (n, c) from pixel p: x, q, 1 - q (sigmoid), t and validity.
+  // L elements of a row at element offset off: q, 1 - q (sigmoid), t and validity v (1 / 0). Soft
+  // labels outside [0, 1] and probabilities outside [0, 1] are counted in bad (the row is then
+  // rescanned for the first one); other targets are flagged as read when check is set.
   template <typename V>
-  void row_elements(int64_t n, int64_t c, int64_t p, bool check, V& q, V& om, V& t, acc_t* v) const {
+  void row_elements(int64_t off, bool check, V& q, V& om, V& t, V& v, V& bad) const {
     constexpr int L = Lanes<V>::n;
-    const int64_t off = (n * a.C + c) * a.P + p;
+    const V zero(0), one(1);
     const V x = load_as<V, acc_t, in_t>(static_cast<const in_t*>(a.x) + off);
-    acc_t t_buf[L];
-    read_elements<V>(static_cast<const tgt_t*>(a.target) + off, 1, t_buf, v, check);
-    t = load_as<V, acc_t, acc_t>(t_buf);
+    const tgt_t* y = static_cast<const tgt_t*>(a.target) + off;
+    if constexpr (kVectorSoft) {
+      const V raw = load_as<V, acc_t, tgt_t>(y);
+      v = v_where(raw >= zero, v_where(raw <= one, one, zero), zero);  // 0 for NaN
+      t = v_where(v > zero, raw, zero);
+      bad = bad + (one - v);
+    } else {
+      acc_t t_buf[L], v_buf[L];
+      read_elements<V>(y, 1, t_buf, v_buf, check);
+      t = load_as<V, acc_t, acc_t>(t_buf);
+      v = load_as<V, acc_t, acc_t>(v_buf);
+    }
     if (a.activation == kDenseSigmoid) {
       sigmoid(x, q, om);
-      return;
-    }
-    q = x;
-    if (check) {  // a valid probability outside [0, 1] (or NaN) is flagged
-      acc_t x_buf[L];
-      store_as<V, acc_t>(x, x_buf);
-      for (int i = 0; i < L; ++i)
-        if (v[i] != acc_t(0) && !(x_buf[i] >= acc_t(0) && x_buf[i] <= acc_t(1))) flags->probability(x_buf[i]);
+    } else {
+      q = x;
+      if (check) bad = bad + v * (one - v_where(x >= zero, v_where(x <= one, one, zero), zero));
     }
   }
 
-  template <typename V>
-  void stats_row_block(int64_t n, int64_t c, int64_t p) const {
-    constexpr int L = Lanes<V>::n;
-    constexpr int VL = Vectorized<acc_t>::size();
-    V q, om, t;
-    acc_t v[L];
-    row_elements<V>(n, c, p, true, q, om, t, v);
-    q = v_where(load_as<V, acc_t, acc_t>(v) > V(0), q, V(0));  // invalid elements may hold NaN or inf
-    add_region_sums<V, acc_t>(sums + 3 * c * VL, q * t, q, t);
+  // Pass 1 over the pixels [p0, p1) of row (n, c), the class's sums kept in registers.
+  void stats_row(int64_t n, int64_t c, int64_t p0, int64_t p1) const {
+    using Vec = Vectorized<acc_t>;
+    constexpr int L = Vec::size();
+    const int64_t base = (n * a.C + c) * a.P;
+    Vec si(0), ss(0), st(0), bad(0);
+    acc_t i_tail = 0, s_tail = 0, t_tail = 0, tail_bad = 0;
+    int64_t p = p0;
+    for (; p + L <= p1; p += L) {
+      Vec q, om, t, v;
+      row_elements<Vec>(base + p, true, q, om, t, v, bad);
+      q = v_where(v > Vec(0), q, Vec(0));  // invalid elements may hold NaN or inf
+      si = si + q * t;
+      ss = ss + q;
+      st = st + t;
+    }
+    for (; p < p1; ++p) {
+      acc_t q, om, t, v;
+      row_elements<acc_t>(base + p, true, q, om, t, v, tail_bad);
+      q = v > 0 ? q : acc_t(0);
+      i_tail += q * t;
+      s_tail += q;
+      t_tail += t;
+    }
+    acc_t* acc = sums + 3 * c * L;
+    add_region_sums<Vec, acc_t>(acc, si, ss, st);
+    add_region_sums<acc_t, acc_t>(acc, i_tail, s_tail, t_tail);
+    if (v_sum(bad) + tail_bad != acc_t(0)) flag_row(base, p0, p1);
   }
 
+  // The first bad soft label or probability of a row that has one (rare: the op then raises).
+  void flag_row(int64_t base, int64_t p0, int64_t p1) const {
+    const tgt_t* y = static_cast<const tgt_t*>(a.target) + base;
+    const in_t* x = static_cast<const in_t*>(a.x) + base;
+    for (int64_t p = p0; p < p1; ++p) {
+      const double t = static_cast<double>(y[p]), xv = static_cast<double>(static_cast<acc_t>(x[p]));
+      const bool valid = kVectorSoft ? (t >= 0 && t <= 1) : true;
+      if (kVectorSoft && !valid) flags->target(t);
+      if (a.activation == kDenseIdentity && valid && !(xv >= 0 && xv <= 1)) {
+        if constexpr (!kVectorSoft) {  // integer targets: only valid elements count
+          acc_t tv, vv;
+          read_elements<acc_t>(y + p, 1, &tv, &vv, false);
+          if (vv == acc_t(0)) continue;
+        }
+        flags->probability(xv);
+      }
+    }
+  }
+
+  // Pass 2 over the pixels [p0, p1) of row (n, c).
   template <typename V>
   void grad_row_block(int64_t n, int64_t c, int64_t p) const {
-    constexpr int L = Lanes<V>::n;
-    V q, om, t;
-    acc_t v[L];
-    row_elements<V>(n, c, p, false, q, om, t, v);
-    const acc_t* coef = static_cast<const acc_t*>(a.coef) + (group(n) * a.C + c) * 3;
-    const auto valid = load_as<V, acc_t, acc_t>(v) > V(0);
     const int64_t off = (n * a.C + c) * a.P + p;
+    V q, om, t, v, unused(0);
+    row_elements<V>(off, false, q, om, t, v, unused);
+    const acc_t* coef = static_cast<const acc_t*>(a.coef) + (group(n) * a.C + c) * 3;
+    const auto valid = v > V(0);
     if (a.grad_t)
       store_as<V, acc_t>(v_where(valid, V(coef[0]) * q + V(coef[2]), V(0)), static_cast<acc_t*>(a.grad_t) + off);
     V g = V(coef[0]) * t + V(coef[1]);
@@ -228,11 +273,7 @@ struct DenseRegionKernel {
     constexpr int L = Vec::size();
     std::fill(sums, sums + 3 * a.C * L, acc_t(0));
     if (by_rows()) {
-      for (int64_t c = 0; c < a.C; ++c) {
-        int64_t p = p0;
-        for (; p + L <= p1; p += L) stats_row_block<Vec>(n, c, p);
-        for (; p < p1; ++p) stats_row_block<acc_t>(n, c, p);
-      }
+      for (int64_t c = 0; c < a.C; ++c) stats_row(n, c, p0, p1);
     } else {
       int64_t p = p0;
       for (; p + L <= p1; p += L) stats_block<Vec>(n, p);
