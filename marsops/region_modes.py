@@ -127,4 +127,8 @@ def _second_term(op, logits, x, t, mode, gamma, focal_weight, integer_target, ig
     if integer_target and t.dtype != torch.bool:
         raise ValueError(f"marsops.{op}: the cross-entropy term takes one-hot or soft labels as float or bool; got "
                          f"{t.dtype} (pass a class map (N, *) to ignore pixels)")
-    return F.cross_entropy(logits, t.to(logits.dtype), weight=focal_weight, label_smoothing=label_smoothing)
+    # F.cross_entropy's mean with probability targets is over the pixels (not the weights); summed and
+    # divided here so that an empty batch costs 0, as everywhere in marsops, not 0 / 0.
+    pixels = logits.numel() // max(logits.shape[1], 1)
+    return F.cross_entropy(logits, t.to(logits.dtype), weight=focal_weight, label_smoothing=label_smoothing,
+                           reduction="sum") / max(pixels, 1)

@@ -209,6 +209,9 @@ def test_empty_batches(backend, device, reduction):
         assert (loss == 0).all()
         (g,) = torch.autograd.grad(loss.sum(), x)
         assert g.shape == x.shape
+    if reduction == "mean":  # the sums' second terms too (F.cross_entropy alone gives 0 / 0 = NaN)
+        for mode in ("multiclass", "multilabel"):
+            assert marsops.dice_ce_loss(x, t, mode=mode, backend=backend).item() == 0
 
 
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
