@@ -61,6 +61,12 @@ def as_bool(name: str, value, op: str) -> bool:
     raise TypeError(f"marsops.{op}: {name} must be True or False, got {value!r}")
 
 
+def check_choice(name: str, value, choices: tuple, op: str) -> None:
+    """value is one of choices (a mode, a reduction), else a ValueError listing them."""
+    if value not in choices:
+        raise ValueError(f"marsops.{op}: {name} must be one of {choices}, got {value!r}")
+
+
 def as_classes(classes, num_classes: int, op: str) -> tuple:
     """`classes` (any iterable of ints: a list, a range, a numpy array, a generator, read once) as a
     tuple of distinct ints in [0, num_classes)."""

@@ -63,8 +63,7 @@ def focal_loss(logits: Tensor, target: Tensor, weight: Optional[Tensor] = None, 
         if weight.shape != (logits.shape[1],):
             raise ValueError(f"marsops.focal_loss: weight must have shape ({logits.shape[1]},), got {tuple(weight.shape)}")
     _checks.check_same_device(op, logits=logits, target=target, weight=weight)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"marsops.focal_loss: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    _checks.check_choice("reduction", reduction, REDUCTIONS, op)
     gamma = _checks.as_float("gamma", gamma, op)
     if not gamma >= 0 or gamma == float("inf"):
         raise ValueError(f"marsops.focal_loss: gamma must be finite and >= 0, got {gamma}")

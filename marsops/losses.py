@@ -124,10 +124,8 @@ def _region_loss(op, logits, target, coeffs, weight, classes, smooth, ignore_ind
                  mode="multiclass", from_logits=True, reduction="mean", region_lambda=1.0, focal_lambda=0.0,
                  gamma=0.0, focal_weight=None, focal_reduction="mean", label_smoothing=0.0,
                  focal_name="focal_weight", lambda_names=("lambda_dice", "lambda_focal")):
-    if mode not in MODES:
-        raise ValueError(f"marsops.{op}: mode must be one of {MODES}, got {mode!r}")
-    if reduction not in LOSS_REDUCTIONS:
-        raise ValueError(f"marsops.{op}: reduction must be one of {LOSS_REDUCTIONS}, got {reduction!r}")
+    _checks.check_choice("mode", mode, MODES, op)
+    _checks.check_choice("reduction", reduction, LOSS_REDUCTIONS, op)
     from_logits = _checks.as_bool("from_logits", from_logits, op)
     _checks.check_tensor("target", target, op)
     if target.dtype in (torch.uint16, torch.uint32, torch.uint64):  # labels fit int64: every path takes them
@@ -294,11 +292,8 @@ class _RegionLossModule(nn.Module):
         super().__init__()
         per_image = _checks.as_bool("per_image", per_image, type(self).__name__)
         from_logits = _checks.as_bool("from_logits", from_logits, type(self).__name__)
-        if mode not in MODES:
-            raise ValueError(f"marsops.{type(self).__name__}: mode must be one of {MODES}, got {mode!r}")
-        if reduction not in LOSS_REDUCTIONS:
-            raise ValueError(f"marsops.{type(self).__name__}: reduction must be one of {LOSS_REDUCTIONS}, got "
-                             f"{reduction!r}")
+        _checks.check_choice("mode", mode, MODES, type(self).__name__)
+        _checks.check_choice("reduction", reduction, LOSS_REDUCTIONS, type(self).__name__)
         self.mode, self.from_logits, self.reduction = mode, from_logits, reduction
         self.register_buffer("weight", None if weight is None else _checks.as_weight_buffer(weight))
         self.classes = None if classes is None else tuple(classes)

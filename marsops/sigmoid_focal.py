@@ -57,8 +57,7 @@ def sigmoid_focal_loss(logits: Tensor, target: Tensor, alpha: Optional[float] = 
                              f"{logits.shape[1] if logits.dim() >= 2 else 'absent'}), got shape "
                              f"{tuple(pos_weight.shape)}")
     _checks.check_same_device(op, logits=logits, target=target, pos_weight=pos_weight)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"marsops.{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    _checks.check_choice("reduction", reduction, REDUCTIONS, op)
     gamma = _checks.as_float("gamma", gamma, op)
     if not gamma >= 0 or gamma == float("inf"):
         raise ValueError(f"marsops.{op}: gamma must be finite and >= 0, got {gamma}")
