@@ -1,11 +1,15 @@
 """Class-last (channels_last) logits on the C++ CPU kernels: the layout only changes how a block of
-pixels is loaded and stored (in-register transposes for 2..16 classes on AVX-512, scalar loops
-otherwise), never the formulas, so every result must equal the same logits' in NCHW, for every
+pixels is loaded and stored (fp32 blocks of up to 32 classes through copies specialised for their
+class count: register transposes on AVX2 and AVX-512, scalar loops otherwise), never the formulas, so every result must equal the same logits' in NCHW, for every
 class count, dtype and tail length: the counts exactly, the losses and gradients up to the one
 thing that may differ, the compiler contracting a * b + c into an FMA in one layout's
 instantiation and not the other's (a few fp32 roundings, so at most one rounding of the output
 dtype, or an fp32-sized absolute difference where a result is a cancellation like 1 - p).
 The reference comparisons live in the per-op tests."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from hypothesis import given, strategies as st
@@ -58,15 +62,37 @@ def focal_outputs(x, y, c):
     return loss.detach(), x.grad, cm, none
 
 
-# Every class count the AVX-512 transposes take (2..16) and its neighbours, each dtype, with full
-# 16-pixel blocks and a tail (33 pixels per image); the hypothesis tests draw other shapes.
-EVERY_C = [(c, dtype) for c in range(1, 18) for dtype in DTYPES]
+# Every class count with a specialised copy (1..32) and two past it, each dtype, with full blocks
+# and a tail (33 pixels per image); the hypothesis tests draw other shapes.
+EVERY_C = [(c, dtype) for c in range(1, 35) for dtype in DTYPES]
 
 
 @pytest.mark.parametrize("c,dtype", EVERY_C, ids=[f"C{c}-{str(d)[6:]}" for c, d in EVERY_C])
 def test_every_class_count_agrees_in_both_layouts(c, dtype):
     check_focal_and_confusion(2, c, 3, 11, dtype, seed=c)
     check_region("dice_focal_loss", (2, c, 3, 11, dtype, c), per_image=c % 2 == 0)
+
+
+# The process runs the kernels of the best CPU capability; each capability has its own transposes
+# (AVX-512: pairwise permutes up to 9 classes, 16x16 squares to 32; AVX2: 8x8 squares), so the
+# class counts are checked again under each of the others, in a child process
+# (ATEN_CPU_CAPABILITY is read once per process).
+OTHER_CAPABILITIES = ["default", "avx2"]
+
+
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") is not None, reason="already the child process")
+@pytest.mark.parametrize("capability", OTHER_CAPABILITIES)
+def test_every_class_count_agrees_under_every_cpu_capability(capability):
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env=env, capture_output=True, text=True, check=True)
+    if probe.stdout.strip().lower() != capability:
+        pytest.skip(f"this CPU cannot run {capability} (torch chose {probe.stdout.strip()})")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+                             "test_every_class_count_agrees_in_both_layouts"],
+                            env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert f"{len(EVERY_C)} passed" in result.stdout
 
 
 # The CUDA kernels read class-last logits in place too (a pixel's classes contiguous): run on the

@@ -95,9 +95,8 @@ struct ConfusionKernel {
     int64_t pred[L];
     int64_t p = p0;
 #ifdef MARSOPS_LABELS_SIMD
-    // int64 labels, fp32 NCHW logits: the cells of a block as one vector (labels_simd.h). Class-last
-    // blocks keep the per-pixel count: with their scalar transposes this path measured slower there.
-    if constexpr (!CLASS_LAST && L == labels_simd::kLanes && std::is_same_v<compute_t<x_t>, float> &&
+    // int64 labels, fp32 logits: the cells of a block as one vector (labels_simd.h).
+    if constexpr (L == labels_simd::kLanes && std::is_same_v<compute_t<x_t>, float> &&
                   std::is_same_v<tgt_t, int64_t>) {
       if (subs > 0) {  // C * C <= kSubHistMaxCells: fits int32
         const int64_t CC = C * C;

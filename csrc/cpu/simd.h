@@ -12,12 +12,14 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels.h"
 #ifdef CPU_CAPABILITY_AVX512
 #include "transpose16.h"
 #endif
+#include "transpose_rows.h"
 #include "labels_simd.h"
 
 namespace marsops::cpu {
@@ -127,16 +129,79 @@ inline V load_as(const in_t* p) {
 }
 
 // Class-last logits (N, P, C): the C values of each of L pixels are one contiguous run of L * C.
-// Transposes them into a [C][L] tile of the compute type, and back for the gradient: about one
-// cycle per element, against one vector load per L elements in NCHW (hardware gathers, scatters
-// and per-C unrolled copies measured no faster here).
+// gather_tile transposes them into a [C][L] tile of the compute type, scatter_tile the gradient
+// back. fp32 blocks of up to 32 classes (the SIMD main loop) take a copy specialised for their C,
+// through a table, with the way that measured fastest here (Zen 4; ns per pixel in
+// benchmarks/README.md): AVX-512 permutes pairs of registers up to 9 classes (transpose16.h) and
+// transposes 16x16 squares from 10 (transpose_rows.h); AVX2 gathers with scalar moves and
+// scatters through 8x8 squares. A run-time C costs 2-4x more in either (nothing unrolls).
+namespace class_last {
+
+constexpr int kMaxFixedClasses = 32;
+
+template <int C, int L>
+inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
+#ifdef CPU_CAPABILITY_AVX512
+  if constexpr (L == 16 && C >= 2 && C <= 9) {
+    transpose16::gather<C>(src, tile);
+    return;
+  } else if constexpr (L == 16 && C >= 10) {
+    transpose_rows::gather<C>(src, tile);
+    return;
+  }
+#endif
+  for (int c = 0; c < C; ++c)
+    for (int i = 0; i < L; ++i) tile[c * L + i] = src[i * C + c];
+}
+
+template <int C, int L>
+inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
+#ifdef CPU_CAPABILITY_AVX512
+  if constexpr (L == 16 && C >= 2 && C <= 9) {
+    transpose16::scatter<C>(tile, dst);
+    return;
+  } else if constexpr (L == 16 && C >= 10) {
+    transpose_rows::scatter<C>(tile, dst);
+    return;
+  }
+#elif defined(MARSOPS_TRANSPOSE_ROWS)
+  if constexpr (L == transpose_rows::L && C >= 2 && C <= transpose_rows::kMaxClasses) {
+    transpose_rows::scatter<C>(tile, dst);
+    return;
+  }
+#endif
+  for (int i = 0; i < L; ++i)
+    for (int c = 0; c < C; ++c) dst[i * C + c] = tile[c * L + i];
+}
+
+template <int L, int... Cs>
+inline void gather(const float* src, int64_t C, float* tile, std::integer_sequence<int, Cs...>) {
+  using Fn = void (*)(const float*, float*);
+  static constexpr Fn table[] = {&gather<Cs + 1, L>...};
+  table[C - 1](src, tile);
+}
+
+template <int L, int... Cs>
+inline void scatter(const float* tile, int64_t C, float* dst, std::integer_sequence<int, Cs...>) {
+  using Fn = void (*)(const float*, float*);
+  static constexpr Fn table[] = {&scatter<Cs + 1, L>...};
+  table[C - 1](tile, dst);
+}
+
+}  // namespace class_last
+
 template <int L, typename acc_t, typename in_t>
 inline void gather_tile(const in_t* __restrict__ src, int64_t C, acc_t* __restrict__ tile) {
+  if constexpr (L == Vectorized<float>::size() && std::is_same_v<acc_t, float> && std::is_same_v<in_t, float>) {
+    if (C <= class_last::kMaxFixedClasses) {
+      class_last::gather<L>(src, C, tile, std::make_integer_sequence<int, class_last::kMaxFixedClasses>{});
+      return;
+    }
+  }
 #ifdef CPU_CAPABILITY_AVX512
-  // Up to 16 fp32 / fp16 / bf16 classes: in-register permutes (transpose16.h), 3-4x fewer cycles.
+  // fp16 / bf16 logits up to 16 classes: in-register permutes (transpose16.h), 3-4x fewer cycles.
   if constexpr (L == 16 && std::is_same_v<acc_t, float> &&
-                (std::is_same_v<in_t, float> || std::is_same_v<in_t, c10::Half> ||
-                 std::is_same_v<in_t, c10::BFloat16>)) {
+                (std::is_same_v<in_t, c10::Half> || std::is_same_v<in_t, c10::BFloat16>)) {
     if (transpose16::with_classes(C, [&](auto k) { transpose16::gather<decltype(k)::value>(src, tile); })) return;
   }
 #endif
@@ -146,11 +211,12 @@ inline void gather_tile(const in_t* __restrict__ src, int64_t C, acc_t* __restri
 
 template <int L, typename acc_t, typename out_t>
 inline void scatter_tile(const acc_t* __restrict__ tile, int64_t C, out_t* __restrict__ dst) {
-#ifdef CPU_CAPABILITY_AVX512
-  if constexpr (L == 16 && std::is_same_v<acc_t, float> && std::is_same_v<out_t, float>) {
-    if (transpose16::with_classes(C, [&](auto k) { transpose16::scatter<decltype(k)::value>(tile, dst); })) return;
+  if constexpr (L == Vectorized<float>::size() && std::is_same_v<acc_t, float> && std::is_same_v<out_t, float>) {
+    if (C <= class_last::kMaxFixedClasses) {
+      class_last::scatter<L>(tile, C, dst, std::make_integer_sequence<int, class_last::kMaxFixedClasses>{});
+      return;
+    }
   }
-#endif
   for (int i = 0; i < L; ++i)  // contiguous writes; the tile's strided reads stay in L1
     for (int64_t c = 0; c < C; ++c) dst[i * C + c] = static_cast<out_t>(tile[c * L + i]);
 }

@@ -1,0 +1,152 @@
+// Class-last blocks of fp32 (channels_last logits, L pixels x C classes, contiguous as [L][C]) to a
+// [C][L] tile and back, through square L x L register transposes (8x8 with AVX2, 16x16 with
+// AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L such rows make one
+// transpose, and the transpose's first C - jL rows are class rows of the tile. It costs about
+// (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar moves, so it serves the
+// class counts transpose16.h's pairwise permutes (~C * C / 2 shuffles) do not: AVX2, and AVX-512
+// with 10 to 32 classes.
+//
+// No access leaves the block: a row that would read past its end is read from the block's last L
+// values and rotated into place (its extra lanes are other pixels', never used), and the stores of a
+// pixel's last, partial part are masked (AVX-512) or written lane by lane (the block's last pixel,
+// AVX2; other pixels' full-width stores run into the next pixel, whose stores come later).
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <utility>
+
+namespace marsops::cpu {
+namespace CPU_CAPABILITY {
+namespace transpose_rows {
+
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int L = 16;
+using R = __m512;
+inline R load(const float* p) { return _mm512_loadu_ps(p); }
+inline void store(float* p, R v) { _mm512_storeu_ps(p, v); }
+inline R zero() { return _mm512_setzero_ps(); }
+// Lanes [s, s + L) of the L values at p, wrapping (lanes past L are the block's, unused).
+inline R load_rotated(const float* p, int s) {
+  alignas(64) static constexpr int32_t idx[2 * L] = {0, 1, 2,  3,  4,  5,  6,  7,  8, 9, 10, 11, 12, 13, 14, 15,
+                                                     0, 1, 2,  3,  4,  5,  6,  7,  8, 9, 10, 11, 12, 13, 14, 15};
+  return _mm512_permutexvar_ps(_mm512_loadu_si512(idx + s), _mm512_loadu_ps(p));
+}
+// The first n (< L) lanes of v to p.
+inline void store_first(float* p, R v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
+
+[[gnu::always_inline]] inline void transpose(R* r) {
+  R t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      r[i + k] = _mm512_shuffle_ps(t[i + k], t[i + k + 2], 0x44);
+      r[i + k + 2] = _mm512_shuffle_ps(t[i + k], t[i + k + 2], 0xEE);
+    }
+  for (int i = 0; i < 16; i += 8)
+    for (int k = 0; k < 4; ++k) {
+      t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
+      t[i + k + 4] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0xDD);
+    }
+  for (int k = 0; k < 8; ++k) {
+    r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
+    r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
+  }
+  // The unpack / shuffle stages leave columns 1 and 2 of every four swapped: undo it (register
+  // renaming, no instructions).
+  for (int k = 0; k < 16; k += 4) std::swap(r[k + 1], r[k + 2]);
+}
+#define MARSOPS_TRANSPOSE_ROWS 1
+
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int L = 8;
+using R = __m256;
+inline R load(const float* p) { return _mm256_loadu_ps(p); }
+inline void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+inline R zero() { return _mm256_setzero_ps(); }
+inline R load_rotated(const float* p, int s) {
+  static constexpr int32_t idx[2 * L] = {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7};
+  return _mm256_permutevar8x32_ps(_mm256_loadu_ps(p), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + s)));
+}
+inline void store_first(float* p, R v, int n) {
+  alignas(32) float buf[L];
+  _mm256_store_ps(buf, v);
+  for (int i = 0; i < n; ++i) p[i] = buf[i];
+}
+
+[[gnu::always_inline]] inline void transpose(R* r) {
+  R t[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4)
+    for (int k = 0; k < 2; ++k) {
+      r[i + k] = _mm256_shuffle_ps(t[i + k], t[i + k + 2], 0x44);
+      r[i + k + 2] = _mm256_shuffle_ps(t[i + k], t[i + k + 2], 0xEE);
+    }
+  R u[8];
+  for (int k = 0; k < 4; ++k) {
+    u[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
+    u[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
+  }
+  // The same swap of columns 1 and 2 of every four as the AVX-512 version.
+  for (int k = 0; k < 8; ++k) r[k] = u[k];
+  for (int k = 0; k < 8; k += 4) std::swap(r[k + 1], r[k + 2]);
+}
+#define MARSOPS_TRANSPOSE_ROWS 1
+#endif
+
+#ifdef MARSOPS_TRANSPOSE_ROWS
+constexpr int kMaxClasses = 2 * L;  // two transposes a block at most
+
+// Block src (L pixels x C classes) to tile [C][L]. C is a compile-time constant: with it every
+// loop unrolls and the rows stay in registers (a run-time C measured 2-4x slower).
+template <int C>
+inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
+  static_assert(C >= 1 && C <= kMaxClasses);
+  constexpr int end = L * C;
+  for (int j = 0; j < C; j += L) {
+    R r[L];
+    for (int i = 0; i < L; ++i) {
+      const int off = i * C + j;
+      r[i] = off + L <= end ? load(src + off) : load_rotated(src + end - L, off - (end - L));
+    }
+    transpose(r);
+    for (int k = 0; k < L && j + k < C; ++k) store(tile + (j + k) * L, r[k]);
+  }
+}
+
+// Tile [C][L] back to the block dst (L pixels x C classes).
+template <int C>
+inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
+  static_assert(C >= 1 && C <= kMaxClasses);
+  constexpr int parts = (C + L - 1) / L;
+  R r[parts][L];
+  for (int part = 0; part < parts; ++part) {
+    const int j = part * L;
+    for (int k = 0; k < L; ++k) r[part][k] = j + k < C ? load(tile + (j + k) * L) : zero();
+    transpose(r[part]);
+  }
+  // Pixel by pixel, in order: a full-width store of a partial part runs into the next pixel's
+  // first values, which that pixel's own stores write afterwards; only a store that would run past
+  // the block is cut to its own lanes.
+  for (int i = 0; i < L; ++i)
+    for (int part = 0; part < parts; ++part) {
+      const int off = i * C + part * L;
+      if (off + L > L * C) {
+        store_first(dst + off, r[part][i], std::min(L, C - part * L));
+      } else {
+        store(dst + off, r[part][i]);
+      }
+    }
+}
+#endif
+
+}  // namespace transpose_rows
+}  // namespace CPU_CAPABILITY
+}  // namespace marsops::cpu
