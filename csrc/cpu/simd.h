@@ -131,10 +131,10 @@ inline V load_as(const in_t* p) {
 // Class-last logits (N, P, C): the C values of each of L pixels are one contiguous run of L * C.
 // gather_tile transposes them into a [C][L] tile of the compute type, scatter_tile the gradient
 // back. fp32 blocks of up to 32 classes (the SIMD main loop) take a copy specialised for their C,
-// through a table, with the way that measured fastest here (Zen 4; ns per pixel in
-// benchmarks/README.md): AVX-512 permutes pairs of registers up to 9 classes (transpose16.h) and
-// transposes 16x16 squares from 10 (transpose_rows.h); AVX2 gathers with scalar moves and
-// scatters through 8x8 squares. A run-time C costs 2-4x more in either (nothing unrolls).
+// through a table, with the way that measured fastest here (Zen 4; benchmarks/class_last_transposes.cpp,
+// numbers in benchmarks/README.md): AVX-512 permutes pairs of registers up to 8 classes
+// (transpose16.h) and transposes 16x16 squares from 9 to 32 (transpose_rows.h); AVX2 transposes
+// 8x8 squares (scatters of 2 classes: scalar moves). A run-time C costs 2-4x more (nothing unrolls).
 namespace class_last {
 
 constexpr int kMaxFixedClasses = 32;
@@ -142,10 +142,13 @@ constexpr int kMaxFixedClasses = 32;
 template <int C, int L>
 inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
 #ifdef CPU_CAPABILITY_AVX512
-  if constexpr (L == 16 && C >= 2 && C <= 9) {
+  if constexpr (L == 16 && C >= 2 && C <= 8) {
     transpose16::gather<C>(src, tile);
     return;
-  } else if constexpr (L == 16 && C >= 10) {
+  }
+#endif
+#ifdef MARSOPS_TRANSPOSE_ROWS
+  if constexpr (L == transpose_rows::L && C >= 2 && C <= transpose_rows::kMaxClasses) {
     transpose_rows::gather<C>(src, tile);
     return;
   }
@@ -157,15 +160,13 @@ inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
 template <int C, int L>
 inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
 #ifdef CPU_CAPABILITY_AVX512
-  if constexpr (L == 16 && C >= 2 && C <= 9) {
+  if constexpr (L == 16 && C >= 2 && C <= 8) {
     transpose16::scatter<C>(tile, dst);
     return;
-  } else if constexpr (L == 16 && C >= 10) {
-    transpose_rows::scatter<C>(tile, dst);
-    return;
   }
-#elif defined(MARSOPS_TRANSPOSE_ROWS)
-  if constexpr (L == transpose_rows::L && C >= 2 && C <= transpose_rows::kMaxClasses) {
+#endif
+#ifdef MARSOPS_TRANSPOSE_ROWS
+  if constexpr (L == transpose_rows::L && C >= 3 && C <= transpose_rows::kMaxClasses) {
     transpose_rows::scatter<C>(tile, dst);
     return;
   }

@@ -2,14 +2,16 @@
 // [C][L] tile and back, through square L x L register transposes (8x8 with AVX2, 16x16 with
 // AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L such rows make one
 // transpose, and the transpose's first C - jL rows are class rows of the tile. It costs about
-// (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar moves, so it serves the
-// class counts transpose16.h's pairwise permutes (~C * C / 2 shuffles) do not: AVX2, and AVX-512
-// with 10 to 32 classes.
+// (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar moves; simd.h's
+// class_last picks it where it measured faster than both the scalar loops and transpose16.h's
+// pairwise permutes (~C * C / 2 shuffles): AVX-512 from 9 to 32 classes, AVX2 up to 16.
 //
 // No access leaves the block: a row that would read past its end is read from the block's last L
-// values and rotated into place (its extra lanes are other pixels', never used), and the stores of a
-// pixel's last, partial part are masked (AVX-512) or written lane by lane (the block's last pixel,
-// AVX2; other pixels' full-width stores run into the next pixel, whose stores come later).
+// values and rotated into place (its extra lanes are other pixels', never used). Stores go pixel
+// by pixel, in order: a full-width store of a pixel's partial last part runs into the next pixel's
+// first values, which that pixel's own stores overwrite afterwards; a store that would run past the
+// block is cut to its own lanes (masked with AVX-512, lane by lane with AVX2). So a block never
+// touches its neighbours' memory, which other threads may be writing.
 #pragma once
 #include <immintrin.h>
 
