@@ -54,7 +54,7 @@ def predictions(images, truth, pred, path, rows=6):
 
 def confusion(matrix, path):
     plt = _plt()
-    m = matrix.double()
+    m = matrix.detach().cpu().double()  # the checkpoint's matrix lives on the training device
     norm = (m / m.sum(1, keepdim=True).clamp_min(1)).numpy()
     fig, ax = plt.subplots(figsize=(5, 4.3))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
