@@ -30,7 +30,7 @@ def main(backend="cuda"):
         with torch.no_grad():
             marsops.focal_loss(x, t, None, 2.0, backend=backend)
         for num_classes in (c, 100):  # 100 classes: C * C > 8192 bins, the global-atomics path
-            tc = t.clamp(0, c - 1)
+            tc = t.clamp(0, min(c, num_classes) - 1)  # labels inside [0, num_classes)
             marsops.confusion_matrix(tc, tc, num_classes, backend=backend)
         marsops.confusion_matrix(x.detach(), t, c, ignore_index=-100, backend=backend)
     for dtype in (torch.uint8, torch.float32, torch.bool, torch.int64):

@@ -62,12 +62,13 @@ def assert_close(actual, expected, dtype=None):
     torch.testing.assert_close(actual.double().cpu(), expected.double().cpu(), rtol=rtol, atol=atol)
 
 
-def assert_compiles_like_eager(loss_fn, out_channels, masks):
+def assert_compiles_like_eager(loss_fn, out_channels, masks, device="cpu"):
     """A conv model + loss_fn compiles with no graph break (fullgraph) and matches eager: the loss
-    and the model's gradients."""
+    and the model's gradients, on `device`."""
     torch.manual_seed(0)
-    model = torch.nn.Conv2d(1, out_channels, 3, padding=1)
-    images = torch.randn(masks.shape[0], 1, *masks.shape[-2:])
+    model = torch.nn.Conv2d(1, out_channels, 3, padding=1).to(device)
+    images = torch.randn(masks.shape[0], 1, *masks.shape[-2:]).to(device)
+    masks = masks.to(device)
 
     def step(images, masks):
         return loss_fn(model(images), masks)

@@ -291,8 +291,8 @@ def test_nonfinite_upstream_gradient_at_ignored_pixels_stays_out(backend, device
     y[1] = 255
 
     def per_image_mean(loss):
-        n = (y.to(device) != 255).sum((1, 2))
-        return torch.where(n > 0, loss.sum((1, 2)) / n, torch.zeros((), device=device)).mean()
+        n = (y.to(loss.device) != 255).sum((1, 2))
+        return torch.where(n > 0, loss.sum((1, 2)) / n, torch.zeros((), device=loss.device)).mean()
 
     leaf = x.clone().to(device).requires_grad_()
     per_image_mean(marsops.focal_loss(leaf, y.to(device), gamma=0.0, ignore_index=255, reduction="none",
@@ -300,7 +300,7 @@ def test_nonfinite_upstream_gradient_at_ignored_pixels_stays_out(backend, device
     ce = x.clone().requires_grad_()
     per_image_mean(F.cross_entropy(ce, y, ignore_index=255, reduction="none")).backward()
     assert torch.isfinite(leaf.grad).all() and (leaf.grad[1] == 0).all()
-    assert_close(leaf.grad, ce.grad)
+    assert_close(leaf.grad.cpu(), ce.grad)
 
 
 @pytest.mark.parametrize("backend,device", FUSED, ids=backend_ids(FUSED))
@@ -520,8 +520,9 @@ def test_forward_mode_ad_through_class_weights_is_refused(backend, device):
         if (backend, device) in REGION:
             with pytest.raises(RuntimeError, match="forward-mode AD"):
                 marsops.dice_loss(x, t, weight=dual, backend=backend)
-        with pytest.raises(RuntimeError, match="forward-mode AD"):
-            marsops.sigmoid_focal_loss(x, (x > 0).float(), pos_weight=dual, backend=backend)
+        if (backend, device) in SIGMOID:
+            with pytest.raises(RuntimeError, match="forward-mode AD"):
+                marsops.sigmoid_focal_loss(x, (x > 0).float(), pos_weight=dual, backend=backend)
 
 
 def test_negative_region_weights_are_refused_in_compiled_code_too():
@@ -805,8 +806,15 @@ VMAPPED = {
 }
 
 
-@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
-@pytest.mark.parametrize("name", sorted(VMAPPED))
+# Each loss with the backends that implement its kernel (the CUDA C++ kernels have no region or
+# sigmoid focal loss).
+VMAP_OPS = {"focal_loss": FUSED, "focal_loss_none": FUSED, "sigmoid_focal_loss": SIGMOID[1:]}
+VMAP_CASES = [(name, b, d) for name in sorted(VMAPPED)
+              for b, d in [("reference", "cpu")] + VMAP_OPS.get(name, REGION[1:])]
+
+
+@pytest.mark.parametrize("name,backend,device", VMAP_CASES,
+                         ids=[f"{n}-{i}" for (n, _, _), i in zip(VMAP_CASES, backend_ids([c[1:] for c in VMAP_CASES]))])
 def test_vmap_forward_and_backward_equal_a_loop_over_the_batch(backend, device, name):
     """vmap ran the fused forward without its gradient (the BatchedTensor it saw does not require
     grad), and backward then failed with a misleading error."""
@@ -957,8 +965,10 @@ def test_region_losses_refuse_nonfinite_or_negative_float_options(backend, devic
 @pytest.mark.parametrize("backend,device", REGION, ids=backend_ids(REGION))
 def test_region_weights_must_be_finite(backend, device):
     x, t = torch.randn(2, 3, 4, device=device), torch.randint(0, 3, (2, 4), device=device)
-    for bad in (math.inf, math.nan, -1.0):
-        with pytest.raises(ValueError, match="weight must be finite and >= 0"):
-            marsops.dice_loss(x, t, weight=torch.tensor([1.0, bad, 1.0], device=device), backend=backend)
+    for bad in ("inf", "nan", "-1.0"):  # on a GPU a device-side assertion: run in a fresh process
+        assert_label_error(device, f"marsops.dice_loss(torch.randn(2, 3, 4, device='{device}'), "
+                           f"torch.randint(0, 3, (2, 4), device='{device}'), "
+                           f"weight=torch.tensor([1.0, float('{bad}'), 1.0], device='{device}'), backend='{backend}')",
+                           "weight must be finite and >= 0")
     with pytest.raises(ValueError, match="alpha and beta must not both be 0"):
         marsops.tversky_loss(x, t, alpha=0.0, beta=0.0, backend=backend)

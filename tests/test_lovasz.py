@@ -14,6 +14,13 @@ from marsops import reference
 from helpers import assert_close, assert_compiles_like_eager, assert_label_error, backend_ids, kernel_backends
 
 BACKENDS = kernel_backends("lovasz_softmax_forward")
+DEVICE = dict(BACKENDS)  # the device each backend runs on here: Triton on the GPU where there is one
+
+
+def on(backend, *tensors):
+    """The tensors on the device the backend runs on (the reference: the CPU)."""
+    moved = tuple(t.to(DEVICE.get(backend, "cpu")) for t in tensors)
+    return moved if len(moved) > 1 else moved[0]
 INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 # The kernels' errors |fg - p| carry a few units of roundoff of the compute type (p in [0, 1]):
 # about 1e-7 in fp32, 1e-16 in fp64. Errors further apart than this keep their order.
@@ -52,10 +59,11 @@ def lovasz_case(draw, max_c=7):
 
 
 def run(logits, target, kw, backend, dtype, upstream=0.75):
-    x = logits.to(dtype=dtype, copy=True).requires_grad_()
-    loss = marsops.lovasz_softmax_loss(x, target, backend=backend, **kw)
-    (grad,) = torch.autograd.grad(loss, x, torch.tensor(upstream, dtype=loss.dtype))
-    return loss, grad
+    """The loss and the gradient of the logits, computed on the backend's device, on the CPU."""
+    x = on(backend, logits).to(dtype=dtype, copy=True).requires_grad_()
+    loss = marsops.lovasz_softmax_loss(x, on(backend, target), backend=backend, **kw)
+    (grad,) = torch.autograd.grad(loss, x, torch.tensor(upstream, dtype=loss.dtype, device=loss.device))
+    return loss.cpu(), grad.cpu()
 
 
 def min_error_gap(logits, target, kw):
@@ -128,12 +136,10 @@ def test_tied_errors_loss_only(backend, seed, per_image, classes, kind):
     else:
         x = torch.zeros(n, c, h, w)
     kw = dict(per_image=per_image, classes=classes)
-    loss = marsops.lovasz_softmax_loss(x, target, backend=backend, **kw)
+    loss, grad = run(x, target, kw, backend, torch.float32)
     ref = reference.lovasz_softmax_loss(x.double(), target, per_image=per_image, classes=classes)
     assert_close(loss, ref.float(), torch.float32)
-    x.requires_grad_()
-    marsops.lovasz_softmax_loss(x, target, backend=backend, **kw).backward()
-    assert torch.isfinite(x.grad).all()
+    assert torch.isfinite(grad).all()
 
 
 def test_reference_by_hand():
@@ -145,10 +151,10 @@ def test_reference_by_hand():
     x = torch.log(torch.stack([p0, 1 - p0])).reshape(1, 2, 1, 3)
     t = torch.tensor([[[0, 0, 1]]])
     for backend in ["reference"] + [b for b, d in BACKENDS]:
-        xb = x if backend != "triton" else x.float()
-        assert float(marsops.lovasz_softmax_loss(xb, t, backend=backend)) == pytest.approx(23 / 60, rel=1e-6)
-        assert float(marsops.lovasz_softmax_loss(xb, t, classes=[1], backend=backend)) == pytest.approx(0.4, rel=1e-6)
-        assert float(marsops.lovasz_softmax_loss(xb, t, classes=[0], backend=backend)) == pytest.approx(11 / 30,
+        xb, tb = on(backend, x if backend != "triton" else x.float(), t)
+        assert float(marsops.lovasz_softmax_loss(xb, tb, backend=backend)) == pytest.approx(23 / 60, rel=1e-6)
+        assert float(marsops.lovasz_softmax_loss(xb, tb, classes=[1], backend=backend)) == pytest.approx(0.4, rel=1e-6)
+        assert float(marsops.lovasz_softmax_loss(xb, tb, classes=[0], backend=backend)) == pytest.approx(11 / 30,
                                                                                                         rel=1e-6)
 
 
@@ -165,13 +171,12 @@ def test_matches_smp(backend, per_image):
         x = torch.randn((shape[0], c) + shape[1:], generator=g)
         t = torch.randint(0, c, shape, generator=g)
         t[:, 0, :3] = 255
-        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
-        ours = marsops.lovasz_softmax_loss(xa, t, per_image=per_image, ignore_index=255, backend=backend)
+        ours, grad = run(x, t, dict(per_image=per_image, ignore_index=255), backend, torch.float32, upstream=1.0)
+        xb = x.clone().requires_grad_()
         theirs = smp.LovaszLoss("multiclass", per_image=per_image, ignore_index=255)(xb, t)
-        ours.backward()
         theirs.backward()
         assert_close(ours, theirs.detach(), torch.float32)
-        assert_close(xa.grad, xb.grad, torch.float32)
+        assert_close(grad, xb.grad, torch.float32)
 
 
 @pytest.mark.parametrize("backend", [b for b, d in BACKENDS], ids=backend_ids(BACKENDS))
@@ -180,17 +185,16 @@ def test_nothing_to_score_costs_nothing(backend):
     gradient; such an image still counts in the per_image mean (Berman's convention)."""
     for shape, per_image in (((2, 3, 4, 4), False), ((2, 3, 4, 4), True), ((0, 3, 4, 4), False),
                              ((0, 3, 4, 4), True)):
-        x = torch.randn(shape, requires_grad=True)
+        x = torch.randn(shape)
         t = torch.full((shape[0],) + shape[2:], -100)
         for classes in ("present", "all", [1]):
-            loss = marsops.lovasz_softmax_loss(x, t, classes=classes, per_image=per_image, backend=backend)
-            (grad,) = torch.autograd.grad(loss, x)
-            assert float(loss.detach()) == 0 and not grad.any()
+            loss, grad = run(x, t, dict(classes=classes, per_image=per_image), backend, torch.float32, upstream=1.0)
+            assert float(loss) == 0 and not grad.any()
     x = torch.randn(2, 3, 4, 4)
     t = torch.randint(0, 3, (2, 4, 4))
-    one = marsops.lovasz_softmax_loss(x[:1], t[:1], per_image=True, backend=backend)
+    one, _ = run(x[:1], t[:1], dict(per_image=True), backend, torch.float32)
     t[1] = -100
-    both = marsops.lovasz_softmax_loss(x, t, per_image=True, backend=backend)
+    both, _ = run(x, t, dict(per_image=True), backend, torch.float32)
     assert_close(both, one / 2, torch.float32)
 
 
@@ -209,10 +213,11 @@ def test_nan_and_inf_at_ignored_pixels_change_nothing(backend):
 
 @pytest.mark.parametrize("backend", [b for b, d in BACKENDS], ids=backend_ids(BACKENDS))
 def test_labels_out_of_range_raise(backend):
+    device = DEVICE[backend]
     for bad in (3, -1, 200):
-        code = (f"marsops.lovasz_softmax_loss(torch.randn(2, 3, 2, 2), torch.tensor([[[0, 1], [2, {bad}]], "
-                f"[[0, 0], [0, 0]]]), backend='{backend}')")
-        assert_label_error("cpu", code, "outside")
+        code = (f"marsops.lovasz_softmax_loss(torch.randn(2, 3, 2, 2, device='{device}'), torch.tensor([[[0, 1], "
+                f"[2, {bad}]], [[0, 0], [0, 0]]], device='{device}'), backend='{backend}')")
+        assert_label_error(device, code, "outside")
     with pytest.raises(ValueError, match="outside"):
         reference.lovasz_softmax_loss(torch.randn(1, 3, 1, 2), torch.tensor([[[0, 3]]]))
 
@@ -251,8 +256,8 @@ def test_bad_arguments_raise_clear_errors(call_, error, match):
 @pytest.mark.skipif(not any(b == "triton" for b, d in BACKENDS), reason="Triton cannot run here")
 def test_triton_refuses_float64():
     with pytest.raises(TypeError, match="fp32"):
-        marsops.lovasz_softmax_loss(torch.randn(2, 3, 4, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.long),
-                                    backend="triton")
+        marsops.lovasz_softmax_loss(*on("triton", torch.randn(2, 3, 4, dtype=torch.float64),
+                                        torch.zeros(2, 4, dtype=torch.long)), backend="triton")
 
 
 def test_module_and_exports():
@@ -278,8 +283,8 @@ def test_gradcheck_reference_float64():
 
 @pytest.mark.parametrize("backend", [b for b, d in BACKENDS], ids=backend_ids(BACKENDS))
 def test_opcheck(backend):
-    x = torch.randn(2, 4, 3, 5, requires_grad=True)
-    t = torch.randint(0, 4, (2, 3, 5))
+    x, t = on(backend, torch.randn(2, 4, 3, 5), torch.randint(0, 4, (2, 3, 5)))
+    x.requires_grad_()
     for per_image, only_present in ((False, True), (True, False)):
         args = (x, t, [0, 1, 2, 3], only_present, per_image, -100, True, backend)
         torch.library.opcheck(torch.ops.marsops.lovasz_softmax_loss.default, args)
@@ -288,7 +293,7 @@ def test_opcheck(backend):
 @pytest.mark.parametrize("backend", ["reference"] + [b for b, d in BACKENDS])
 def test_torch_compile_fullgraph(backend):
     assert_compiles_like_eager(marsops.LovaszSoftmaxLoss(classes=[1, 2, 3], per_image=True, backend=backend), 4,
-                               torch.randint(0, 4, (2, 8, 8)))
+                               torch.randint(0, 4, (2, 8, 8)), device=DEVICE.get(backend, "cpu"))
 
 
 @pytest.mark.parametrize("backend", [b for b, d in BACKENDS], ids=backend_ids(BACKENDS))
@@ -339,10 +344,10 @@ def test_numpy_classes_and_the_triton_class_limit():
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 4, 5, 6, generator=g), torch.randint(0, 4, (2, 5, 6), generator=g)
     for b, _ in BACKENDS:
-        torch.testing.assert_close(marsops.lovasz_softmax_loss(x, t, classes=np.array([1, 2]), backend=b),
+        torch.testing.assert_close(marsops.lovasz_softmax_loss(*on(b, x, t), classes=np.array([1, 2]), backend=b).cpu(),
                                    marsops.lovasz_softmax_loss(x, t, classes=[1, 2], backend="reference"),
                                    rtol=1e-5, atol=1e-6)
     if any(b == "triton" for b, _ in BACKENDS):
         with pytest.raises(ValueError, match="up to 1024 classes"):
-            marsops.lovasz_softmax_loss(torch.randn(1, 1025, 2), torch.zeros(1, 2, dtype=torch.long),
+            marsops.lovasz_softmax_loss(*on("triton", torch.randn(1, 1025, 2), torch.zeros(1, 2, dtype=torch.long)),
                                         backend="triton")

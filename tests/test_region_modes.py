@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import marsops
-from helpers import assert_close, assert_compiles_like_eager, backend_ids, kernel_backends
+from helpers import assert_close, assert_compiles_like_eager, assert_label_error, backend_ids, kernel_backends
 
 BACKENDS = kernel_backends("dense_region_stats")
 ALL = [("reference", "cpu")] + BACKENDS
@@ -214,26 +214,38 @@ def test_empty_batches(backend, device, reduction):
             assert marsops.dice_ce_loss(x, t, mode=mode, backend=backend).item() == 0
 
 
+# Values a kernel checks as it reads them: on a GPU a device-side assertion, so each call is code
+# that helpers.assert_label_error runs in a fresh process there ({d}: the device, {b}: the backend).
+BAD_VALUES = [
+    "marsops.dice_loss(torch.rand(2, 3, 4, device='{d}') + 0.5, torch.zeros(2, 3, 4, device='{d}'), "
+    "mode='multilabel', from_logits=False, backend='{b}')",
+    "marsops.dice_loss(torch.full((2, 3, 4), float('nan'), device='{d}'), torch.zeros(2, 3, 4, device='{d}'), "
+    "mode='multilabel', from_logits=False, backend='{b}')",
+    "marsops.dice_loss(torch.randn(2, 1, 4, device='{d}'), torch.full((2, 1, 4), 1.5, device='{d}'), mode='binary', "
+    "backend='{b}')",
+    "marsops.dice_loss(torch.randn(2, 1, 4, device='{d}'), torch.full((2, 1, 4), float('nan'), device='{d}'), "
+    "mode='binary', backend='{b}')",
+    "marsops.dice_loss(torch.randn(2, 3, 4, device='{d}'), torch.full((2, 3, 4), 2, device='{d}'), mode='multilabel', "
+    "backend='{b}')",
+    "marsops.dice_loss(torch.rand(2, 3, 4, device='{d}'), torch.full((2, 4), 3, device='{d}'), from_logits=False, "
+    "backend='{b}')",
+    "marsops.dice_loss(torch.randn(2, 3, 4, device='{d}'), torch.full((2, 4), 3, device='{d}'), reduction='none', "
+    "backend='{b}')",
+    # float64 soft labels are checked in float64: 1 + 1e-12 is outside [0, 1]
+    "t = torch.rand(2, 3, 4, dtype=torch.float64, device='{d}'); t[1, 2, 3] = 1 + 1e-12; "
+    "marsops.dice_loss(torch.randn(2, 3, 4, device='{d}'), t, mode='multilabel', backend='{b}')",
+]
+
+
 @pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
-@pytest.mark.parametrize("call_,match", [
-    (lambda b, d: marsops.dice_loss(torch.rand(2, 3, 4, device=d) + 0.5, torch.zeros(2, 3, 4, device=d),
-                                    mode="multilabel", from_logits=False, backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.full((2, 3, 4), float("nan"), device=d), torch.zeros(2, 3, 4, device=d),
-                                    mode="multilabel", from_logits=False, backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.randn(2, 1, 4, device=d), torch.full((2, 1, 4), 1.5, device=d),
-                                    mode="binary", backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.randn(2, 1, 4, device=d), torch.full((2, 1, 4), float("nan"), device=d),
-                                    mode="binary", backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.randn(2, 3, 4, device=d), torch.full((2, 3, 4), 2, device=d),
-                                    mode="multilabel", backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.rand(2, 3, 4, device=d), torch.full((2, 4), 3, device=d),
-                                    from_logits=False, backend=b), "outside"),
-    (lambda b, d: marsops.dice_loss(torch.randn(2, 3, 4, device=d), torch.full((2, 4), 3, device=d),
-                                    reduction="none", backend=b), "outside"),
-])
-def test_bad_values_raise(backend, device, call_, match):
-    with pytest.raises(ValueError, match=match):
-        call_(backend, device)
+@pytest.mark.parametrize("case", range(len(BAD_VALUES)))
+def test_bad_values_raise(backend, device, case):
+    code = BAD_VALUES[case].format(d=device, b=backend)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="outside"):
+            exec(code, {"torch": torch, "marsops": marsops})
+    else:
+        assert_label_error(device, code, "outside")
 
 
 @pytest.mark.parametrize("call_,error,match", [
@@ -371,15 +383,6 @@ def test_vanishing_mass_of_an_absent_class_gives_a_finite_gradient(backend, devi
                                  from_logits=from_logits, backend=backend)
         (g,) = torch.autograd.grad(loss, x)
         assert torch.isfinite(g).all() and loss.item() == 1.0
-
-
-@pytest.mark.parametrize("backend,device", ALL, ids=backend_ids(ALL))
-def test_float64_soft_labels_are_checked_in_float64(backend, device):
-    x = torch.randn(2, 3, 4, device=device)
-    t = torch.rand(2, 3, 4, dtype=torch.float64, device=device)
-    t[1, 2, 3] = 1 + 1e-12
-    with pytest.raises(ValueError, match="outside"):
-        marsops.dice_loss(x, t, mode="multilabel", backend=backend)
 
 
 def test_unsigned_class_maps_on_every_path():

@@ -68,7 +68,7 @@ def test_matches_reference(backend, device, case, dtype):
     outputs once, the kernel's gradient once more when scaled (helpers.TOLERANCE)."""
     if dtype == torch.float64 and backend != "cpu":
         dtype = torch.float32
-    loss, grad = run(case, backend, device, dtype)
+    loss, grad = (t.cpu() for t in run(case, backend, device, dtype))  # compared with the reference on the CPU
     compute = torch.float64 if dtype == torch.float64 else torch.float32
     rounded = dict(case, logits=case["logits"].to(dtype).to(compute))
     if rounded["target"].is_floating_point():
