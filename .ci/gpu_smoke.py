@@ -1,6 +1,6 @@
 """GPU smoke check: every op (focal loss with and without confusion counts, region and sigmoid focal
-losses, confusion matrix, flips, d4, volume flips, flip / d4 TTA argmax and its counts) on the cuda
-and triton backends against the reference run on the same device, over the cases a first GPU run
+losses, Lovász and OHEM losses, confusion matrix, flips, d4, volume flips, flip / d4 TTA argmax
+and its counts) on the cuda and triton backends against the reference run on the same device, over the cases a first GPU run
 trips on: fp32 / fp16 / bf16 logits, int64 / int32 / uint8 targets, ignore_index, every
 reduction, 1, 2, 5, 19, 150 and 1000 classes (past 64 the Triton kernels stream classes in
 chunks; past 31 the confusion matrix counts with global atomics), one sample and a batch that
@@ -166,6 +166,37 @@ def sigmoid_case(backend, device, shape, dtype, soft, reduction, seed=0):
     close(grad, ref_grad, dtype, "gradient")
 
 
+def lovasz_case(backend, device, n, c, spatial, dtype, per_image, seed=0):
+    """The loss against the float64 reference on the same rounded logits; the gradient finite (it
+    follows the sort order, which roundoff may change between near-equal errors)."""
+    g = gen(device, seed)
+    base = (torch.randn((n, c) + spatial, generator=g, device=device) * 3).to(dtype)
+    target = labels(g, device, c, (n,) + spatial, -100, torch.int64)
+    x = base.clone().requires_grad_()
+    loss = marsops.lovasz_softmax_loss(x, target, per_image=per_image, backend=backend)
+    (grad,) = torch.autograd.grad(loss, x)
+    ref = marsops.lovasz_softmax_loss(base.double(), target, per_image=per_image, backend="reference")
+    close(loss.detach(), ref, dtype, "loss")
+    assert grad.shape == x.shape and torch.isfinite(grad).all(), "non-finite gradient"
+
+
+def ohem_case(backend, device, n, c, spatial, dtype, min_kept, seed=0):
+    """OHEM focal loss (thresh 0.7) against the reference: few pixels, so none lies within a
+    rounding of the threshold and both keep the same set."""
+    g = gen(device, seed)
+    base = (torch.randn((n, c) + spatial, generator=g, device=device) * 3).to(dtype)
+    target = labels(g, device, c, (n,) + spatial, -100, torch.int64)
+    weight = torch.rand(c, generator=g, device=device) + 0.5
+    x = base.clone().requires_grad_()
+    loss = marsops.ohem_focal_loss(x, target, 0.5, 0.7, min_kept, weight, -100, backend=backend)
+    (grad,) = torch.autograd.grad(loss, x)
+    ref_x = base.float().requires_grad_()
+    ref = marsops.ohem_focal_loss(ref_x, target, 0.5, 0.7, min_kept, weight, -100, backend="reference")
+    (ref_grad,) = torch.autograd.grad(ref, ref_x)
+    close(loss.detach(), ref.detach(), dtype, "loss")
+    close(grad, ref_grad, dtype, "gradient")
+
+
 def volume_case(backend, device, shape, dtype, seed=0):
     g = gen(device, seed)
     x = (torch.rand(shape, generator=g, device=device) * 200).to(dtype)
@@ -265,6 +296,17 @@ def cases(backends, device):
                        r=reduction, d=FLOATS[i % 3]: sigmoid_case(b, device, (3, 4, 7, 9), d, s, r))
             yield (f"sigmoid_focal {backend} large {big}", lambda b=backend: sigmoid_case(
                 b, device, big, torch.float16, False, "mean"))
+        if _backend.unavailable_reason(backend, "lovasz_softmax_forward", device) is None:
+            for i, (c, per_image) in enumerate(itertools.product((1, 5, 19), (False, True))):
+                yield (f"lovasz {backend} C={c} per_image={per_image} {FLOATS[i % 3]}", lambda b=backend, c=c,
+                       p=per_image, d=FLOATS[i % 3]: lovasz_case(b, device, 3, c, (7, 9), d, p))
+            lovasz_big = (2, 5, 16, 32) if DRY else (16, 19, 128, 256)
+            yield (f"lovasz {backend} large {lovasz_big}", lambda b=backend: lovasz_case(
+                b, device, lovasz_big[0], lovasz_big[1], lovasz_big[2:], torch.float32, True))
+        if _backend.unavailable_reason(backend, "ohem_select", device) is None:
+            for i, (c, min_kept) in enumerate(itertools.product((2, 5, 19), (0, 50))):
+                yield (f"ohem {backend} C={c} min_kept={min_kept} {FLOATS[i % 3]}", lambda b=backend, c=c,
+                       k=min_kept, d=FLOATS[i % 3]: ohem_case(b, device, 3, c, (7, 9), d, k))
         flip4_views, d4_views = list(range(4)), list(marsops.augment.D4_VIEWS)
         for i, (c, softmax) in enumerate(itertools.product((1, 5, 19, 150), (True, False))):
             yield (f"flip4_argmax {backend} C={c} softmax={softmax}", lambda b=backend, c=c, s=softmax, i=i: tta_case(

@@ -83,7 +83,7 @@ def reference_run(case, dtype):
 def test_matches_reference(backend, device, case, dtype):
     if dtype == torch.float64 and not computes_fp64(backend):
         dtype = torch.float32  # cuda / triton compute in fp32 and reject fp64 (tested below)
-    loss, grad = run(case, backend, device, dtype)
+    loss, grad = (t.cpu() for t in run(case, backend, device, dtype))  # compared with the reference on the CPU
     ref_loss, ref_grad = reference_run(case, dtype)
     assert loss.dtype == dtype and grad.dtype == dtype and loss.shape == ref_loss.shape
     # Rounded to the output dtype, the fp32 reference can overflow (an fp16 loss above 65504 is

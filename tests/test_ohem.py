@@ -222,7 +222,8 @@ def test_reference_compiles_and_vmaps(wrap):
 def test_triton_op_checks_its_arguments():
     if not any(b == "triton" for b, _ in BACKENDS):
         pytest.skip("no Triton here")
-    x, t = torch.randn(2, 3, 4), torch.randint(0, 3, (2, 4))
+    device = dict(BACKENDS)["triton"]  # the GPU where there is one, else the CPU (interpreter)
+    x, t = torch.randn(2, 3, 4, device=device), torch.randint(0, 3, (2, 4), device=device)
     op = torch.ops.marsops.ohem_select_triton
     with pytest.raises(ValueError, match="thresh"):
         op(x, t, -100, float("nan"), 0)
@@ -239,9 +240,10 @@ def test_triton_op_checks_its_arguments():
 def test_fp64_rejected_by_triton():
     if not any(b == "triton" for b, _ in BACKENDS):
         pytest.skip("no Triton here")
+    device = dict(BACKENDS)["triton"]
     with pytest.raises(TypeError, match="fp32"):
-        marsops.ohem_focal_loss(torch.randn(2, 3, 4, dtype=torch.float64), torch.zeros(2, 4, dtype=torch.long),
-                                backend="triton")
+        marsops.ohem_focal_loss(torch.randn(2, 3, 4, dtype=torch.float64, device=device),
+                                torch.zeros(2, 4, dtype=torch.long, device=device), backend="triton")
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
