@@ -1,10 +1,10 @@
 """GPU smoke check: every op (focal loss with and without confusion counts, region and sigmoid focal
 losses, Lovász and OHEM losses, confusion matrix, flips, d4, volume flips, flip / d4 TTA argmax
-and its counts) on the cuda and triton backends against the reference run on the same device, over the cases a first GPU run
-trips on: fp32 / fp16 / bf16 logits, int64 / int32 / uint8 targets, ignore_index, every
-reduction, 1, 2, 5, 19, 150 and 1000 classes (past 64 the Triton kernels stream classes in
-chunks; past 31 the confusion matrix counts with global atomics), one sample and a batch that
-fills the GPU, channels_last and sliced inputs, empty batches.
+and its counts) on the cuda and triton backends against the reference run on the same device,
+over the cases a first GPU run trips on: fp32 / fp16 / bf16 logits, int64 / int32 / uint8
+targets, ignore_index, every reduction, 1, 2, 5, 19, 150 and 1000 classes (past 64 the Triton
+kernels stream classes in chunks; past 31 the confusion matrix counts with global atomics), one
+sample and a batch that fills the GPU, channels_last and sliced inputs, empty batches.
 
     python .ci/gpu_smoke.py [--out results.json]     # on a GPU machine (.ci/gpu runs it)
     python .ci/gpu_smoke.py --dry-run                # cpu + Triton interpreter, small sizes (CI)

@@ -15,16 +15,16 @@ from helpers import assert_close, assert_compiles_like_eager, assert_label_error
 
 BACKENDS = kernel_backends("lovasz_softmax_forward")
 DEVICE = dict(BACKENDS)  # the device each backend runs on here: Triton on the GPU where there is one
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
+# The kernels' errors |fg - p| carry a few units of roundoff of the compute type (p in [0, 1]):
+# about 1e-7 in fp32, 1e-16 in fp64. Errors further apart than this keep their order.
+GAP = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 def on(backend, *tensors):
     """The tensors on the device the backend runs on (the reference: the CPU)."""
     moved = tuple(t.to(DEVICE.get(backend, "cpu")) for t in tensors)
     return moved if len(moved) > 1 else moved[0]
-INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
-# The kernels' errors |fg - p| carry a few units of roundoff of the compute type (p in [0, 1]):
-# about 1e-7 in fp32, 1e-16 in fp64. Errors further apart than this keep their order.
-GAP = {torch.float32: 1e-5, torch.float64: 1e-12}
 
 
 @st.composite
