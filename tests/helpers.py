@@ -85,13 +85,13 @@ def assert_compiles_like_eager(loss_fn, out_channels, masks, device="cpu"):
         assert_close(a, b)
 
 
-def assert_label_error(device, code, match):
+def assert_label_error(device, code, match, cpu_error=(ValueError, RuntimeError)):
     """Runs `code` (torch and marsops in scope), which must fail on a bad label. On CPU that is an
-    exception. On CUDA the check is a device-side assertion, which ends the CUDA context for the
+    exception of type `cpu_error`. On CUDA the check is a device-side assertion, which ends the CUDA context for the
     rest of the process, so the code runs in a fresh process that must fail with the message in
     its output (the device prints its assertion; the host raises "device-side assert")."""
     if device == "cpu":
-        with pytest.raises((ValueError, RuntimeError), match=match):
+        with pytest.raises(cpu_error, match=match):
             exec(code, {"torch": torch, "marsops": marsops})
         return
     rc, output = _run_in_fresh_cuda_process(code)
