@@ -119,6 +119,23 @@ def check_focal_and_confusion(n, c, h, w, dtype, seed):
         assert_same(a, b)
     assert torch.equal(marsops.confusion_matrix(x, y, c, ignore_index=-100, backend="cpu"),
                        marsops.confusion_matrix(x_last, y, c, ignore_index=-100, backend="cpu"))
+    x_nan = x.clone()
+    x_nan.view(-1)[seed % 5::7] = float("nan")  # NaN wins the argmax, in any lane of a block
+    assert torch.equal(marsops.confusion_matrix(x_nan, y, c, ignore_index=-100, backend="cpu"),
+                       marsops.confusion_matrix(x_nan.contiguous(memory_format=torch.channels_last), y, c,
+                                                ignore_index=-100, backend="cpu"))
+
+
+@pytest.mark.parametrize("c", [2, 5, 8, 16, 17])
+@pytest.mark.parametrize("label", [-1, "C"])
+def test_bad_label_in_a_full_block_is_refused_in_both_layouts(c, label):
+    """Class-last fp32 logits with int64 labels and up to 16 classes are counted with C a
+    compile-time constant; a bad label inside a full SIMD block goes through its own branch."""
+    x, y = make(2, c, 4, 16, torch.float32, seed=c)
+    y[1, 2, 9] = c if label == "C" else label
+    for logits in (x, x.contiguous(memory_format=torch.channels_last)):
+        with pytest.raises(ValueError, match="outside"):
+            marsops.confusion_matrix(logits, y, c, ignore_index=-100, backend="cpu")
 
 
 @given(cases(), st.sampled_from(["dice_loss", "jaccard_loss", "dice_focal_loss", "dice_ce_loss", "tversky_loss"]),

@@ -13,6 +13,10 @@ namespace CPU_CAPABILITY {
 // int64 per range, merged into the caller's at its end); larger ones are counted pixel by pixel.
 constexpr int kSubHists = 4;
 constexpr int64_t kSubHistMaxCells = 1024;
+// Class-last fp32 logits with int64 labels and up to this many classes are counted with C a
+// compile-time constant (one dispatch per segment instead of a transpose called through a table
+// per block, and an unrolled argmax).
+constexpr int kMaxFixedClasses = 16;
 
 template <typename x_t, typename tgt_t>
 struct ConfusionKernel {
@@ -27,32 +31,44 @@ struct ConfusionKernel {
   int64_t* sub;          // scratch: subs * (C * C + 1) counts, zeroed (logits_segment)
   int subs;              // kSubHists, or 0: no SIMD count
 
-  // Argmax over classes of the lanes of V at pixel p of sample n, into pred.
-  template <bool CLASS_LAST, typename V>
+  // Argmax over classes of the lanes of V at pixel p of sample n, into pred. FIXED_C > 0: C is
+  // that compile-time constant (class-last fp32 blocks: the transpose inlines, the loop unrolls).
+  template <bool CLASS_LAST, typename V, int FIXED_C = 0>
   inline void argmax(int64_t n, int64_t p, int64_t* pred) const {
     using acc = compute_t<x_t>;
     constexpr int L = Lanes<V>::n;
     acc buf[L];
-    store_as<V, acc>(argmax_vec<CLASS_LAST, V>(n, p), buf);
+    store_as<V, acc>(argmax_vec<CLASS_LAST, V, FIXED_C>(n, p), buf);
     for (int i = 0; i < L; ++i) pred[i] = static_cast<int64_t>(buf[i]);
   }
 
-  // The same as class indices in the lanes of V.
-  template <bool CLASS_LAST, typename V>
-  inline V argmax_vec(int64_t n, int64_t p) const {
+  // The same as class indices in the lanes of V. Always inlined: a call returns V through memory.
+  template <bool CLASS_LAST, typename V, int FIXED_C = 0>
+  [[gnu::always_inline]] inline V argmax_vec(int64_t n, int64_t p) const {
     using acc = compute_t<x_t>;
     constexpr int L = Lanes<V>::n;
-    const x_t* xn = x + n * C * P + (CLASS_LAST ? p * C : p);
-    if constexpr (CLASS_LAST) gather_tile<L>(xn, C, tile);
+    const int64_t classes = FIXED_C > 0 ? FIXED_C : C;
+    const x_t* xn = x + n * classes * P + (CLASS_LAST ? p * classes : p);
+    constexpr bool in_registers = CLASS_LAST && FIXED_C > 0 && class_last::rows_in_registers<FIXED_C, L>();
+    [[maybe_unused]] V rows[in_registers ? FIXED_C : 1];
+    if constexpr (in_registers) {
+      class_last::rows<FIXED_C>(xn, rows);
+    } else if constexpr (CLASS_LAST && FIXED_C > 0 && L > 1) {
+      class_last::gather<FIXED_C, L>(xn, tile);
+    } else if constexpr (CLASS_LAST) {
+      gather_tile<L>(xn, classes, tile);
+    }
     auto logits = [&](int64_t c) {
-      if constexpr (CLASS_LAST) {
+      if constexpr (in_registers) {
+        return rows[c];
+      } else if constexpr (CLASS_LAST) {
         return load_as<V, acc, acc>(tile + c * L);
       } else {
         return load_as<V, acc>(xn + c * P);
       }
     };
     V best = logits(0), idx(0);
-    for (int64_t c = 1; c < C; ++c) {
+    for (int64_t c = 1; c < classes; ++c) {
       const V v = logits(c);
       // Strictly greater keeps the first maximum; a NaN wins over any number.
       const auto take = (v > best) | ((v != v) & (best == best));
@@ -79,6 +95,10 @@ struct ConfusionKernel {
   void segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist, ConfusionFlags& r) const {
     if constexpr (!std::is_integral_v<x_t>) {
       if (class_last) {
+        if constexpr (std::is_same_v<x_t, float> && std::is_same_v<tgt_t, int64_t>) {
+          if (with_class_count<kMaxFixedClasses>(C, [&](auto k) { logits_segment<true, k>(n, p0, p1, hist, r); }))
+            return;
+        }
         logits_segment<true>(n, p0, p1, hist, r);
       } else {
         logits_segment<false>(n, p0, p1, hist, r);
@@ -88,7 +108,7 @@ struct ConfusionKernel {
     }
   }
 
-  template <bool CLASS_LAST>
+  template <bool CLASS_LAST, int FIXED_C = 0>
   void logits_segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist, ConfusionFlags& r) const {
     using Vec = Vectorized<compute_t<x_t>>;
     constexpr int L = Vec::size();
@@ -105,12 +125,12 @@ struct ConfusionKernel {
           const auto t = labels_simd::load(y + n * P + p, ignore_index, C, ignored, in_range);
           if (!has_ignore) ignored = labels_simd::and_not(ignored, ignored);  // none
           if (!labels_simd::none(labels_simd::and_not(labels_simd::not_(in_range), ignored))) {
-            argmax<CLASS_LAST, Vec>(n, p, pred);  // a bad label: count() records it
+            argmax<CLASS_LAST, Vec, FIXED_C>(n, p, pred);  // a bad label: count() records it
             for (int i = 0; i < L; ++i) count(n * P + p + i, pred[i], hist, r);
             continue;
           }
           int32_t cell[L];
-          labels_simd::cells(t, argmax_vec<CLASS_LAST, Vec>(n, p), labels_simd::and_not(in_range, ignored), C,
+          labels_simd::cells(t, argmax_vec<CLASS_LAST, Vec, FIXED_C>(n, p), labels_simd::and_not(in_range, ignored), C,
                              static_cast<int32_t>(CC), cell);
           // kSubHists interleaved histograms, so that equal neighbouring cells do not chain each
           // increment to the previous one's store.
@@ -120,7 +140,7 @@ struct ConfusionKernel {
     }
 #endif
     for (; p + L <= p1; p += L) {
-      argmax<CLASS_LAST, Vec>(n, p, pred);
+      argmax<CLASS_LAST, Vec, FIXED_C>(n, p, pred);
       for (int i = 0; i < L; ++i) count(n * P + p + i, pred[i], hist, r);
     }
     for (; p < p1; ++p) {

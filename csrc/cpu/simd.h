@@ -128,6 +128,16 @@ inline V load_as(const in_t* p) {
   }
 }
 
+// f(std::integral_constant<int, C>) for C in [1, Max]; false (f not called) for a larger C.
+template <int Max, typename F, int... Cs>
+inline bool with_class_count(int64_t C, F&& f, std::integer_sequence<int, Cs...>) {
+  return ((C == Cs + 1 ? (f(std::integral_constant<int, Cs + 1>{}), true) : false) || ...);
+}
+template <int Max, typename F>
+inline bool with_class_count(int64_t C, F&& f) {
+  return with_class_count<Max>(C, std::forward<F>(f), std::make_integer_sequence<int, Max>{});
+}
+
 // Class-last logits (N, P, C): the C values of each of L pixels are one contiguous run of L * C.
 // gather_tile transposes them into a [C][L] tile of the compute type, scatter_tile the gradient
 // back. fp32 blocks of up to 32 classes (the SIMD main loop) take a copy specialised for their C,
@@ -173,6 +183,27 @@ inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
 #endif
   for (int i = 0; i < L; ++i)
     for (int c = 0; c < C; ++c) dst[i * C + c] = tile[c * L + i];
+}
+
+// Whether a class-last fp32 block of C classes can be argmax-ed from registers (class_rows)
+// instead of a tile: AVX2 up to 8 classes, one 8x8 transpose (measured: benchmarks/README.md).
+template <int C, int L>
+constexpr bool rows_in_registers() {
+#if defined(MARSOPS_TRANSPOSE_ROWS) && defined(CPU_CAPABILITY_AVX2)
+  return L == transpose_rows::L && C >= 2 && C <= L;
+#else
+  return false;
+#endif
+}
+
+// The C class rows of a block, as vectors (where rows_in_registers).
+template <int C, typename V>
+[[gnu::always_inline]] inline void rows(const float* __restrict__ src, V* out) {
+#if defined(MARSOPS_TRANSPOSE_ROWS)
+  transpose_rows::R r[transpose_rows::L];
+  transpose_rows::class_rows<C>(src, 0, r);
+  for (int c = 0; c < C; ++c) out[c] = V(r[c]);
+#endif
 }
 
 template <int L, int... Cs>

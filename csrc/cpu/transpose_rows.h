@@ -106,19 +106,26 @@ inline void store_first(float* p, R v, int n) {
 #ifdef MARSOPS_TRANSPOSE_ROWS
 constexpr int kMaxClasses = 2 * L;  // two transposes a block at most
 
+// Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are
+// other pixels' values).
+template <int C>
+[[gnu::always_inline]] inline void class_rows(const float* __restrict__ src, int j, R* r) {
+  constexpr int end = L * C;
+  for (int i = 0; i < L; ++i) {
+    const int off = i * C + j;
+    r[i] = off + L <= end ? load(src + off) : load_rotated(src + end - L, off - (end - L));
+  }
+  transpose(r);
+}
+
 // Block src (L pixels x C classes) to tile [C][L]. C is a compile-time constant: with it every
 // loop unrolls and the rows stay in registers (a run-time C measured 2-4x slower).
 template <int C>
 inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
   static_assert(C >= 1 && C <= kMaxClasses);
-  constexpr int end = L * C;
   for (int j = 0; j < C; j += L) {
     R r[L];
-    for (int i = 0; i < L; ++i) {
-      const int off = i * C + j;
-      r[i] = off + L <= end ? load(src + off) : load_rotated(src + end - L, off - (end - L));
-    }
-    transpose(r);
+    class_rows<C>(src, j, r);
     for (int k = 0; k < L && j + k < C; ++k) store(tile + (j + k) * L, r[k]);
   }
 }
