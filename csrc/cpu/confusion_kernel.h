@@ -16,7 +16,7 @@ constexpr int64_t kSubHistMaxCells = 1024;
 // Class-last fp32 logits with int64 labels and up to this many classes are counted with C a
 // compile-time constant (one dispatch per segment instead of a transpose called through a table
 // per block, and an unrolled argmax).
-constexpr int kMaxFixedClasses = 16;
+constexpr int kMaxFixedConfusionClasses = 16;
 
 template <typename x_t, typename tgt_t>
 struct ConfusionKernel {
@@ -47,7 +47,7 @@ struct ConfusionKernel {
   [[gnu::always_inline]] inline V argmax_vec(int64_t n, int64_t p) const {
     using acc = compute_t<x_t>;
     constexpr int L = Lanes<V>::n;
-    const int64_t classes = FIXED_C > 0 ? FIXED_C : C;
+    const int64_t classes = FIXED_C > 0 ? FIXED_C : C;  // segment() passes FIXED_C only when it is C
     const x_t* xn = x + n * classes * P + (CLASS_LAST ? p * classes : p);
     constexpr bool in_registers = CLASS_LAST && FIXED_C > 0 && class_last::rows_in_registers<FIXED_C, L>();
     [[maybe_unused]] V rows[in_registers ? FIXED_C : 1];
@@ -96,8 +96,8 @@ struct ConfusionKernel {
     if constexpr (!std::is_integral_v<x_t>) {
       if (class_last) {
         if constexpr (std::is_same_v<x_t, float> && std::is_same_v<tgt_t, int64_t>) {
-          if (with_class_count<kMaxFixedClasses>(C, [&](auto k) { logits_segment<true, k>(n, p0, p1, hist, r); }))
-            return;
+          auto fixed = [&](auto k) { logits_segment<true, k>(n, p0, p1, hist, r); };
+          if (with_class_count<kMaxFixedConfusionClasses>(C, fixed)) return;
         }
         logits_segment<true>(n, p0, p1, hist, r);
       } else {

@@ -19,7 +19,8 @@ using FloatV = __m512;
 using Mask = __mmask16;
 
 // The labels y[0 .. 16) as int32 (valid where in [0, C)); ignored / in_range: lane masks.
-[[gnu::always_inline]] inline __m512i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored, Mask& in_range) {
+[[gnu::always_inline]] inline __m512i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored,
+                                            Mask& in_range) {
   const __m512i lo = _mm512_loadu_si512(y), hi = _mm512_loadu_si512(y + 8);
   const __m512i ig = _mm512_set1_epi64(ignore_index), c = _mm512_set1_epi64(C);
   ignored = static_cast<Mask>(_mm512_cmpeq_epi64_mask(lo, ig) | (_mm512_cmpeq_epi64_mask(hi, ig) << 8));
@@ -55,7 +56,8 @@ inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64
   return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, perm), _mm256_permutevar8x32_epi32(b, perm), 0x20);
 }
 
-[[gnu::always_inline]] inline __m256i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored, Mask& in_range) {
+[[gnu::always_inline]] inline __m256i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored,
+                                            Mask& in_range) {
   const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y));
   const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + 4));
   const __m256i ig = _mm256_set1_epi64x(ignore_index), c = _mm256_set1_epi64x(C), zero = _mm256_setzero_si256();

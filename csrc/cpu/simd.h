@@ -199,6 +199,7 @@ constexpr bool rows_in_registers() {
 // The C class rows of a block, as vectors (where rows_in_registers).
 template <int C, typename V>
 [[gnu::always_inline]] inline void rows(const float* __restrict__ src, V* out) {
+  static_assert(rows_in_registers<C, Lanes<V>::n>(), "no register rows for this capability / class count");
 #if defined(MARSOPS_TRANSPOSE_ROWS)
   transpose_rows::R r[transpose_rows::L];
   transpose_rows::class_rows<C>(src, 0, r);
