@@ -11,8 +11,8 @@ stage): the focal loss forward + backward and the confusion matrix on the report
 while its kernels ran for 0.1 ms (ncu), so the rest is the host: Python checks, the custom op's
 autograd wrapper, launches. torch.profiler over repeated calls, tables by self CPU time.
 """
-import time
 import sys
+import time
 from pathlib import Path
 
 import torch
