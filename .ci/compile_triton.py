@@ -8,13 +8,17 @@ hook compiles each launch's exact specialization (argument dtypes, constexprs) t
 backend (MLIR -> PTX -> ptxas) and skips the launch. The ops are called on CPU tensors, so their
 outputs are garbage; only the compiles count.
 
-    python .ci/compile_triton.py [--arch 90 80]
+    python .ci/compile_triton.py [--arch 90 80] [--jobs 2]
+
+Compiling is single-threaded (Python, MLIR, ptxas), so with several architectures each gets its
+own process, up to --jobs at a time (default: the machine's cores).
 """
 import argparse
 import contextlib
 import io
 import os
 import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -190,11 +194,35 @@ def _dense_region_cases():
             x, torch.rand(x.shape), SOFTMAX, cl, t_grad=True)
 
 
+def _one_process_per_arch(args):
+    """This script once per architecture, args.jobs at a time; their reports in --arch order."""
+    command = [sys.executable, os.path.abspath(__file__)] + (["--verbose"] if args.verbose else [])
+    pending, running, status = list(args.arch), [], 0
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            arch, log = pending.pop(0), tempfile.TemporaryFile("w+")  # a file: a full pipe would block the child
+            running.append((arch, log, subprocess.Popen(command + ["--arch", str(arch), "--jobs", "1"],
+                                                        stdout=log, stderr=subprocess.STDOUT, text=True)))
+        arch, log, process = running.pop(0)  # in order, so the reports print in --arch order
+        process.wait()
+        log.seek(0)
+        print(log.read(), end="", flush=True)
+        log.close()
+        if process.returncode != 0:
+            print(f"FAILED: sm_{arch} exited with {process.returncode}")
+            status = 1
+    return status
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90, 80], help="compute capabilities, e.g. 90 80")
     parser.add_argument("--verbose", action="store_true", help="list the specializations that spill registers")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="architectures compiled at once, one process each")
     args = parser.parse_args()
+    if len(args.arch) > 1 and args.jobs > 1:
+        return _one_process_per_arch(args)
     import marsops.triton
 
     if marsops.triton.IMPORT_ERROR:
