@@ -2,6 +2,7 @@
 import re
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,6 +31,14 @@ def kernel_backends(op_name: str):
         if _backend.unavailable_reason(b, op_name, d) is None:
             out.append((b, d))
     return out
+
+
+def numpy_confusion(pred, target, num_classes, ignore_index):
+    """An oracle we did not write: numpy's bincount over flattened (true, predicted) pairs."""
+    pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
+    keep = np.ones_like(target, dtype=bool) if ignore_index is None else target != ignore_index
+    return np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
+        num_classes, num_classes)
 
 
 def backend_ids(pairs):

@@ -10,12 +10,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, strategies as st
 
 import marsops
-from helpers import EMULATED_CUDA, kernel_backends
+from helpers import EMULATED_CUDA, kernel_backends, numpy_confusion
 
 pytestmark = pytest.mark.skipif(("cpu", "cpu") not in kernel_backends("focal_loss_forward"),
                                 reason="the C++ CPU kernels are not built")
@@ -119,11 +120,25 @@ def check_focal_and_confusion(n, c, h, w, dtype, seed):
         assert_same(a, b)
     assert torch.equal(marsops.confusion_matrix(x, y, c, ignore_index=-100, backend="cpu"),
                        marsops.confusion_matrix(x_last, y, c, ignore_index=-100, backend="cpu"))
-    x_nan = x.clone()
-    x_nan.view(-1)[seed % 5::7] = float("nan")  # NaN wins the argmax, in any lane of a block
-    assert torch.equal(marsops.confusion_matrix(x_nan, y, c, ignore_index=-100, backend="cpu"),
-                       marsops.confusion_matrix(x_nan.contiguous(memory_format=torch.channels_last), y, c,
-                                                ignore_index=-100, backend="cpu"))
+    check_argmax_special_values(x, y, c, seed)
+
+
+def check_argmax_special_values(x, y, c, seed):
+    """torch.argmax's rules (the first maximum; a NaN wins over any number, the first NaN over
+    later ones) in full SIMD blocks and tails, in both layouts, against numpy's count of
+    torch.argmax: blocks with infinities of one sign (the argmax's fast pass alone), of both signs
+    (inf - inf: its NaN pass runs needlessly) and with NaNs (its NaN pass)."""
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, 12, x.shape, generator=g)
+    infinities = x.masked_fill(pick == 0, float("inf"))
+    mixed = infinities.masked_fill(pick == 1, float("-inf"))
+    nans = mixed.clone()
+    nans.view(-1)[seed % 5::7] = float("nan")
+    for special in (infinities, mixed, nans):
+        expected = numpy_confusion(special.argmax(1), y, c, -100)
+        for logits in (special, special.contiguous(memory_format=torch.channels_last)):
+            got = marsops.confusion_matrix(logits, y, c, ignore_index=-100, backend="cpu")
+            np.testing.assert_array_equal(got.numpy(), expected)
 
 
 @pytest.mark.parametrize("c", [2, 5, 8, 16, 17])

@@ -8,17 +8,10 @@ from hypothesis import given, strategies as st
 
 import marsops
 from marsops import reference
-from helpers import assert_close, assert_label_error, backend_ids, kernel_backends
+from helpers import assert_close, assert_label_error, backend_ids, kernel_backends, numpy_confusion
 
 FOCAL = [("reference", "cpu")] + kernel_backends("focal_loss_forward")
 TTA = [("reference", "cpu")] + kernel_backends("views_argmax")
-
-
-def numpy_confusion(pred, target, num_classes, ignore_index):
-    pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
-    keep = target != ignore_index
-    return np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
-        num_classes, num_classes)
 
 
 @st.composite

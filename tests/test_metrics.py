@@ -7,18 +7,10 @@ from hypothesis import given, strategies as st
 
 import marsops
 from marsops import reference
-from helpers import assert_label_error, backend_ids, kernel_backends
+from helpers import assert_label_error, backend_ids, kernel_backends, numpy_confusion
 
 BACKENDS = kernel_backends("confusion_matrix")
 ALL = [("reference", "cpu")] + BACKENDS
-
-
-def numpy_confusion(pred, target, num_classes, ignore_index):
-    """An oracle we did not write: numpy's bincount over flattened (true, predicted) pairs."""
-    pred, target = np.asarray(pred).ravel().astype(np.int64), np.asarray(target).ravel().astype(np.int64)
-    keep = np.ones_like(target, dtype=bool) if ignore_index is None else target != ignore_index
-    return np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
-        num_classes, num_classes)
 
 
 @st.composite
