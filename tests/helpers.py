@@ -1,5 +1,7 @@
 """What the tests share: which backends can run here, tolerances per dtype, label errors."""
+import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -39,6 +41,22 @@ def numpy_confusion(pred, target, num_classes, ignore_index):
     keep = np.ones_like(target, dtype=bool) if ignore_index is None else target != ignore_index
     return np.bincount(target[keep] * num_classes + pred[keep], minlength=num_classes**2).reshape(
         num_classes, num_classes)
+
+
+def run_under_cpu_capability(capability: str, test_file: str, selection: str) -> str:
+    """Runs `pytest test_file -k selection` in a child process with ATEN_CPU_CAPABILITY=capability
+    (torch reads it once per process, and marsops' C++ CPU kernels are built once per capability);
+    skips the calling test where this CPU cannot run that capability. Fails on the child's failure;
+    returns its output."""
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
+    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
+                           env=env, capture_output=True, text=True, check=True)
+    if probe.stdout.strip().lower() != capability:
+        pytest.skip(f"this CPU cannot run {capability} (torch chose {probe.stdout.strip()})")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test_file, "-k", selection],
+                            env=env, capture_output=True, text=True, cwd=os.path.dirname(os.path.abspath(test_file)))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    return result.stdout
 
 
 def backend_ids(pairs):

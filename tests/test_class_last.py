@@ -7,8 +7,6 @@ instantiation and not the other's (a few fp32 roundings, so at most one rounding
 dtype, or an fp32-sized absolute difference where a result is a cancellation like 1 - p).
 The reference comparisons live in the per-op tests."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ import torch
 from hypothesis import given, strategies as st
 
 import marsops
-from helpers import EMULATED_CUDA, kernel_backends, numpy_confusion
+from helpers import EMULATED_CUDA, kernel_backends, numpy_confusion, run_under_cpu_capability
 
 pytestmark = pytest.mark.skipif(("cpu", "cpu") not in kernel_backends("focal_loss_forward"),
                                 reason="the C++ CPU kernels are not built")
@@ -84,16 +82,8 @@ OTHER_CAPABILITIES = ["default", "avx2"]
 @pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") is not None, reason="already the child process")
 @pytest.mark.parametrize("capability", OTHER_CAPABILITIES)
 def test_every_class_count_agrees_under_every_cpu_capability(capability):
-    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability)
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.backends.cpu.get_cpu_capability())"],
-                           env=env, capture_output=True, text=True, check=True)
-    if probe.stdout.strip().lower() != capability:
-        pytest.skip(f"this CPU cannot run {capability} (torch chose {probe.stdout.strip()})")
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
-                             "test_every_class_count_agrees_in_both_layouts"],
-                            env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__))
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert f"{len(EVERY_C)} passed" in result.stdout
+    out = run_under_cpu_capability(capability, __file__, "test_every_class_count_agrees_in_both_layouts")
+    assert f"{len(EVERY_C)} passed" in out
 
 
 # The CUDA kernels read class-last logits in place too (a pixel's classes contiguous): run on the

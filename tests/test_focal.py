@@ -1,5 +1,7 @@
 """Focal loss: every kernel against the reference, against F.cross_entropy (an oracle we did not
 write), gradcheck, extreme inputs, bad inputs, opcheck and torch.compile."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,7 +10,7 @@ from hypothesis import given, strategies as st
 import marsops
 from marsops import reference
 from helpers import (EMULATED_CUDA, HAS_GPU, assert_close, assert_label_error, backend_ids, computes_fp64,
-                     kernel_backends, requires_gpu)
+                     kernel_backends, requires_gpu, run_under_cpu_capability)
 
 BACKENDS = kernel_backends("focal_loss_forward")
 REPORT_WEIGHTS = [0.0, 0.0359, 0.0523, 0.0663, 9.2720]
@@ -205,6 +207,71 @@ def test_labels_out_of_range_raise(backend, device):
             assert_label_error(device, f"x = torch.randn(2, 3, 4, device='{device}', requires_grad=True)\n"
                                f"t = torch.zeros(2, 4, dtype=torch.long, device='{device}')\nt[1, 2] = {bad}\n"
                                f"marsops.focal_loss(x, t, reduction='{reduction}', backend='{backend}')", "outside")
+
+
+# The mean reductions count the labels before the gradient is written. The C++ CPU kernels count
+# int64 labels of up to 8 classes a SIMD vector at a time (16 or 8 labels: compares, no
+# histogram), the rest label by label: 3 x 5 x 37 pixels are whole vectors and a tail; the ignored
+# label lies outside [0, C) or is a class; a bad label sits in a vector or in the tail.
+@pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
+@pytest.mark.parametrize("num_classes", [1, 2, 5, 8, 9])
+@pytest.mark.parametrize("ignore_index", [-100, 0])
+def test_label_counts_of_whole_vectors_and_tail(backend, device, num_classes, ignore_index):
+    g = torch.Generator().manual_seed(num_classes)
+    logits = torch.randn(3, num_classes, 5, 37, generator=g, dtype=torch.float64)
+    target = torch.randint(0, num_classes, (3, 5, 37), generator=g)
+    target[torch.rand(target.shape, generator=g) < 0.3] = ignore_index
+    weight = torch.rand(num_classes, generator=g, dtype=torch.float64) + 0.5
+    for reduction in ("mean", "weighted_mean"):
+        case = dict(logits=logits, target=target, weight=weight, gamma=0.5, ignore_index=ignore_index,
+                    reduction=reduction)
+        loss, grad = run(case, backend, device, torch.float32)
+        ref_loss, ref_grad = reference_run(case, torch.float32)
+        assert_close(loss.cpu(), ref_loss)
+        assert_close(grad.cpu(), ref_grad)
+    if device != "cpu" or EMULATED_CUDA:
+        return  # device-side assertions: test_labels_out_of_range_raise covers the GPU and emulation
+    # In a whole vector, in the tail; labels whose low 32 bits are a class or the ignored label
+    # (a vector compare of truncated labels would miss them).
+    bad_labels = [num_classes + 6, 2**32 + num_classes - 1, 2**32 + (ignore_index % 2**32), -1]
+    for position in (100, target.numel() - 3):
+        for label in bad_labels:
+            if label == ignore_index:
+                continue
+            bad = target.clone()
+            bad.view(-1)[position] = label
+            leaf = logits.float().requires_grad_()
+            named = f"label {label}, " if backend == "cpu" else ""  # Triton does not name it
+            with pytest.raises(ValueError, match=f"target contains {named}.*outside"):
+                marsops.focal_loss(leaf, bad, weight.float(), 0.5, ignore_index, "mean", backend=backend)
+
+
+def test_label_counts_across_chunks_with_ignore_index_equal_to_num_classes():
+    """More than one 64K-pixel counting chunk, and the ignored label just past the last class."""
+    if ("cpu", "cpu") not in BACKENDS:
+        pytest.skip("the C++ CPU kernels are not built")
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(2, 5, 181, 200, generator=g)
+    target = torch.randint(0, 6, (2, 181, 200), generator=g)  # 72400 pixels, label 5 ignored
+    weight = torch.rand(5, generator=g) + 0.5
+    for reduction in ("mean", "weighted_mean"):
+        case = dict(logits=logits, target=target, weight=weight, gamma=0.5, ignore_index=5, reduction=reduction)
+        loss, grad = run(case, "cpu", "cpu", torch.float32)
+        ref_loss, ref_grad = reference_run(case, torch.float32)
+        assert_close(loss, ref_loss)
+        assert_close(grad, ref_grad)
+
+
+@pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") is not None, reason="already the child process")
+@pytest.mark.skipif(EMULATED_CUDA, reason="the cpu backend runs the emulated CUDA kernels, not the SIMD ones")
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_label_counts_under_every_cpu_capability(capability):
+    """The label counts above again under the CPU capabilities this process does not run (each has
+    its own vector count)."""
+    if ("cpu", "cpu") not in BACKENDS:
+        pytest.skip("the C++ CPU kernels are not built")
+    out = run_under_cpu_capability(capability, __file__, "test_label_counts_of_whole_vectors_and_tail and cpu-cpu")
+    assert "10 passed" in out, out[-2000:]  # 5 class counts x 2 ignore labels
 
 
 @pytest.mark.parametrize("call,match", [

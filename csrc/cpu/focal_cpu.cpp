@@ -15,41 +15,20 @@ namespace {
 constexpr int64_t kChunk = 4096;
 
 // Counts and weight sum of the non-ignored labels: the mean reductions need them before the
-// gradient is written. Branch-free per-class histogram (slot C: ignored or bad); also finds the
-// first label outside [0, C) that is not ignore_index.
+// gradient is written (simd_kernels().label_counts, per chunk of labels in parallel); also finds
+// the first label outside [0, C) that is not ignore_index.
 template <typename tgt_t>
-FocalStats target_stats(const tgt_t* y, int64_t n, const double* w, int64_t C, int64_t ignore_index) {
+FocalStats target_stats(const tgt_t* y, ScalarType dtype, int64_t n, const double* w, int64_t C,
+                        int64_t ignore_index) {
   constexpr int64_t kLabelChunk = 1 << 16;
   const int64_t num_chunks = (n + kLabelChunk - 1) / kLabelChunk;
   std::vector<int64_t> hist(num_chunks * (C + 1), 0);
   std::vector<char> bad(num_chunks, 0);
+  const auto& kernels = simd_kernels();
   st::parallel_for(0, num_chunks, 1, [&](int64_t b, int64_t e) {
-    for (int64_t chunk = b; chunk < e; ++chunk) {
-      // Four interleaved histograms: consecutive equal labels would otherwise chain each increment
-      // to the previous one's store (one label per ~store-forwarding latency instead of ~1/cycle).
-      int64_t* h = hist.data() + chunk * (C + 1);
-      std::vector<int64_t> h4(4 * (C + 1), 0);
-      bool any_bad = false;
-      auto slot = [&](int64_t i) {
-        const int64_t t = static_cast<int64_t>(y[i]);
-        const bool ignored = t == ignore_index;
-        const bool in_range = static_cast<uint64_t>(t) < static_cast<uint64_t>(C);
-        any_bad |= !ignored && !in_range;
-        return (!ignored && in_range) ? t : C;
-      };
-      const int64_t i0 = chunk * kLabelChunk, i1 = std::min(n, (chunk + 1) * kLabelChunk);
-      int64_t i = i0;
-      for (; i + 4 <= i1; i += 4) {
-        const int64_t s0 = slot(i), s1 = slot(i + 1), s2 = slot(i + 2), s3 = slot(i + 3);
-        h4[s0] += 1;
-        h4[(C + 1) + s1] += 1;
-        h4[2 * (C + 1) + s2] += 1;
-        h4[3 * (C + 1) + s3] += 1;
-      }
-      for (; i < i1; ++i) h4[slot(i)] += 1;
-      for (int64_t c = 0; c <= C; ++c) h[c] = h4[c] + h4[(C + 1) + c] + h4[2 * (C + 1) + c] + h4[3 * (C + 1) + c];
-      bad[chunk] = any_bad;
-    }
+    for (int64_t chunk = b; chunk < e; ++chunk)
+      bad[chunk] = kernels.label_counts(y, dtype, chunk * kLabelChunk, std::min(n, (chunk + 1) * kLabelChunk), C,
+                                        ignore_index, hist.data() + chunk * (C + 1));
   });
   FocalStats out;
   for (int64_t chunk = 0; chunk < num_chunks; ++chunk) {
@@ -118,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor> focal_loss_forward_cpu(const Tensor& logits_i
     if (weight.has_value()) w_double = st::contiguous(st::to(*weight, ScalarType::Double));
     dispatch_integral(a.target_dtype, "marsops.focal_loss", [&](auto tag) {
       using tgt_t = decltype(tag);
-      pre = target_stats(static_cast<const tgt_t*>(a.target), s.N * s.P,
+      pre = target_stats(static_cast<const tgt_t*>(a.target), a.target_dtype, s.N * s.P,
                          w_double.defined() ? w_double.const_data_ptr<double>() : nullptr, s.C, ignore_index);
     });
     check_labels(pre, s.C, ignore_index);

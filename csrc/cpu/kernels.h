@@ -267,6 +267,10 @@ struct SimdKernels {
   // their gradient dL/dx_j = p_j (dL/dp_j - sum_c p_c dL/dp_c), 0 for ignored pixels.
   FocalStats (*lovasz_probs)(const LovaszArgs&, int64_t begin, int64_t end);
   void (*lovasz_grad)(const LovaszArgs&, int64_t begin, int64_t end);
+  // Adds the per-class counts of labels[begin, end) (an integer dtype) to counts (C + 1; slot C:
+  // ignored or bad); returns whether a label was neither ignore_index nor in [0, C).
+  bool (*label_counts)(const void* labels, ScalarType dtype, int64_t begin, int64_t end, int64_t C,
+                       int64_t ignore_index, int64_t* counts);
 };
 
 // One set per capability (csrc/cpu/simd_*.cpp; the AVX ones on x86 only).

@@ -30,6 +30,13 @@ using Mask = __mmask16;
 inline bool none(Mask m) { return m == 0; }
 inline Mask and_not(Mask a, Mask b) { return static_cast<Mask>(a & ~b); }  // a and not b
 inline Mask not_(Mask a) { return static_cast<Mask>(~a); }
+inline Mask and_(Mask a, Mask b) { return static_cast<Mask>(a & b); }
+inline Mask equal(__m512i t, int32_t c) { return _mm512_cmpeq_epi32_mask(t, _mm512_set1_epi32(c)); }
+
+// Per-lane int32 counters (label_counts.h): acc + 1 in the lanes of m, and the sum of the lanes.
+inline __m512i zero() { return _mm512_setzero_si512(); }
+inline __m512i add_one(__m512i acc, Mask m) { return _mm512_mask_add_epi32(acc, m, acc, _mm512_set1_epi32(1)); }
+inline int64_t lane_sum(__m512i acc) { return _mm512_reduce_add_epi32(acc); }
 
 // read_checked_labels' class (-1 where ignored) and weight (0 where ignored; w[t], or 1 without w).
 inline void class_and_weight(__m512i t, Mask ignored, const float* w, float* cls, float* wt) {
@@ -49,6 +56,7 @@ inline void cells(__m512i t, __m512 pred, Mask counted, int64_t C, int32_t empty
 
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kLanes = 8;
+using IntV = __m256i;
 using Mask = __m256i;  // all-ones lanes
 
 inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64 lanes
@@ -69,6 +77,18 @@ inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64
 inline bool none(Mask m) { return _mm256_testz_si256(m, m); }
 inline Mask and_not(Mask a, Mask b) { return _mm256_andnot_si256(b, a); }
 inline Mask not_(Mask a) { return _mm256_xor_si256(a, _mm256_set1_epi32(-1)); }
+inline Mask and_(Mask a, Mask b) { return _mm256_and_si256(a, b); }
+inline Mask equal(__m256i t, int32_t c) { return _mm256_cmpeq_epi32(t, _mm256_set1_epi32(c)); }
+
+inline __m256i zero() { return _mm256_setzero_si256(); }
+inline __m256i add_one(__m256i acc, Mask m) { return _mm256_sub_epi32(acc, m); }  // m's lanes: -1
+inline int64_t lane_sum(__m256i acc) {
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
+  int64_t total = 0;
+  for (int32_t v : lanes) total += v;
+  return total;
+}
 
 inline void class_and_weight(__m256i t, Mask ignored, const float* w, float* cls, float* wt) {
   const __m256 ig = _mm256_castsi256_ps(ignored);
