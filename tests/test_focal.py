@@ -1,5 +1,6 @@
 """Focal loss: every kernel against the reference, against F.cross_entropy (an oracle we did not
 write), gradcheck, extreme inputs, bad inputs, opcheck and torch.compile."""
+import math
 import os
 
 import pytest
@@ -262,16 +263,40 @@ def test_label_counts_across_chunks_with_ignore_index_equal_to_num_classes():
         assert_close(grad, ref_grad)
 
 
+# The C++ CPU kernels take the log of each pixel's softmax sum s = sum_c exp(x_c - max) in [1, C]
+# with their own polynomial (softmax_block.h, log_softmax_sum) on AVX2 and AVX-512. With gamma 0,
+# weight 1 and the label on the largest logit, the loss is exactly log s. Its error: that of s
+# (exp_u20's 2 ulp = 4 units u = 2^-24 each, C - 1 roundings of the sum: (C + 3) u relative,
+# which |d log s| = |ds| / s <= |ds| turns into absolute) plus the log's (Cephes' 7.6e-8 and
+# the result's rounding, 6e-8, relative to log s <= log C).
+@pytest.mark.parametrize("num_classes", [1, 2, 5, 19, 40])
+@pytest.mark.parametrize("scale", [1e-4, 0.3, 3.0, 30.0])
+def test_log_of_softmax_sum_is_accurate(num_classes, scale):
+    if EMULATED_CUDA or ("cpu", "cpu") not in BACKENDS:
+        pytest.skip("tests the C++ CPU kernels' own log")
+    g = torch.Generator().manual_seed(num_classes)
+    logits = torch.randn(2, num_classes, 9, 50, generator=g) * scale
+    logits[0, :, 0, :] = 0.25  # equal logits: s = C exactly
+    logits[1, :, 0, :] = 1.0 + torch.arange(num_classes).view(-1, 1) * 40.0  # one dominant class: s = 1
+    target = logits.argmax(1)
+    loss = marsops.focal_loss(logits, target, None, 0.0, -100, "none", backend="cpu").double()
+    x = logits.double()
+    expected = torch.logsumexp(x, 1) - x.amax(1)
+    torch.testing.assert_close(loss, expected, rtol=0, atol=(num_classes + 3) * 2.0**-24 + 1.4e-7 * math.log(num_classes))
+
+
 @pytest.mark.skipif(os.environ.get("ATEN_CPU_CAPABILITY") is not None, reason="already the child process")
 @pytest.mark.skipif(EMULATED_CUDA, reason="the cpu backend runs the emulated CUDA kernels, not the SIMD ones")
 @pytest.mark.parametrize("capability", ["default", "avx2"])
-def test_label_counts_under_every_cpu_capability(capability):
-    """The label counts above again under the CPU capabilities this process does not run (each has
-    its own vector count)."""
+def test_label_counts_and_log_under_every_cpu_capability(capability):
+    """The label counts and the log above again under the CPU capabilities this process does not
+    run (each has its own vector count and log)."""
     if ("cpu", "cpu") not in BACKENDS:
         pytest.skip("the C++ CPU kernels are not built")
-    out = run_under_cpu_capability(capability, __file__, "test_label_counts_of_whole_vectors_and_tail and cpu-cpu")
-    assert "10 passed" in out, out[-2000:]  # 5 class counts x 2 ignore labels
+    out = run_under_cpu_capability(capability, __file__,
+                                   "(test_label_counts_of_whole_vectors_and_tail and cpu-cpu) or "
+                                   "test_log_of_softmax_sum_is_accurate")
+    assert "30 passed" in out, out[-2000:]  # 5 class counts x 2 ignore labels; 5 x 4 logs
 
 
 @pytest.mark.parametrize("call,match", [

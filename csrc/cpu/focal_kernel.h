@@ -46,8 +46,9 @@ struct FocalKernel {
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
       saved_grad_t<in_t>* gn = grad + offset;
-      for (int64_t c = 0; c < C; ++c) {
-        const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
+      V c_v(0);  // the class index as a vector, counted rather than converted each class
+      for (int64_t c = 0; c < C; ++c, c_v = c_v + V(1)) {
+        const V delta = v_where(cls == c_v, V(1), V(0));
         const V g = fp.grad(c, sm.prob(c), delta);
         if constexpr (CLASS_LAST) {
           store_as<V, acc_t>(g, sm.tile + c * L);  // the logits are no longer needed: reuse the tile
@@ -71,11 +72,7 @@ struct FocalKernel {
     // order at the end of the segment: the order depends on the segment only, not on the threads.
     double lanes[L] = {};
     int64_t p = p0;
-    for (; p + L <= p1; p += L) {
-      acc_t buf[L];
-      block<COUNT, CLASS_LAST, Vec>(n, p, st, hist).store(buf);
-      for (int i = 0; i < L; ++i) lanes[i] += static_cast<double>(buf[i]);
-    }
+    for (; p + L <= p1; p += L) add_lanes_double(block<COUNT, CLASS_LAST, Vec>(n, p, st, hist), lanes);
     double loss = 0;
     for (int i = 0; i < L; ++i) loss += lanes[i];
     for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist));
