@@ -22,8 +22,9 @@ struct FocalKernel {
   bool labels_checked;  // FocalArgs::labels_checked: no counts, no validation
 
   // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
-  // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist.
-  template <bool COUNT, bool CLASS_LAST, typename V>
+  // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist. KC > 0: C as a
+  // compile-time constant (BlockSoftmax).
+  template <bool COUNT, bool CLASS_LAST, int KC, typename V>
   inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
@@ -34,7 +35,8 @@ struct FocalKernel {
     }
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const int64_t offset = n * C * P + (CLASS_LAST ? p * C : p);
-    const BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t> sm(x + offset, C, P, scratch + C * L, scratch, cls);
+    using Softmax = BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t, KC>;
+    const Softmax sm(x + offset, C, P, scratch + C * L, scratch, cls);
     if constexpr (COUNT) {
       acc_t pred_buf[L];
       store_as<V, acc_t>(sm.pred, pred_buf);
@@ -47,7 +49,7 @@ struct FocalKernel {
     if (grad) {
       saved_grad_t<in_t>* gn = grad + offset;
       V c_v(0);  // the class index as a vector, counted rather than converted each class
-      for (int64_t c = 0; c < C; ++c, c_v = c_v + V(1)) {
+      for (int64_t c = 0; c < sm.classes(); ++c, c_v = c_v + V(1)) {
         const V delta = v_where(cls == c_v, V(1), V(0));
         const V g = fp.grad(c, sm.prob(c), delta);
         if constexpr (CLASS_LAST) {
@@ -56,13 +58,17 @@ struct FocalKernel {
           store_as<V, acc_t>(g, gn + c * P);
         }
       }
-      if constexpr (CLASS_LAST) scatter_tile<L>(sm.tile, C, gn);
+      if constexpr (CLASS_LAST && Softmax::kFixedTranspose) {
+        class_last::scatter<KC, L>(sm.tile, gn);
+      } else if constexpr (CLASS_LAST) {
+        scatter_tile<L>(sm.tile, C, gn);
+      }
     }
     return fp.loss;
   }
 
   // Pixels [p0, p1) of sample n.
-  template <bool COUNT, bool CLASS_LAST>
+  template <bool COUNT, bool CLASS_LAST, int KC>
   FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
     constexpr int L = Vec::size();
@@ -72,14 +78,17 @@ struct FocalKernel {
     // order at the end of the segment: the order depends on the segment only, not on the threads.
     double lanes[L] = {};
     int64_t p = p0;
-    for (; p + L <= p1; p += L) add_lanes_double(block<COUNT, CLASS_LAST, Vec>(n, p, st, hist), lanes);
+    for (; p + L <= p1; p += L) add_lanes_double(block<COUNT, CLASS_LAST, KC, Vec>(n, p, st, hist), lanes);
     double loss = 0;
     for (int i = 0; i < L; ++i) loss += lanes[i];
-    for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, acc_t>(n, p, st, hist));
+    for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, KC, acc_t>(n, p, st, hist));
     st.loss_sum = loss;
     return st;
   }
 };
+
+// The largest C given its own compile-time copy of the focal kernel (fp32, int64 labels).
+constexpr int kMaxFixedFocalClasses = 8;
 
 template <typename in_t, typename tgt_t>
 FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
@@ -91,15 +100,23 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
       static_cast<acc>(a.grad_scale), static_cast<in_t*>(a.loss_none), static_cast<saved_grad_t<in_t>*>(a.grad),
       scratch.data(), a.labels_checked};
   FocalStats st;
-  for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
-    if (a.class_last) {
-      st.merge(hist ? kernel.template segment<true, true>(n, p0, p1, hist)
-                    : kernel.template segment<false, true>(n, p0, p1, hist));
-    } else {
-      st.merge(hist ? kernel.template segment<true, false>(n, p0, p1, hist)
-                    : kernel.template segment<false, false>(n, p0, p1, hist));
-    }
-  });
+  auto run = [&](auto kc) {
+    constexpr int KC = decltype(kc)::value;
+    for_each_segment(begin, end, a.P, [&](int64_t n, int64_t p0, int64_t p1) {
+      if (a.class_last) {
+        st.merge(hist ? kernel.template segment<true, true, KC>(n, p0, p1, hist)
+                      : kernel.template segment<false, true, KC>(n, p0, p1, hist));
+      } else {
+        st.merge(hist ? kernel.template segment<true, false, KC>(n, p0, p1, hist)
+                      : kernel.template segment<false, false, KC>(n, p0, p1, hist));
+      }
+    });
+  };
+  // fp32 logits with int64 labels (the common case) and few classes: C at compile time.
+  if constexpr (std::is_same_v<in_t, float> && std::is_same_v<tgt_t, int64_t>) {
+    if (with_class_count<kMaxFixedFocalClasses>(a.C, run)) return st;
+  }
+  run(std::integral_constant<int, 0>{});
   return st;
 }
 

@@ -139,10 +139,14 @@ inline Vectorized<T> log_softmax_sum(const Vectorized<T>& s) { return s.log(); }
 
 // The softmax of a block, and in the same loop the label's logit xt, its exponential et and the
 // other classes' sum (cls: each lane's class, -1 when ignored). With ARGMAX, also the first
-// maximum's class (NaN wins), as torch.argmax.
-template <bool CLASS_LAST, bool ARGMAX, typename V, typename in_t, typename acc_t>
+// maximum's class (NaN wins), as torch.argmax. KC > 0: the class count C as a compile-time
+// constant (loops unroll; an fp32 class-last block's transpose is inlined, not a table call).
+template <bool CLASS_LAST, bool ARGMAX, typename V, typename in_t, typename acc_t, int KC = 0>
 struct BlockSoftmax {
   static constexpr int L = Lanes<V>::n;
+  // Whether this block's class-last transposes are the inlined compile-time ones.
+  static constexpr bool kFixedTranspose = KC > 0 && L > 1 && L == Vectorized<float>::size() &&
+                                          std::is_same_v<in_t, float> && std::is_same_v<acc_t, float>;
   const in_t* xn;  // the block's first logit
   int64_t C, P;
   acc_t* tile;     // [C][L] scratch: the transposed logits (class-last)
@@ -151,12 +155,16 @@ struct BlockSoftmax {
 
   BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_, const V& cls)
       : xn(x), C(C_), P(P_), tile(tile_), exps(exps_) {
-    if constexpr (CLASS_LAST) gather_tile<L>(xn, C, tile);
+    if constexpr (CLASS_LAST && kFixedTranspose) {
+      class_last::gather<KC, L>(xn, tile);
+    } else if constexpr (CLASS_LAST) {
+      gather_tile<L>(xn, C, tile);
+    }
     // The loops work on locals, assigned to the members once: a member updated in the loop lives
     // in memory wherever the struct's address escapes, and each class then waited on the
     // previous class's store. The class index is counted in a vector (no int-to-float per class).
     V m_ = logits(0), best = m_, pred_ = V(0), c_v = V(0);
-    for (int64_t c = 1; c < C; ++c) {
+    for (int64_t c = 1; c < classes(); ++c) {
       const V xc = logits(c);
       c_v = c_v + V(1);
       m_ = v_max(m_, xc);
@@ -168,7 +176,7 @@ struct BlockSoftmax {
     }
     V s_(0), xt_(0), et_(0), other_(0);
     c_v = V(0);
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = 0; c < classes(); ++c) {
       const V xc = logits(c);
       const V e = v_exp(xc - m_);
       store_as<V, acc_t>(e, exps + c * L);
@@ -194,6 +202,13 @@ struct BlockSoftmax {
     log_s = log_softmax_sum(s_);
   }
 
+  int64_t classes() const {
+    if constexpr (KC > 0) {
+      return KC;
+    } else {
+      return C;
+    }
+  }
   V logits(int64_t c) const {
     if constexpr (CLASS_LAST) {
       return load_as<V, acc_t, acc_t>(tile + c * L);
@@ -229,11 +244,11 @@ struct FocalPixels {
     focal_terms(sm.xt, sm.m, sm.log_s, sm.et * sm.inv_s, sm.other * sm.inv_s, wt, gamma, loss, coef);
     valid = cls >= V(0);
     target_coef = coef * V((acc_t(1) - eps) * scale);
-    smooth_scale = V(eps / static_cast<acc_t>(sm.C));
+    smooth_scale = V(eps / static_cast<acc_t>(sm.classes()));
     smooth_sum = V(0);
     if (eps > acc_t(0)) {
       V smooth_loss(0);
-      for (int64_t c = 0; c < sm.C; ++c) {
+      for (int64_t c = 0; c < sm.classes(); ++c) {
         const V e = sm.exp(c), p = e * sm.inv_s;
         const V q = v_max((sm.s - e) * sm.inv_s, V(0));  // 1 - p; only the target's q needs the exact form
         V lc, cc;
