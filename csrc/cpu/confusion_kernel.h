@@ -51,6 +51,7 @@ struct ConfusionKernel {
     const x_t* xn = x + n * classes * P + (CLASS_LAST ? p * classes : p);
     constexpr bool in_registers = CLASS_LAST && FIXED_C > 0 && class_last::rows_in_registers<FIXED_C, L>();
     [[maybe_unused]] V rows[in_registers ? FIXED_C : 1];
+    if constexpr (CLASS_LAST && L > 1) class_last::prefetch(xn, classes * L * sizeof(x_t));
     if constexpr (in_registers) {
       class_last::rows<FIXED_C>(xn, rows);
     } else if constexpr (CLASS_LAST && FIXED_C > 0 && L > 1) {

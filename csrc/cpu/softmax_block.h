@@ -155,6 +155,7 @@ struct BlockSoftmax {
 
   BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_, const V& cls)
       : xn(x), C(C_), P(P_), tile(tile_), exps(exps_) {
+    if constexpr (CLASS_LAST && L > 1) class_last::prefetch(xn, classes() * L * sizeof(in_t));
     if constexpr (CLASS_LAST && kFixedTranspose) {
       class_last::gather<KC, L>(xn, tile);
     } else if constexpr (CLASS_LAST) {
