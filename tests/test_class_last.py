@@ -58,7 +58,11 @@ def focal_outputs(x, y, c):
                               confusion=cm)
     loss.backward()
     none = marsops.focal_loss(x.detach(), y, gamma=2.0, reduction="none", backend="cpu")
-    return loss.detach(), x.grad, cm, none
+    # The gradient again without the confusion count (the kernel's other compiled copy) and
+    # without label smoothing.
+    x2 = x.detach().requires_grad_()
+    marsops.focal_loss(x2, y, gamma=2.0, reduction="sum", backend="cpu").backward()
+    return loss.detach(), x.grad, cm, none, x2.grad
 
 
 # Every class count with a specialised copy (1..32) and two past it, each dtype, with full blocks

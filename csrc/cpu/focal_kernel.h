@@ -25,7 +25,7 @@ struct FocalKernel {
   // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist. KC > 0: C as a
   // compile-time constant (BlockSoftmax).
   template <bool COUNT, bool CLASS_LAST, int KC, typename V>
-  inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
+  [[gnu::always_inline]] inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
     if (labels_checked) {
@@ -48,17 +48,22 @@ struct FocalKernel {
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
       saved_grad_t<in_t>* gn = grad + offset;
+      [[maybe_unused]] V g_rows[Softmax::kRegisterRows ? KC : 1];  // class-last: transposed from registers
       V c_v(0);  // the class index as a vector, counted rather than converted each class
       for (int64_t c = 0; c < sm.classes(); ++c, c_v = c_v + V(1)) {
         const V delta = v_where(cls == c_v, V(1), V(0));
         const V g = fp.grad(c, sm.prob(c), delta);
-        if constexpr (CLASS_LAST) {
+        if constexpr (Softmax::kRegisterRows) {
+          g_rows[c] = g;
+        } else if constexpr (CLASS_LAST) {
           store_as<V, acc_t>(g, sm.tile + c * L);  // the logits are no longer needed: reuse the tile
         } else {
           store_as<V, acc_t>(g, gn + c * P);
         }
       }
-      if constexpr (CLASS_LAST && Softmax::kFixedTranspose) {
+      if constexpr (Softmax::kRegisterRows) {
+        class_last::scatter_rows<KC>(g_rows, gn);
+      } else if constexpr (CLASS_LAST && Softmax::kFixedTranspose) {
         class_last::scatter<KC, L>(sm.tile, gn);
       } else if constexpr (CLASS_LAST) {
         scatter_tile<L>(sm.tile, C, gn);

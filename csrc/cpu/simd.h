@@ -224,11 +224,15 @@ constexpr int64_t kPrefetchDistance = 4096;
   for (int64_t j = 0; j < bytes; j += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + j), 0, 3);
 }
 
-// Whether a class-last fp32 block of C classes can be argmax-ed from registers (class_rows)
-// instead of a tile: AVX2 up to 8 classes, one 8x8 transpose (measured: benchmarks/README.md).
+// Whether a class-last fp32 block of C classes can be read into registers (rows) instead of a
+// tile: AVX-512 up to 8 classes (transpose16.h's permutes), AVX2 up to 8, one 8x8 transpose
+// (measured: benchmarks/README.md). A tile's 64-byte stores and reloads cost more than the
+// transposes themselves on Zen 4.
 template <int C, int L>
 constexpr bool rows_in_registers() {
-#if defined(MARSOPS_TRANSPOSE_ROWS) && defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+  return L == 16 && C >= 2 && C <= 8;
+#elif defined(MARSOPS_TRANSPOSE_ROWS) && defined(CPU_CAPABILITY_AVX2)
   return L == transpose_rows::L && C >= 2 && C <= L;
 #else
   return false;
@@ -239,10 +243,35 @@ constexpr bool rows_in_registers() {
 template <int C, typename V>
 [[gnu::always_inline]] inline void rows(const float* __restrict__ src, V* out) {
   static_assert(rows_in_registers<C, Lanes<V>::n>(), "no register rows for this capability / class count");
-#if defined(MARSOPS_TRANSPOSE_ROWS)
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 r[C];
+  transpose16::rows<C>(src, r);
+  for (int c = 0; c < C; ++c) out[c] = V(r[c]);
+#elif defined(MARSOPS_TRANSPOSE_ROWS)
   transpose_rows::R r[transpose_rows::L];
   transpose_rows::class_rows<C>(src, 0, r);
   for (int c = 0; c < C; ++c) out[c] = V(r[c]);
+#endif
+}
+
+// Class rows (registers) back to a class-last block (where rows_in_registers).
+template <int C, typename V>
+[[gnu::always_inline]] inline void scatter_rows(const V* rows, float* __restrict__ dst) {
+  static_assert(rows_in_registers<C, Lanes<V>::n>(), "no register rows for this capability / class count");
+#if defined(CPU_CAPABILITY_AVX512)
+  __m512 r[C];
+  for (int c = 0; c < C; ++c) r[c] = rows[c];
+  transpose16::scatter_rows<C>(r, dst);
+#elif defined(MARSOPS_TRANSPOSE_ROWS)
+  if constexpr (C < 3) {  // two classes: scalar moves (scatter above; measured faster from a tile, not from registers)
+    alignas(64) float tile[C * transpose_rows::L];
+    for (int c = 0; c < C; ++c) rows[c].store(tile + c * transpose_rows::L);
+    scatter<C, transpose_rows::L>(tile, dst);
+  } else {
+    transpose_rows::R r[C];
+    for (int c = 0; c < C; ++c) r[c] = rows[c];
+    transpose_rows::scatter_rows<C>(r, dst);
+  }
 #endif
 }
 

@@ -1,6 +1,7 @@
 // The per-block pieces the softmax losses share (focal_kernel.h, region_kernel.h), built once per
 // CPU capability. A block is L neighbouring pixels of one sample, one SIMD register per class:
-// their logits (NCHW: loaded directly; class-last: transposed once into a [C][L] tile), their
+// their logits (NCHW: loaded directly; class-last: transposed once into a [C][L] tile, or into
+// registers for fp32 and a compile-time C up to 8 on AVX2 / AVX-512), their
 // softmax (max, exponentials kept in a [C][L] scratch, sum), and the focal terms of their labels
 // with optional label smoothing.
 #pragma once
@@ -124,11 +125,13 @@ inline Vectorized<T> log_softmax_sum(const Vectorized<T>& s) { return s.log(); }
   const V e(_mm256_cvtepi32_ps(e_i));
   const V f = V(_mm256_castsi256_ps(_mm256_sub_epi32(bits, _mm256_slli_epi32(e_i, 23)))) - V(1);
 #endif
-  const V z = f * f;
-  V y(7.0376836292e-2f);
-  for (const float c : {-1.1514610310e-1f, 1.1676998740e-1f, -1.2420140846e-1f, 1.4249322787e-1f,
-                        -1.6668057665e-1f, 2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f})
-    y = at::vec::fmadd(y, f, V(c));
+  // The polynomial in Estrin's scheme: four levels of FMAs where Horner's chained eight (the
+  // kernel's blocks waited on that chain).
+  const V z = f * f, z2 = z * z, z4 = z2 * z2;
+  auto pair = [&](float hi, float lo) { return at::vec::fmadd(V(hi), f, V(lo)); };
+  const V p03 = at::vec::fmadd(pair(-1.6668057665e-1f, 2.0000714765e-1f), z, pair(-2.4999993993e-1f, 3.3333331174e-1f));
+  const V p47 = at::vec::fmadd(pair(-1.1514610310e-1f, 1.1676998740e-1f), z, pair(-1.2420140846e-1f, 1.4249322787e-1f));
+  V y = at::vec::fmadd(V(7.0376836292e-2f), z4, at::vec::fmadd(p47, z2, p03));
   y = y * f * z;
   y = at::vec::fmadd(e, V(-2.12194440e-4f), y);
   y = at::vec::fmadd(z, V(-0.5f), y);
@@ -147,16 +150,21 @@ struct BlockSoftmax {
   // Whether this block's class-last transposes are the inlined compile-time ones.
   static constexpr bool kFixedTranspose = KC > 0 && L > 1 && L == Vectorized<float>::size() &&
                                           std::is_same_v<in_t, float> && std::is_same_v<acc_t, float>;
+  // Whether the transposed logits stay in registers (rows), not in the tile.
+  static constexpr bool kRegisterRows = CLASS_LAST && kFixedTranspose && class_last::rows_in_registers<KC, L>();
   const in_t* xn;  // the block's first logit
   int64_t C, P;
-  acc_t* tile;     // [C][L] scratch: the transposed logits (class-last)
+  acc_t* tile;     // [C][L] scratch: the transposed logits (class-last, unless kRegisterRows)
   acc_t* exps;     // [C][L] scratch: exp(x - max)
+  V rows[kRegisterRows ? KC : 1];  // the transposed logits (kRegisterRows)
   V m, s, inv_s, log_s, pred, xt, et, other;
 
   BlockSoftmax(const in_t* x, int64_t C_, int64_t P_, acc_t* tile_, acc_t* exps_, const V& cls)
       : xn(x), C(C_), P(P_), tile(tile_), exps(exps_) {
     if constexpr (CLASS_LAST && L > 1) class_last::prefetch(xn, classes() * L * sizeof(in_t));
-    if constexpr (CLASS_LAST && kFixedTranspose) {
+    if constexpr (kRegisterRows) {
+      class_last::rows<KC>(xn, rows);
+    } else if constexpr (CLASS_LAST && kFixedTranspose) {
       class_last::gather<KC, L>(xn, tile);
     } else if constexpr (CLASS_LAST) {
       gather_tile<L>(xn, C, tile);
@@ -211,7 +219,9 @@ struct BlockSoftmax {
     }
   }
   V logits(int64_t c) const {
-    if constexpr (CLASS_LAST) {
+    if constexpr (kRegisterRows) {
+      return rows[c];
+    } else if constexpr (CLASS_LAST) {
       return load_as<V, acc_t, acc_t>(tile + c * L);
     } else {
       return load_as<V, acc_t>(xn + c * P);

@@ -72,22 +72,35 @@ inline __m512 permute_pairs(const __m512* v, const int32_t (*idx)[16], const uin
   return out;
 }
 
+// The C class rows of block src, in registers.
 template <int C, typename in_t>
-inline void gather(const in_t* __restrict__ src, float* __restrict__ tile) {
+[[gnu::always_inline]] inline void rows(const in_t* __restrict__ src, __m512* out) {
   static constexpr Plan<C> plan{};
   __m512 v[C];
   for (int k = 0; k < C; ++k) v[k] = load16(src + 16 * k);
-  for (int c = 0; c < C; ++c)
-    _mm512_storeu_ps(tile + 16 * c, permute_pairs<C>(v, plan.gather_idx[c], plan.gather_mask[c]));
+  for (int c = 0; c < C; ++c) out[c] = permute_pairs<C>(v, plan.gather_idx[c], plan.gather_mask[c]);
+}
+
+template <int C, typename in_t>
+inline void gather(const in_t* __restrict__ src, float* __restrict__ tile) {
+  __m512 r[C];
+  rows<C>(src, r);
+  for (int c = 0; c < C; ++c) _mm512_storeu_ps(tile + 16 * c, r[c]);
+}
+
+// Class rows t (registers) back to the block dst.
+template <int C>
+[[gnu::always_inline]] inline void scatter_rows(const __m512* t, float* __restrict__ dst) {
+  static constexpr Plan<C> plan{};
+  for (int k = 0; k < C; ++k)
+    _mm512_storeu_ps(dst + 16 * k, permute_pairs<C>(t, plan.scatter_idx[k], plan.scatter_mask[k]));
 }
 
 template <int C>
 inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
-  static constexpr Plan<C> plan{};
   __m512 t[C];
   for (int c = 0; c < C; ++c) t[c] = _mm512_loadu_ps(tile + 16 * c);
-  for (int k = 0; k < C; ++k)
-    _mm512_storeu_ps(dst + 16 * k, permute_pairs<C>(t, plan.scatter_idx[k], plan.scatter_mask[k]));
+  scatter_rows<C>(t, dst);
 }
 
 // Calls f(std::integral_constant<int, C>{}) for 2 <= C <= kMaxClasses; returns false otherwise.

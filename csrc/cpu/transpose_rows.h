@@ -1,5 +1,5 @@
 // Class-last blocks of fp32 (channels_last logits, L pixels x C classes, contiguous as [L][C]) to a
-// [C][L] tile and back, through square L x L register transposes (8x8 with AVX2, 16x16 with
+// [C][L] tile (or class rows in registers) and back, through square L x L register transposes (8x8 with AVX2, 16x16 with
 // AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L such rows make one
 // transpose, and the transpose's first C - jL rows are class rows of the tile. It costs about
 // (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar moves; simd.h's
@@ -130,15 +130,15 @@ inline void gather(const float* __restrict__ src, float* __restrict__ tile) {
   }
 }
 
-// Tile [C][L] back to the block dst (L pixels x C classes).
+// Class rows [C] (registers) back to the block dst (L pixels x C classes).
 template <int C>
-inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
+[[gnu::always_inline]] inline void scatter_rows(const R* rows, float* __restrict__ dst) {
   static_assert(C >= 1 && C <= kMaxClasses);
   constexpr int parts = (C + L - 1) / L;
   R r[parts][L];
   for (int part = 0; part < parts; ++part) {
     const int j = part * L;
-    for (int k = 0; k < L; ++k) r[part][k] = j + k < C ? load(tile + (j + k) * L) : zero();
+    for (int k = 0; k < L; ++k) r[part][k] = j + k < C ? rows[j + k] : zero();
     transpose(r[part]);
   }
   // Pixel by pixel, in order: a full-width store of a partial part runs into the next pixel's
@@ -153,6 +153,14 @@ inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
         store(dst + off, r[part][i]);
       }
     }
+}
+
+// Tile [C][L] back to the block dst.
+template <int C>
+inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
+  R rows[C];
+  for (int c = 0; c < C; ++c) rows[c] = load(tile + c * L);
+  scatter_rows<C>(rows, dst);
 }
 #endif
 
