@@ -226,8 +226,8 @@ constexpr int64_t kPrefetchDistance = 4096;
 
 // Whether a class-last fp32 block of C classes can be read into registers (rows) instead of a
 // tile: AVX-512 up to 8 classes (transpose16.h's permutes), AVX2 up to 8, one 8x8 transpose
-// (measured: benchmarks/README.md). A tile's 64-byte stores and reloads cost more than the
-// transposes themselves on Zen 4.
+// (measured: benchmarks/README.md; on Zen 4 the tile's 64-byte stores and immediate reloads
+// cost the AVX-512 count 10-15%, seventh pass).
 template <int C, int L>
 constexpr bool rows_in_registers() {
 #if defined(CPU_CAPABILITY_AVX512)
@@ -263,7 +263,8 @@ template <int C, typename V>
   for (int c = 0; c < C; ++c) r[c] = rows[c];
   transpose16::scatter_rows<C>(r, dst);
 #elif defined(MARSOPS_TRANSPOSE_ROWS)
-  if constexpr (C < 3) {  // two classes: scalar moves (scatter above; measured faster from a tile, not from registers)
+  // Two classes: scalar moves (scatter above; faster from a tile, not measured from registers).
+  if constexpr (C < 3) {
     alignas(64) float tile[C * transpose_rows::L];
     for (int c = 0; c < C; ++c) rows[c].store(tile + c * transpose_rows::L);
     scatter<C, transpose_rows::L>(tile, dst);

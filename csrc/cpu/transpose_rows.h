@@ -1,10 +1,11 @@
 // Class-last blocks of fp32 (channels_last logits, L pixels x C classes, contiguous as [L][C]) to a
-// [C][L] tile (or class rows in registers) and back, through square L x L register transposes (8x8 with AVX2, 16x16 with
-// AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L such rows make one
-// transpose, and the transpose's first C - jL rows are class rows of the tile. It costs about
-// (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar moves; simd.h's
-// class_last picks it where it measured faster than both the scalar loops and transpose16.h's
-// pairwise permutes (~C * C / 2 shuffles): AVX-512 from 9 to 32 classes, AVX2 up to 16.
+// [C][L] tile or class rows in registers and back, through square L x L register transposes (8x8
+// with AVX2, 16x16 with AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L
+// such rows make one transpose, and the transpose's first C - jL rows are class rows of the tile.
+// It costs about (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar
+// moves; simd.h's class_last picks it where it measured faster than both the scalar loops and
+// transpose16.h's pairwise permutes (~C * C / 2 shuffles): AVX-512 from 9 to 32 classes, AVX2 up
+// to 16.
 //
 // No access leaves the block: a row that would read past its end is read from the block's last L
 // values and rotated into place (its extra lanes are other pixels', never used). Stores go pixel
