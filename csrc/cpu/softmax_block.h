@@ -27,6 +27,17 @@ inline at::vec::Vectorized<T> m_where_eq(const at::vec::Vectorized<T>& a, const 
                                          const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
   return at::vec::Vectorized<T>::blendv(f, t, a == b);
 }
+#if defined(CPU_CAPABILITY_AVX512)
+// fp32 selects by the compare's mask register (simd.h, LaneMask).
+inline at::vec::Vectorized<float> m_where_lt(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b,
+                                             const at::vec::Vectorized<float>& t, const at::vec::Vectorized<float>& f) {
+  return cpu::CPU_CAPABILITY::v_where(cpu::CPU_CAPABILITY::lanes_lt(a, b), t, f);
+}
+inline at::vec::Vectorized<float> m_where_eq(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b,
+                                             const at::vec::Vectorized<float>& t, const at::vec::Vectorized<float>& f) {
+  return cpu::CPU_CAPABILITY::v_where(cpu::CPU_CAPABILITY::lanes_eq(a, b), t, f);
+}
+#endif
 }  // namespace marsops
 
 #include "../focal_math.h"
@@ -190,7 +201,7 @@ struct BlockSoftmax {
       const V e = v_exp(xc - m_);
       store_as<V, acc_t>(e, exps + c * L);
       s_ = s_ + e;
-      const auto is_t = cls == c_v;
+      const auto is_t = lanes_eq(cls, c_v);
       c_v = c_v + V(1);
       xt_ = v_where(is_t, xc, xt_);
       et_ = v_where(is_t, e, et_);
@@ -200,7 +211,7 @@ struct BlockSoftmax {
     // softmax in torch. The scalar tail's std::exp gives that by itself; the vector exp clamps its
     // NaN argument to a finite value (an inf logit elsewhere would give a finite sum and an
     // infinite loss), so it is said here, for every lane alike.
-    s_ = v_where((m_ - m_) == V(0), s_, V(std::numeric_limits<acc_t>::quiet_NaN()));
+    s_ = v_where(lanes_eq(m_ - m_, V(0)), s_, V(std::numeric_limits<acc_t>::quiet_NaN()));
     m = m_;
     pred = pred_;
     s = s_;
@@ -240,12 +251,12 @@ struct BlockSoftmax {
 template <typename V, typename acc_t>
 struct FocalPixels {
   static constexpr int L = Lanes<V>::n;
-  using Mask = decltype(std::declval<V>() >= std::declval<V>());  // bool for scalars, a lane mask for vectors
+  using Mask = decltype(lanes_ge(std::declval<V>(), std::declval<V>()));  // bool for scalars, a lane mask for vectors
   Mask valid;
   V loss, target_coef, smooth_scale, smooth_sum;
   const acc_t* coefs;  // [C][L]: coef_c, with smoothing only
 
-  FocalPixels() : valid(V(0) > V(0)), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}
+  FocalPixels() : valid(lanes_lt(V(0), V(0))), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}
 
   template <typename Softmax>
   [[gnu::always_inline]] FocalPixels(const Softmax& sm, const V& cls, const V& wt, const acc_t* w, acc_t gamma, acc_t eps, acc_t* coef_scratch,
@@ -253,7 +264,7 @@ struct FocalPixels {
       : coefs(eps > acc_t(0) ? coef_scratch : nullptr) {
     V coef;
     focal_terms(sm.xt, sm.m, sm.log_s, sm.et * sm.inv_s, sm.other * sm.inv_s, wt, gamma, loss, coef);
-    valid = cls >= V(0);
+    valid = lanes_ge(cls, V(0));
     target_coef = coef * V((acc_t(1) - eps) * scale);
     smooth_scale = V(eps / static_cast<acc_t>(sm.classes()));
     smooth_sum = V(0);
