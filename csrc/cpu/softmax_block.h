@@ -17,27 +17,17 @@ template <typename T>
 inline at::vec::Vectorized<T> m_pow(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b) {
   return a.pow(b);
 }
+// The selects by simd.h's lane conditions (a mask register for fp32 on AVX-512).
 template <typename T>
 inline at::vec::Vectorized<T> m_where_lt(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
                                          const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
-  return at::vec::Vectorized<T>::blendv(f, t, a < b);
+  return cpu::CPU_CAPABILITY::v_where(cpu::CPU_CAPABILITY::lanes_lt(a, b), t, f);
 }
 template <typename T>
 inline at::vec::Vectorized<T> m_where_eq(const at::vec::Vectorized<T>& a, const at::vec::Vectorized<T>& b,
                                          const at::vec::Vectorized<T>& t, const at::vec::Vectorized<T>& f) {
-  return at::vec::Vectorized<T>::blendv(f, t, a == b);
-}
-#if defined(CPU_CAPABILITY_AVX512)
-// fp32 selects by the compare's mask register (simd.h, LaneMask).
-inline at::vec::Vectorized<float> m_where_lt(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b,
-                                             const at::vec::Vectorized<float>& t, const at::vec::Vectorized<float>& f) {
-  return cpu::CPU_CAPABILITY::v_where(cpu::CPU_CAPABILITY::lanes_lt(a, b), t, f);
-}
-inline at::vec::Vectorized<float> m_where_eq(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b,
-                                             const at::vec::Vectorized<float>& t, const at::vec::Vectorized<float>& f) {
   return cpu::CPU_CAPABILITY::v_where(cpu::CPU_CAPABILITY::lanes_eq(a, b), t, f);
 }
-#endif
 }  // namespace marsops
 
 #include "../focal_math.h"
