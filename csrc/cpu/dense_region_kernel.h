@@ -120,7 +120,7 @@ struct DenseRegionKernel {
   template <typename V>
   static void sigmoid(const V& x, V& q, V& om) {
     const V zero(0), one(1);
-    const V e = v_where(x != x, x, v_exp(zero - v_abs(x)));  // exp(-|x|) in (0, 1]
+    const V e = v_where(x != x, x, v_exp_nonpositive(zero - v_abs(x)));  // exp(-|x|) in (0, 1]
     const V inv = one / (one + e);
     const auto nonneg = x >= zero;
     q = v_where(nonneg, inv, e * inv);
@@ -147,7 +147,7 @@ struct DenseRegionKernel {
       for (int64_t c = 1; c < C; ++c) m = v_max(m, load_as<V, acc_t, acc_t>(xs + c * L));
       V s(0);
       for (int64_t c = 0; c < C; ++c) {
-        const V e = v_exp(load_as<V, acc_t, acc_t>(xs + c * L) - m);
+        const V e = v_exp_nonpositive(load_as<V, acc_t, acc_t>(xs + c * L) - m);
         s = s + e;
         store_as<V, acc_t>(e, qs + c * L);
       }

@@ -51,8 +51,7 @@ struct FocalKernel {
       [[maybe_unused]] V g_rows[Softmax::kRegisterRows ? KC : 1];  // class-last: transposed from registers
       V c_v(0);  // the class index as a vector, counted rather than converted each class
       for (int64_t c = 0; c < sm.classes(); ++c, c_v = c_v + V(1)) {
-        const V delta = v_where(lanes_eq(cls, c_v), V(1), V(0));
-        const V g = fp.grad(c, sm.prob(c), delta);
+        const V g = fp.grad(c, sm.exp(c), lanes_eq(cls, c_v));
         if constexpr (Softmax::kRegisterRows) {
           g_rows[c] = g;
         } else if constexpr (CLASS_LAST) {

@@ -90,9 +90,9 @@ struct RegionKernel {
     saved_grad_t<in_t>* gn = static_cast<saved_grad_t<in_t>*>(a.grad) + offset;
     for (int64_t c = 0; c < C; ++c) {
       const V pc = sm.prob(c);
-      const V delta = v_where(cls == V(static_cast<acc_t>(c)), V(1), V(0));
-      V g = pc * (v_where(cls == V(static_cast<acc_t>(c)), V(A[c]), V(0)) + V(B[c]) - shared);
-      if (focal) g = g + fp.grad(c, pc, delta);
+      const auto is_label = lanes_eq(cls, V(static_cast<acc_t>(c)));
+      V g = pc * (v_where(is_label, V(A[c]), V(0)) + V(B[c]) - shared);
+      if (focal) g = g + fp.grad(c, sm.exp(c), is_label);
       g = v_where(valid, g, V(0));  // ignored pixels: exactly 0, whatever their logits hold
       if constexpr (CLASS_LAST) {
         store_as<V, acc_t>(g, sm.tile + c * L);

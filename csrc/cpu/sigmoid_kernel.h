@@ -49,7 +49,7 @@ struct SigmoidFocalTerms {
     const V zero(0), one(1);
     // exp(-|x|) in (0, 1]: no overflow. NaN for a NaN logit, as in the scalar tail (the vector exp
     // clamps a NaN argument to a finite value), so that its loss and gradient are NaN alike.
-    const V e = v_where(x != x, x, v_exp(zero - v_abs(x)));
+    const V e = v_where(x != x, x, v_exp_nonpositive(zero - v_abs(x)));
     const V l1 = v_log1p(e);
     const V inv = one / (one + e);
     const auto nonneg = x >= zero;

@@ -59,8 +59,57 @@ inline void with_integral(ScalarType t, F&& f) {
 }
 
 // Lane-generic helpers: V is either the scalar compute type or Vectorized<compute type>.
-template <typename T> inline T v_exp(T x) { return std::exp(x); }
-template <typename T> inline Vectorized<T> v_exp(const Vectorized<T>& x) { return x.exp_u20(); }
+// exp(x) for x <= 0 or NaN, the only arguments the kernels have (x - max for a softmax, -|x| for
+// a sigmoid). The fp32 vector forms below keep at::vec's exp_u20 (the same reduction and
+// polynomial) but form 2^n in fewer instructions, which x <= 0 allows: exp_u20 clamps x to both
+// ends of the float range and builds 2^(n-1) in integer arithmetic, 19 instructions an
+// exponential, five of them a block of the focal kernel at 5 classes.
+template <typename T> inline T v_exp_nonpositive(T x) { return std::exp(x); }
+template <typename T> inline Vectorized<T> v_exp_nonpositive(const Vectorized<T>& x) { return x.exp_u20(); }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+namespace exp_u20_constants {
+// at::vec's exp_u20: log2(e), ln(2) (one constant: the reduction is not split), the polynomial
+// for exp(r), |r| <= ln(2) / 2, and the log of the smallest normal float, below which it gives 0.
+constexpr float kLog2e = 1.44269502f, kLn2 = 0.693147182f, kLnFltMin = -87.3365479f;
+constexpr float kC5 = 0.00828929059f, kC4 = 0.0418978221f, kC3 = 0.166676521f, kC2 = 0.499991506f,
+                kC1 = 0.999999701f;
+}  // namespace exp_u20_constants
+#endif
+#if defined(CPU_CAPABILITY_AVX512)
+// n = floor(x log2(e) + 1/2) and r = x - n ln(2) as exp_u20, then 2^n exp(r) in one scalef, which
+// zeroes the lanes below the smallest normal (as exp_u20; no subnormals to slow later products).
+inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
+  using namespace exp_u20_constants;
+  const __m512 d = x;
+  const __mmask16 normal = _mm512_cmp_ps_mask(d, _mm512_set1_ps(kLnFltMin), _CMP_NLT_UQ);  // NaN stays NaN
+  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(d, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)),
+                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2), d);
+  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(kC5), _mm512_set1_ps(kC4));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC3));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC2));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC1));
+  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
+  return _mm512_maskz_scalef_ps(normal, p, n);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+// The same n and r; 2^n is built in the exponent field directly (n <= 0 needs no 2^(n-1) step),
+// and the lanes below the smallest normal are masked to 0 afterwards.
+inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
+  using namespace exp_u20_constants;
+  const __m256 d = x;
+  const __m256 tiny = _mm256_cmp_ps(d, _mm256_set1_ps(kLnFltMin), _CMP_LT_OQ);  // NaN stays NaN
+  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(d, _mm256_set1_ps(kLog2e), _mm256_set1_ps(0.5f)));
+  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2), d);
+  __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(kC5), _mm256_set1_ps(kC4));
+  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC3));
+  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC2));
+  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC1));
+  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(two_n)));
+}
+#endif
 template <typename T> inline T v_log(T x) { return std::log(x); }
 template <typename T> inline T v_log1p(T x) { return std::log1p(x); }
 template <typename T> inline Vectorized<T> v_log1p(const Vectorized<T>& x) { return x.log1p(); }
@@ -107,6 +156,20 @@ inline Vectorized<float> v_where(LaneMask m, const Vectorized<float>& a, const V
 inline Vectorized<float> v_max(const Vectorized<float>& a, const Vectorized<float>& b) {
   const __m512 x = a, y = b;
   return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, y, _CMP_UNORD_Q), _mm512_max_ps(x, y), _mm512_add_ps(x, y));
+}
+#endif
+// The largest logit of a softmax, m, whose exponentials exp(x - m) follow: v_max, which keeps a
+// NaN operand, but for fp32 on AVX2 / AVX-512 the plain max instruction (one instruction where
+// v_max takes three): a NaN it drops still makes that class's exp(x - m) NaN there, as
+// v_exp_nonpositive keeps NaN, and so the softmax's sum.
+template <typename V> inline V v_max_before_exp(const V& a, const V& b) { return v_max(a, b); }
+#if defined(CPU_CAPABILITY_AVX512)
+inline Vectorized<float> v_max_before_exp(const Vectorized<float>& a, const Vectorized<float>& b) {
+  return _mm512_max_ps(a, b);
+}
+#elif defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> v_max_before_exp(const Vectorized<float>& a, const Vectorized<float>& b) {
+  return _mm256_max_ps(a, b);
 }
 #endif
 template <typename T> inline T v_sum(T v) { return v; }

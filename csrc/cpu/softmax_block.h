@@ -137,7 +137,7 @@ inline Vectorized<T> log_softmax_sum(const Vectorized<T>& s) { return s.log(); }
   y = at::vec::fmadd(e, V(-2.12194440e-4f), y);
   y = at::vec::fmadd(z, V(-0.5f), y);
   const V log_s = at::vec::fmadd(e, V(0.693359375f), f + y);
-  return V::blendv(log_s, s, s != s);  // NaN stays NaN (the AVX2 bit arithmetic makes it finite)
+  return v_where(lanes_eq(s, s), log_s, s);  // NaN stays NaN (the AVX2 bit arithmetic makes it finite)
 }
 #endif
 
@@ -177,7 +177,7 @@ struct BlockSoftmax {
     for (int64_t c = 1; c < classes(); ++c) {
       const V xc = logits(c);
       c_v = c_v + V(1);
-      m_ = v_max(m_, xc);
+      m_ = v_max_before_exp(m_, xc);
       if constexpr (ARGMAX) {
         const auto take = (xc > best) | ((xc != xc) & (best == best));
         best = v_where(take, xc, best);
@@ -188,7 +188,7 @@ struct BlockSoftmax {
     c_v = V(0);
     for (int64_t c = 0; c < classes(); ++c) {
       const V xc = logits(c);
-      const V e = v_exp(xc - m_);
+      const V e = v_exp_nonpositive(xc - m_);
       store_as<V, acc_t>(e, exps + c * L);
       s_ = s_ + e;
       const auto is_t = lanes_eq(cls, c_v);
@@ -198,9 +198,10 @@ struct BlockSoftmax {
       other_ = other_ + v_where(is_t, V(0), e);
     }
     // A pixel whose largest logit is not finite (+inf, NaN, or every class -inf) has an all-NaN
-    // softmax in torch. The scalar tail's std::exp gives that by itself; the vector exp clamps its
-    // NaN argument to a finite value (an inf logit elsewhere would give a finite sum and an
-    // infinite loss), so it is said here, for every lane alike.
+    // softmax in torch. The scalar tail's std::exp gives that by itself; at::vec's exp_u20 (simd.h's
+    // v_exp_nonpositive but for fp32 on AVX2 / AVX-512) clamps a NaN argument to a finite value
+    // (an inf logit elsewhere would give a finite sum and an infinite loss), so it is said here,
+    // for every lane alike.
     s_ = v_where(lanes_eq(m_ - m_, V(0)), s_, V(std::numeric_limits<acc_t>::quiet_NaN()));
     m = m_;
     pred = pred_;
@@ -236,17 +237,21 @@ struct BlockSoftmax {
 // label smoothing eps as F.cross_entropy weights it, the gradient times `scale`:
 //   loss = (1 - eps) w_y f(p_y) + eps / C sum_c w_c f(p_c),   f(p) = (1 - p)^gamma (-log p)
 //   dloss/dx_j = target_coef (delta_yj - p_j) + smooth_scale (coef_j - p_j sum_c coef_c)
-// (coef_c: the focal coefficient of class c, focal_math.h). Ignored lanes have a zero loss and
+// (coef_c: the focal coefficient of class c, focal_math.h). With p_j = e_j / s, the terms in p_j
+// share one factor per pixel, exp_scale = (target_coef + smooth_scale sum_c coef_c) / s, so each
+// class's gradient is a select and one fused multiply-add. Ignored lanes have a zero loss and
 // gradient, whatever their logits hold.
 template <typename V, typename acc_t>
 struct FocalPixels {
   static constexpr int L = Lanes<V>::n;
   using Mask = decltype(lanes_ge(std::declval<V>(), std::declval<V>()));  // bool for scalars, a lane mask for vectors
   Mask valid;
-  V loss, target_coef, smooth_scale, smooth_sum;
+  V loss, target_coef, smooth_scale, smooth_sum, exp_scale;
   const acc_t* coefs;  // [C][L]: coef_c, with smoothing only
 
-  FocalPixels() : valid(lanes_lt(V(0), V(0))), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), coefs(nullptr) {}
+  FocalPixels()
+      : valid(lanes_lt(V(0), V(0))), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), exp_scale(0),
+        coefs(nullptr) {}
 
   template <typename Softmax>
   [[gnu::always_inline]] FocalPixels(const Softmax& sm, const V& cls, const V& wt, const acc_t* w, acc_t gamma, acc_t eps, acc_t* coef_scratch,
@@ -272,14 +277,17 @@ struct FocalPixels {
       loss = loss * V(acc_t(1) - eps) + smooth_scale * smooth_loss;
       smooth_scale = smooth_scale * V(scale);
     }
+    exp_scale = (coefs ? target_coef + smooth_scale * smooth_sum : target_coef) * sm.inv_s;
     // Ignored lanes are selected out, not multiplied by a zero weight: their logits may hold NaN.
     loss = v_where(valid, loss, V(0));
   }
 
-  // dloss/dx_c of the block's lanes, times the scale.
-  V grad(int64_t c, const V& p_c, const V& delta) const {
-    V g = target_coef * (delta - p_c);
-    if (coefs) g = g + smooth_scale * (load_as<V, acc_t, acc_t>(coefs + c * L) - p_c * smooth_sum);
+  // dloss/dx_c of the block's lanes, times the scale, from e_c = exp(x_c - m) and the lanes whose
+  // label is c.
+  template <typename LabelMask>
+  V grad(int64_t c, const V& e_c, const LabelMask& is_label) const {
+    V g = v_where(is_label, target_coef, V(0)) - exp_scale * e_c;
+    if (coefs) g = g + smooth_scale * load_as<V, acc_t, acc_t>(coefs + c * L);
     return v_where(valid, g, V(0));
   }
 };

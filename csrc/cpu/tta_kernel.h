@@ -38,7 +38,7 @@ void views_argmax_row_typed(const void* outputs, const ViewsGeometry& g, bool so
       for (int64_t c = 1; c < C; ++c) m = v_max(m, V::loadu(vk + c * L));  // NaN propagates, as torch.softmax
       V s(0);
       for (int64_t c = 0; c < C; ++c) {
-        const V e = v_exp(V::loadu(vk + c * L) - m);
+        const V e = v_exp_nonpositive(V::loadu(vk + c * L) - m);
         e.store(vk + c * L);
         s = s + e;
       }
