@@ -67,47 +67,40 @@ inline void with_integral(ScalarType t, F&& f) {
 template <typename T> inline T v_exp_nonpositive(T x) { return std::exp(x); }
 template <typename T> inline Vectorized<T> v_exp_nonpositive(const Vectorized<T>& x) { return x.exp_u20(); }
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-namespace exp_u20_constants {
+namespace exp_u20 {
 // at::vec's exp_u20: log2(e), ln(2) (one constant: the reduction is not split), the polynomial
 // for exp(r), |r| <= ln(2) / 2, and the log of the smallest normal float, below which it gives 0.
 constexpr float kLog2e = 1.44269502f, kLn2 = 0.693147182f, kLnFltMin = -87.3365479f;
 constexpr float kC5 = 0.00828929059f, kC4 = 0.0418978221f, kC3 = 0.166676521f, kC2 = 0.499991506f,
                 kC1 = 0.999999701f;
-}  // namespace exp_u20_constants
-#endif
-#if defined(CPU_CAPABILITY_AVX512)
-// n = floor(x log2(e) + 1/2) and r = x - n ln(2) as exp_u20, then 2^n exp(r) in one scalef, which
-// zeroes the lanes below the smallest normal (as exp_u20; no subnormals to slow later products).
-inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
-  using namespace exp_u20_constants;
-  const __m512 d = x;
-  const __mmask16 normal = _mm512_cmp_ps_mask(d, _mm512_set1_ps(kLnFltMin), _CMP_NLT_UQ);  // NaN stays NaN
-  const __m512 n = _mm512_roundscale_ps(_mm512_fmadd_ps(d, _mm512_set1_ps(kLog2e), _mm512_set1_ps(0.5f)),
-                                        _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kLn2), d);
-  __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(kC5), _mm512_set1_ps(kC4));
-  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC3));
-  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC2));
-  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(kC1));
-  p = _mm512_fmadd_ps(r, p, _mm512_set1_ps(1.f));
-  return _mm512_maskz_scalef_ps(normal, p, n);
+// exp_u20's reduction and polynomial, the same operations: n = floor(x log2(e) + 1/2) and
+// exp(r), r = x - n ln(2), so that exp(x) = 2^n exp(r).
+inline void reduce(const Vectorized<float>& x, Vectorized<float>& n, Vectorized<float>& exp_r) {
+  using V = Vectorized<float>;
+  n = at::vec::fmadd(x, V(kLog2e), V(0.5f)).floor();
+  const V r = at::vec::fmadd(n, V(-kLn2), x);
+  V p = at::vec::fmadd(r, V(kC5), V(kC4));
+  p = at::vec::fmadd(r, p, V(kC3));
+  p = at::vec::fmadd(r, p, V(kC2));
+  p = at::vec::fmadd(r, p, V(kC1));
+  exp_r = at::vec::fmadd(r, p, V(1.f));
 }
-#elif defined(CPU_CAPABILITY_AVX2)
-// The same n and r; 2^n is built in the exponent field directly (n <= 0 needs no 2^(n-1) step),
-// and the lanes below the smallest normal are masked to 0 afterwards.
+}  // namespace exp_u20
+// 2^n exp(r) in one scalef, which zeroes the lanes below the smallest normal (as exp_u20; no
+// subnormals to slow later products); a NaN argument stays NaN. AVX2: 2^n is built in the
+// exponent field directly (n <= 0 needs no 2^(n-1) step), and the lanes below the smallest
+// normal are masked to 0 afterwards.
 inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
-  using namespace exp_u20_constants;
-  const __m256 d = x;
-  const __m256 tiny = _mm256_cmp_ps(d, _mm256_set1_ps(kLnFltMin), _CMP_LT_OQ);  // NaN stays NaN
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(d, _mm256_set1_ps(kLog2e), _mm256_set1_ps(0.5f)));
-  const __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kLn2), d);
-  __m256 p = _mm256_fmadd_ps(r, _mm256_set1_ps(kC5), _mm256_set1_ps(kC4));
-  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC3));
-  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC2));
-  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(kC1));
-  p = _mm256_fmadd_ps(r, p, _mm256_set1_ps(1.f));
+  Vectorized<float> n, exp_r;
+  exp_u20::reduce(x, n, exp_r);
+#if defined(CPU_CAPABILITY_AVX512)
+  const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(exp_u20::kLnFltMin), _CMP_NLT_UQ);
+  return _mm512_maskz_scalef_ps(normal, exp_r, n);
+#else
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(exp_u20::kLnFltMin), _CMP_LT_OQ);
   const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(p, _mm256_castsi256_ps(two_n)));
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(exp_r, _mm256_castsi256_ps(two_n)));
+#endif
 }
 #endif
 template <typename T> inline T v_log(T x) { return std::log(x); }
