@@ -120,7 +120,7 @@ struct DenseRegionKernel {
   template <typename V>
   static void sigmoid(const V& x, V& q, V& om) {
     const V zero(0), one(1);
-    const V e = v_where(x != x, x, v_exp_nonpositive(zero - v_abs(x)));  // exp(-|x|) in (0, 1]
+    const V e = v_where(x != x, x, v_exp_nonpositive(zero - v_abs(x)));  // exp(-|x|) in [0, 1]
     const V inv = one / (one + e);
     const auto nonneg = x >= zero;
     q = v_where(nonneg, inv, e * inv);

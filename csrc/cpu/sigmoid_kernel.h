@@ -47,8 +47,9 @@ struct SigmoidFocalTerms {
 
   SigmoidFocalTerms(V x, V t, V w, acc_t alpha, acc_t gamma, acc_t scale) {
     const V zero(0), one(1);
-    // exp(-|x|) in (0, 1]: no overflow. NaN for a NaN logit, as in the scalar tail (the vector exp
-    // clamps a NaN argument to a finite value), so that its loss and gradient are NaN alike.
+    // exp(-|x|) in [0, 1]: no overflow. NaN for a NaN logit, as in the scalar tail (at::vec's
+    // exp_u20, which v_exp_nonpositive is but for fp32 on AVX2 / AVX-512, clamps a NaN argument
+    // to a finite value), so that its loss and gradient are NaN alike.
     const V e = v_where(x != x, x, v_exp_nonpositive(zero - v_abs(x)));
     const V l1 = v_log1p(e);
     const V inv = one / (one + e);
