@@ -29,7 +29,7 @@ struct FocalKernel {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
     if (labels_checked) {
-      read_checked_labels<L>(y + n * P + p, ignore_index, w, cls_buf, wt_buf);
+      read_checked_labels<L>(y + n * P + p, ignore_index, w, KC > 0 ? KC : C, cls_buf, wt_buf);
     } else {
       read_labels<L>(y + n * P + p, C, ignore_index, w, cls_buf, wt_buf, st);
     }

@@ -84,12 +84,12 @@ inline void read_labels(const tgt_t* y, int64_t C, int64_t ignore_index, const a
 // vectorises it.
 template <int n, typename acc_t, typename tgt_t>
 inline void read_checked_labels(const tgt_t* __restrict__ y, int64_t ignore_index, const acc_t* __restrict__ w,
-                                acc_t* __restrict__ cls, acc_t* __restrict__ wt) {
+                                int64_t C, acc_t* __restrict__ cls, acc_t* __restrict__ wt) {
 #ifdef MARSOPS_LABELS_SIMD
   if constexpr (n == labels_simd::kLanes && std::is_same_v<acc_t, float> && std::is_same_v<tgt_t, int64_t>) {
     labels_simd::Mask ignored, in_range;
     const auto t = labels_simd::load(y, ignore_index, 0, ignored, in_range);
-    labels_simd::class_and_weight(t, ignored, w, cls, wt);
+    labels_simd::class_and_weight(t, ignored, w, C, cls, wt);
     return;
   }
 #endif
