@@ -263,6 +263,38 @@ def test_label_counts_across_chunks_with_ignore_index_equal_to_num_classes():
         assert_close(grad, ref_grad)
 
 
+# Labels of other integer dtypes (int32, uint8 masks from PNGs): the C++ CPU kernels widen them to
+# int64 (a counting block or a kernel range at a time) to run the int64 vector code, up to 8
+# classes. The same labels as int64 must give the same bits; over more than one 64K-pixel counting
+# chunk and a tail that is not whole 4096-label blocks; a bad label at block edges and in the tail
+# must be named.
+@pytest.mark.parametrize("dtype", [torch.int32, torch.uint8, torch.int16, torch.int8])
+def test_narrow_label_dtypes_match_int64_labels(dtype):
+    if ("cpu", "cpu") not in BACKENDS:
+        pytest.skip("the C++ CPU kernels are not built")
+    g = torch.Generator().manual_seed(11)
+    for num_classes, ignore_index in ((5, 0), (5, 100), (8, 7), (9, 100)):
+        logits = torch.randn(2, num_classes, 181, 200, generator=g)  # 72400 pixels
+        target = torch.randint(0, num_classes, (2, 181, 200), generator=g)
+        target[torch.rand(target.shape, generator=g) < 0.2] = ignore_index
+        weight = torch.rand(num_classes, generator=g) + 0.5
+        narrow = target.to(dtype)
+        for reduction in ("mean", "weighted_mean", "sum", "none"):
+            outs = []
+            for labels in (narrow, target):
+                leaf = logits.clone().requires_grad_()
+                loss = marsops.focal_loss(leaf, labels, weight, 0.5, ignore_index, reduction, backend="cpu")
+                loss.sum().backward()
+                outs.append((loss.detach(), leaf.grad))
+            assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), (num_classes, reduction)
+        for position in (4095, 4096, 65536 + 100, target.numel() - 3):
+            bad = narrow.clone()
+            bad.view(-1)[position] = num_classes + 3
+            with pytest.raises(ValueError, match=f"target contains label {num_classes + 3}, .*outside"):
+                marsops.focal_loss(logits.clone().requires_grad_(), bad, weight, 0.5, ignore_index, "mean",
+                                   backend="cpu")
+
+
 # The C++ CPU kernels take the log of each pixel's softmax sum s = sum_c exp(x_c - max) in [1, C]
 # with their own polynomial (softmax_block.h, log_softmax_sum) on AVX2 and AVX-512. With gamma 0,
 # weight 1 and the label on the largest logit, the loss is exactly log s. Its error: that of s
@@ -289,14 +321,14 @@ def test_log_of_softmax_sum_is_accurate(num_classes, scale):
 @pytest.mark.skipif(EMULATED_CUDA, reason="the cpu backend runs the emulated CUDA kernels, not the SIMD ones")
 @pytest.mark.parametrize("capability", ["default", "avx2"])
 def test_label_counts_and_log_under_every_cpu_capability(capability):
-    """The label counts and the log above again under the CPU capabilities this process does not
-    run (each has its own vector count and log)."""
+    """The label counts, the narrow label dtypes and the log above again under the CPU capabilities
+    this process does not run (each has its own vector count and log)."""
     if ("cpu", "cpu") not in BACKENDS:
         pytest.skip("the C++ CPU kernels are not built")
     out = run_under_cpu_capability(capability, __file__,
                                    "(test_label_counts_of_whole_vectors_and_tail and cpu-cpu) or "
-                                   "test_log_of_softmax_sum_is_accurate")
-    assert "30 passed" in out, out[-2000:]  # 5 class counts x 2 ignore labels; 5 x 4 logs
+                                   "test_log_of_softmax_sum_is_accurate or test_narrow_label_dtypes")
+    assert "34 passed" in out, out[-2000:]  # 5 class counts x 2 ignore labels; 5 x 4 logs; 4 label dtypes
 
 
 @pytest.mark.parametrize("call,match", [

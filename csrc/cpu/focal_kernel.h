@@ -10,7 +10,8 @@ namespace CPU_CAPABILITY {
 template <typename in_t, typename acc_t, typename tgt_t>
 struct FocalKernel {
   const in_t* x;
-  const tgt_t* y;
+  const tgt_t* y;   // the labels of pixels [y_first, ...) of the flattened (N, P) index
+  int64_t y_first;
   const acc_t* w;  // nullptr: all ones
   int64_t C, P;
   acc_t gamma, eps;
@@ -29,9 +30,9 @@ struct FocalKernel {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
     if (labels_checked) {
-      read_checked_labels<L>(y + n * P + p, ignore_index, w, KC > 0 ? KC : C, cls_buf, wt_buf);
+      read_checked_labels<L>(y + (n * P + p - y_first), ignore_index, w, KC > 0 ? KC : C, cls_buf, wt_buf);
     } else {
-      read_labels<L>(y + n * P + p, C, ignore_index, w, cls_buf, wt_buf, st);
+      read_labels<L>(y + (n * P + p - y_first), C, ignore_index, w, cls_buf, wt_buf, st);
     }
     const V cls = load_as<V, acc_t, acc_t>(cls_buf);
     const int64_t offset = n * C * P + (CLASS_LAST ? p * C : p);
@@ -91,15 +92,28 @@ struct FocalKernel {
   }
 };
 
-// The largest C given its own compile-time copy of the focal kernel (fp32, int64 labels).
+// The largest C given its own compile-time copy of the focal kernel (fp32 logits; int64 labels,
+// other label dtypes widened to them).
 constexpr int kMaxFixedFocalClasses = 8;
 
+// fp32 logits whose labels are another integer dtype (int32, uint8 masks) and few classes: the
+// range's labels widened to int64 first, so the compile-time copies and the vector label reads
+// serve them too (1.4-1.6x slower without; the widening is a copy of at most kChunk labels).
+template <typename tgt_t>
+FocalStats focal_range_widened(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist);
+
+// target_first: a.target holds the labels from this flattened pixel index on (a widened range).
 template <typename in_t, typename tgt_t>
-FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
+FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist,
+                             int64_t target_first = 0) {
+  if constexpr (std::is_same_v<in_t, float> && !std::is_same_v<tgt_t, int64_t>) {
+    if (a.C <= kMaxFixedFocalClasses) return focal_range_widened<tgt_t>(a, begin, end, hist);
+  }
   using acc = compute_t<in_t>;
   std::vector<acc> scratch(3 * a.C * Vectorized<acc>::size());
   const FocalKernel<in_t, acc, tgt_t> kernel{
-      static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), static_cast<const acc*>(a.weight),
+      static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), target_first,
+      static_cast<const acc*>(a.weight),
       a.C, a.P, static_cast<acc>(a.gamma), static_cast<acc>(a.label_smoothing), a.ignore_index,
       static_cast<acc>(a.grad_scale), static_cast<in_t*>(a.loss_none), static_cast<saved_grad_t<in_t>*>(a.grad),
       scratch.data(), a.labels_checked};
@@ -122,6 +136,17 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
   }
   run(std::integral_constant<int, 0>{});
   return st;
+}
+
+template <typename tgt_t>
+FocalStats focal_range_widened(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
+  const tgt_t* y = static_cast<const tgt_t*>(a.target);
+  std::vector<int64_t> wide(end - begin);
+  for (int64_t i = begin; i < end; ++i) wide[i - begin] = static_cast<int64_t>(y[i]);
+  FocalArgs w = a;
+  w.target = wide.data();
+  w.target_dtype = ScalarType::Long;
+  return focal_range_typed<float, int64_t>(w, begin, end, hist, begin);
 }
 
 inline FocalStats focal_range(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
