@@ -263,6 +263,33 @@ def test_label_counts_across_chunks_with_ignore_index_equal_to_num_classes():
         assert_close(grad, ref_grad)
 
 
+# A class that never occurs adds nothing to the weighted mean's denominator, whatever its weight:
+# the C++ CPU pre-pass once added count * weight per class, and 0 * NaN made the whole call NaN
+# with a gradient (the no-gradient path and the reference sum per pixel and never read it).
+@pytest.mark.parametrize("backend,device", [("reference", "cpu")] + BACKENDS,
+                         ids=backend_ids([("reference", "cpu")] + BACKENDS))
+@pytest.mark.parametrize("absent_weight", [float("nan"), float("inf")])
+def test_absent_class_weight_does_not_reach_the_weighted_mean(backend, device, absent_weight):
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 40, generator=g)
+    target = torch.randint(0, 2, (2, 40), generator=g)
+    target[0, 5] = 2  # class 2 occurs only where ignored below
+    weight = torch.tensor([1.0, 2.0, absent_weight])
+    for ignore_index in (-100, 2):
+        labels = target if ignore_index == 2 else target.clamp(max=1)
+        leaf = logits.to(device).requires_grad_()
+        loss = marsops.focal_loss(leaf, labels.to(device), weight.to(device), 2.0, ignore_index, "weighted_mean",
+                                  backend=backend)
+        loss.backward()
+        with torch.no_grad():
+            plain = marsops.focal_loss(logits.to(device), labels.to(device), weight.to(device), 2.0, ignore_index,
+                                       "weighted_mean", backend=backend)
+        expected = reference.focal_loss(logits, labels, weight, 2.0, ignore_index, "weighted_mean")
+        assert torch.isfinite(loss) and torch.isfinite(leaf.grad).all()
+        assert_close(loss.detach().cpu(), expected)
+        assert_close(plain.cpu(), expected)
+
+
 # Labels of other integer dtypes (int32, uint8 masks from PNGs): the C++ CPU kernels widen them to
 # int64 (a counting block or a kernel range at a time) to run the int64 vector code, up to 8
 # classes. The same labels as int64 must give the same bits; over more than one 64K-pixel counting

@@ -35,7 +35,9 @@ FocalStats target_stats(const tgt_t* y, ScalarType dtype, int64_t n, const doubl
     for (int64_t c = 0; c < C; ++c) {
       const int64_t k = hist[chunk * (C + 1) + c];
       out.count += k;
-      out.weight_sum += static_cast<double>(k) * (w ? w[c] : 1.0);
+      // Absent classes add nothing: 0 * a NaN or infinite weight would make the sum NaN, where the
+      // per-pixel sums (the kernels without the pre-pass, the reference) never read that weight.
+      if (k != 0) out.weight_sum += static_cast<double>(k) * (w ? w[c] : 1.0);
     }
     if (bad[chunk] && !out.bad) {  // error path: find the first offending label for the message
       for (int64_t i = chunk * kLabelChunk; i < std::min(n, (chunk + 1) * kLabelChunk); ++i) {

@@ -97,8 +97,9 @@ struct FocalKernel {
 constexpr int kMaxFixedFocalClasses = 8;
 
 // fp32 logits whose labels are another integer dtype (int32, uint8 masks) and few classes: the
-// range's labels widened to int64 first, so the compile-time copies and the vector label reads
-// serve them too (1.4-1.6x slower without; the widening is a copy of at most kChunk labels).
+// range's labels widened to int64 first, so the compile-time copies (and, on AVX2 / AVX-512, the
+// vector label reads) serve them too (1.4-1.6x slower without). focal_cpu.cpp's ranges are its
+// chunks of 4096 pixels, so the copy stays small.
 template <typename tgt_t>
 FocalStats focal_range_widened(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist);
 

@@ -1,8 +1,9 @@
 // Per-class counts of a range of labels, built once per CPU capability: the pre-pass of the focal
 // loss's mean reductions, which need the count and weight sum of the counted pixels before the
-// gradient is written. int64 labels and up to kVectorCountClasses classes are counted a vector
-// at a time (one compare and one masked add per class per vector); otherwise, and in the tail,
-// label by label into four interleaved histograms.
+// gradient is written. Up to kVectorCountClasses classes, labels are counted a vector at a time
+// (one compare and one masked add per class per vector): int64 labels directly, other integer
+// dtypes widened to int64 4096 at a time; otherwise, and in the rest, label by label into four
+// interleaved histograms.
 #pragma once
 #include <algorithm>
 #include <vector>
