@@ -2,10 +2,17 @@
 // capability. One SIMD register holds the same class of L neighbouring pixels, and every
 // per-pixel formula is evaluated L pixels at a time (softmax_block.h).
 #pragma once
+#include <memory>
+#include <optional>
+
 #include "softmax_block.h"
 
 namespace marsops::cpu {
 namespace CPU_CAPABILITY {
+
+// The largest C given its own compile-time copy of the focal kernel (fp32 logits; int64 labels,
+// other label dtypes widened to them).
+constexpr int kMaxFixedFocalClasses = 8;
 
 template <typename in_t, typename acc_t, typename tgt_t>
 struct FocalKernel {
@@ -19,14 +26,23 @@ struct FocalKernel {
   acc_t grad_scale;
   in_t* loss_none;  // nullptr: reduced
   saved_grad_t<in_t>* grad;  // nullptr: no gradient (fp32 for fp16 logits: csrc/saved_grad.h)
-  acc_t* scratch;   // 3 * C * lanes: exponentials, transposed logits, smoothing coefficients
+  acc_t* scratch;   // scratch_size(C): the blocks' exponentials, transposed logits, smoothing coefficients
   bool labels_checked;  // FocalArgs::labels_checked: no counts, no validation
 
-  // Processes the lanes of V at pixel p of sample n; returns the summed loss of those lanes.
-  // COUNT: also adds each non-ignored pixel's (label, argmax) pair to hist. KC > 0: C as a
-  // compile-time constant (BlockSoftmax).
+  // Blocks of 1 pixel to L, each in two phases: its labels and softmax (Softmax), then its focal
+  // terms, loss and gradient (finish). KC > 0: C as a compile-time constant (BlockSoftmax).
   template <bool COUNT, bool CLASS_LAST, int KC, typename V>
-  [[gnu::always_inline]] inline V block(int64_t n, int64_t p, FocalStats& st, int64_t* hist) const {
+  using Softmax = BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t, KC>;
+
+  int64_t logit_offset(int64_t n, int64_t p, bool class_last) const { return n * C * P + (class_last ? p * C : p); }
+
+  // Phase 1 of the lanes of V at pixel p of sample n: the labels (cls: the class, or -1 when
+  // ignored; wt: its weight) and the softmax, whose exponentials (and, class-last, transposed
+  // logits) go to slot ([2][C][L]). COUNT: also adds each non-ignored pixel's (label, argmax)
+  // pair to hist.
+  template <bool COUNT, bool CLASS_LAST, int KC, typename V>
+  [[gnu::always_inline]] inline void start(int64_t n, int64_t p, FocalStats& st, int64_t* hist, acc_t* slot,
+                                           std::optional<Softmax<COUNT, CLASS_LAST, KC, V>>& sm, V& cls, V& wt) const {
     constexpr int L = Lanes<V>::n;
     acc_t cls_buf[L], wt_buf[L];
     if (labels_checked) {
@@ -34,26 +50,33 @@ struct FocalKernel {
     } else {
       read_labels<L>(y + (n * P + p - y_first), C, ignore_index, w, cls_buf, wt_buf, st);
     }
-    const V cls = load_as<V, acc_t, acc_t>(cls_buf);
-    const int64_t offset = n * C * P + (CLASS_LAST ? p * C : p);
-    using Softmax = BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t, KC>;
-    const Softmax sm(x + offset, C, P, scratch + C * L, scratch, cls);
+    cls = load_as<V, acc_t, acc_t>(cls_buf);
+    wt = load_as<V, acc_t, acc_t>(wt_buf);
+    sm.emplace(x + logit_offset(n, p, CLASS_LAST), C, P, slot + C * L, slot, cls);
     if constexpr (COUNT) {
       acc_t pred_buf[L];
-      store_as<V, acc_t>(sm.pred, pred_buf);
+      store_as<V, acc_t>(sm->pred, pred_buf);
       for (int i = 0; i < L; ++i)
         if (cls_buf[i] >= 0) hist[static_cast<int64_t>(cls_buf[i]) * C + static_cast<int64_t>(pred_buf[i])] += 1;
     }
-    const FocalPixels<V, acc_t> fp(sm, cls, load_as<V, acc_t, acc_t>(wt_buf), w, gamma, eps, scratch + 2 * C * L,
-                                   grad_scale);
+  }
+
+  // Phase 2: the focal terms of a started block, its per-pixel losses and gradient; returns the
+  // summed loss of its lanes.
+  template <bool COUNT, bool CLASS_LAST, int KC, typename V>
+  [[gnu::always_inline]] inline V finish(int64_t n, int64_t p, const Softmax<COUNT, CLASS_LAST, KC, V>& sm,
+                                         const V& cls, const V& wt) const {
+    constexpr int L = Lanes<V>::n;
+    using Sm = Softmax<COUNT, CLASS_LAST, KC, V>;
+    const FocalPixels<V, acc_t> fp(sm, cls, wt, w, gamma, eps, coef_scratch(), grad_scale);
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
-      saved_grad_t<in_t>* gn = grad + offset;
-      [[maybe_unused]] V g_rows[Softmax::kRegisterRows ? KC : 1];  // class-last: transposed from registers
+      saved_grad_t<in_t>* gn = grad + logit_offset(n, p, CLASS_LAST);
+      [[maybe_unused]] V g_rows[Sm::kRegisterRows ? KC : 1];  // class-last: transposed from registers
       V c_v(0);  // the class index as a vector, counted rather than converted each class
       for (int64_t c = 0; c < sm.classes(); ++c, c_v = c_v + V(1)) {
         const V g = fp.grad(c, sm.exp(c), lanes_eq(cls, c_v));
-        if constexpr (Softmax::kRegisterRows) {
+        if constexpr (Sm::kRegisterRows) {
           g_rows[c] = g;
         } else if constexpr (CLASS_LAST) {
           store_as<V, acc_t>(g, sm.tile + c * L);  // the logits are no longer needed: reuse the tile
@@ -61,9 +84,9 @@ struct FocalKernel {
           store_as<V, acc_t>(g, gn + c * P);
         }
       }
-      if constexpr (Softmax::kRegisterRows) {
+      if constexpr (Sm::kRegisterRows) {
         class_last::scatter_rows<KC>(g_rows, gn);
-      } else if constexpr (CLASS_LAST && Softmax::kFixedTranspose) {
+      } else if constexpr (CLASS_LAST && Sm::kFixedTranspose) {
         class_last::scatter<KC, L>(sm.tile, gn);
       } else if constexpr (CLASS_LAST) {
         scatter_tile<L>(sm.tile, C, gn);
@@ -72,29 +95,59 @@ struct FocalKernel {
     return fp.loss;
   }
 
+  // The number of vector blocks whose softmaxes are computed before any of their focal terms. A
+  // block's work is one long chain of dependent steps (exponentials, their sum, its log and
+  // reciprocal, the focal terms, the gradient) about as long as the ~300 instructions the core
+  // looks ahead, so one block barely overlapped the next; in two phases over a few blocks, each
+  // phase's chains are short and independent. For a compile-time C only: with many classes a
+  // block's exponentials are independent work enough, and the slots' scratch grows with C.
+  template <int KC>
+  static constexpr int kTileBlocks = KC > 0 ? 4 : 1;
+  // scratch: [C][L] smoothing coefficients (one block's at a time), then a slot of [2][C][L]
+  // (exponentials, transposed logits) per block of a tile; C > kMaxFixedFocalClasses has no tiles.
+  static int64_t scratch_size(int64_t C) {
+    return (1 + 2 * (C <= kMaxFixedFocalClasses ? kTileBlocks<1> : 1)) * C * Vectorized<acc_t>::size();
+  }
+  acc_t* coef_scratch() const { return scratch; }
+  acc_t* slot(int t) const { return scratch + (1 + 2 * t) * C * Vectorized<acc_t>::size(); }
+
   // Pixels [p0, p1) of sample n.
   template <bool COUNT, bool CLASS_LAST, int KC>
   FocalStats segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist) const {
     using Vec = Vectorized<acc_t>;
-    constexpr int L = Vec::size();
+    constexpr int L = Vec::size(), T = kTileBlocks<KC>;
     FocalStats st;
+    // The blocks run on a local copy of the kernel: through `this`, each gradient store (a float
+    // store that may, for the compiler, alias the float members gamma, eps, ...) made every member
+    // be read again, C times per block, and the per-block constants (a division) be recomputed.
+    const FocalKernel k = *this;
     // In double (simd.h, v_sum_double), one running sum per lane (independent adds, where one sum
     // of every lane in turn was a chain of L dependent double adds per block), added up in lane
     // order at the end of the segment: the order depends on the segment only, not on the threads.
     double lanes[L] = {};
     int64_t p = p0;
-    for (; p + L <= p1; p += L) add_lanes_double(block<COUNT, CLASS_LAST, KC, Vec>(n, p, st, hist), lanes);
+    std::optional<Softmax<COUNT, CLASS_LAST, KC, Vec>> sm[T];
+    Vec cls[T], wt[T];
+    for (; p + T * L <= p1; p += T * L) {
+      for (int t = 0; t < T; ++t) k.template start<COUNT, CLASS_LAST, KC>(n, p + t * L, st, hist, k.slot(t), sm[t], cls[t], wt[t]);
+      for (int t = 0; t < T; ++t) add_lanes_double(k.template finish<COUNT, CLASS_LAST, KC>(n, p + t * L, *sm[t], cls[t], wt[t]), lanes);
+    }
+    for (; p + L <= p1; p += L) {
+      k.template start<COUNT, CLASS_LAST, KC>(n, p, st, hist, k.slot(0), sm[0], cls[0], wt[0]);
+      add_lanes_double(k.template finish<COUNT, CLASS_LAST, KC>(n, p, *sm[0], cls[0], wt[0]), lanes);
+    }
     double loss = 0;
     for (int i = 0; i < L; ++i) loss += lanes[i];
-    for (; p < p1; ++p) loss += v_sum_double(block<COUNT, CLASS_LAST, KC, acc_t>(n, p, st, hist));
+    for (; p < p1; ++p) {
+      std::optional<Softmax<COUNT, CLASS_LAST, KC, acc_t>> one;
+      acc_t c1, w1;
+      k.template start<COUNT, CLASS_LAST, KC>(n, p, st, hist, k.slot(0), one, c1, w1);
+      loss += v_sum_double(k.template finish<COUNT, CLASS_LAST, KC>(n, p, *one, c1, w1));
+    }
     st.loss_sum = loss;
     return st;
   }
 };
-
-// The largest C given its own compile-time copy of the focal kernel (fp32 logits; int64 labels,
-// other label dtypes widened to them).
-constexpr int kMaxFixedFocalClasses = 8;
 
 // fp32 logits whose labels are another integer dtype (int32, uint8 masks) and few classes: the
 // range's labels widened to int64 first, so the compile-time copies (and, on AVX2 / AVX-512, the
@@ -111,8 +164,9 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
     if (a.C <= kMaxFixedFocalClasses) return focal_range_widened<tgt_t>(a, begin, end, hist);
   }
   using acc = compute_t<in_t>;
-  std::vector<acc> scratch(3 * a.C * Vectorized<acc>::size());
-  const FocalKernel<in_t, acc, tgt_t> kernel{
+  using Kernel = FocalKernel<in_t, acc, tgt_t>;
+  std::vector<acc> scratch(Kernel::scratch_size(a.C));
+  const Kernel kernel{
       static_cast<const in_t*>(a.logits), static_cast<const tgt_t*>(a.target), target_first,
       static_cast<const acc*>(a.weight),
       a.C, a.P, static_cast<acc>(a.gamma), static_cast<acc>(a.label_smoothing), a.ignore_index,
@@ -142,10 +196,10 @@ FocalStats focal_range_typed(const FocalArgs& a, int64_t begin, int64_t end, int
 template <typename tgt_t>
 FocalStats focal_range_widened(const FocalArgs& a, int64_t begin, int64_t end, int64_t* hist) {
   const tgt_t* y = static_cast<const tgt_t*>(a.target);
-  std::vector<int64_t> wide(end - begin);
+  const auto wide = std::make_unique_for_overwrite<int64_t[]>(end - begin);  // every element written below
   for (int64_t i = begin; i < end; ++i) wide[i - begin] = static_cast<int64_t>(y[i]);
   FocalArgs w = a;
-  w.target = wide.data();
+  w.target = wide.get();
   w.target_dtype = ScalarType::Long;
   return focal_range_typed<float, int64_t>(w, begin, end, hist, begin);
 }

@@ -73,36 +73,48 @@ namespace exp_u20 {
 constexpr float kLog2e = 1.44269502f, kLn2 = 0.693147182f, kLnFltMin = -87.3365479f;
 constexpr float kC5 = 0.00828929059f, kC4 = 0.0418978221f, kC3 = 0.166676521f, kC2 = 0.499991506f,
                 kC1 = 0.999999701f;
-// exp_u20's reduction and polynomial, the same operations: n = floor(x log2(e) + 1/2) and
-// exp(r), r = x - n ln(2), so that exp(x) = 2^n exp(r).
-inline void reduce(const Vectorized<float>& x, Vectorized<float>& n, Vectorized<float>& exp_r) {
+// exp(r) for r = x - n ln(2), exp_u20's polynomial.
+inline Vectorized<float> exp_reduced(const Vectorized<float>& x, const Vectorized<float>& n) {
   using V = Vectorized<float>;
-  n = at::vec::fmadd(x, V(kLog2e), V(0.5f)).floor();
   const V r = at::vec::fmadd(n, V(-kLn2), x);
   V p = at::vec::fmadd(r, V(kC5), V(kC4));
   p = at::vec::fmadd(r, p, V(kC3));
   p = at::vec::fmadd(r, p, V(kC2));
   p = at::vec::fmadd(r, p, V(kC1));
-  exp_r = at::vec::fmadd(r, p, V(1.f));
+  return at::vec::fmadd(r, p, V(1.f));
 }
 }  // namespace exp_u20
-// 2^n exp(r) in one scalef, which zeroes the lanes below the smallest normal (as exp_u20; no
-// subnormals to slow later products); a NaN argument stays NaN. AVX2: 2^n is built in the
-// exponent field directly (n <= 0 needs no 2^(n-1) step), and the lanes below the smallest
-// normal are masked to 0 afterwards.
+// 2^n exp(r), n the integer nearest x log2(e). AVX-512: n = floor(x log2(e) + 1/2) as exp_u20,
+// and 2^n exp(r) in one scalef, which zeroes the lanes below the smallest normal (as exp_u20; no
+// subnormals to slow later products); a NaN argument stays NaN. AVX2: x log2(e) + 1.5 * 2^23 + 127
+// rounds to an integer (the float's unit in the last place is 1 there) whose low mantissa bits
+// hold n + 127, the biased exponent of 2^n: one shift makes 2^n (n <= 0 needs no 2^(n-1) step),
+// where floor, convert and add took three more instructions per class; the lanes below the
+// smallest normal are masked to 0 afterwards.
 inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
-  Vectorized<float> n, exp_r;
-  exp_u20::reduce(x, n, exp_r);
+  using V = Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
+  const V n = at::vec::fmadd(x, V(exp_u20::kLog2e), V(0.5f)).floor();
   const __mmask16 normal = _mm512_cmp_ps_mask(x, _mm512_set1_ps(exp_u20::kLnFltMin), _CMP_NLT_UQ);
-  return _mm512_maskz_scalef_ps(normal, exp_r, n);
+  return _mm512_maskz_scalef_ps(normal, exp_u20::exp_reduced(x, n), n);
 #else
+  constexpr float kRoundBias = 12582912.f + 127.f;  // 1.5 * 2^23 + 127, exact
+  const V t = at::vec::fmadd(x, V(exp_u20::kLog2e), V(kRoundBias));
+  const V n = t - V(kRoundBias);  // exact
   const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(exp_u20::kLnFltMin), _CMP_LT_OQ);
-  const __m256i two_n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_andnot_ps(tiny, _mm256_mul_ps(exp_r, _mm256_castsi256_ps(two_n)));
+  const __m256i two_n = _mm256_slli_epi32(_mm256_castps_si256(t), 23);
+  return _mm256_andnot_ps(tiny, _mm256_mul_ps(exp_u20::exp_reduced(x, n), _mm256_castsi256_ps(two_n)));
 #endif
 }
 #endif
+// a * b + c with one rounding, written as one: left to the compiler, whether a * b + c was fused
+// differed between copies of the same template (the focal gradient with int64 and with uint8
+// labels came out 1 ulp apart). at::vec's fallback for CPUs without FMA rounds twice.
+template <typename T> inline T v_fmadd(T a, T b, T c) { return std::fma(a, b, c); }
+template <typename T>
+inline Vectorized<T> v_fmadd(const Vectorized<T>& a, const Vectorized<T>& b, const Vectorized<T>& c) {
+  return at::vec::fmadd(a, b, c);
+}
 template <typename T> inline T v_log(T x) { return std::log(x); }
 template <typename T> inline T v_log1p(T x) { return std::log1p(x); }
 template <typename T> inline Vectorized<T> v_log1p(const Vectorized<T>& x) { return x.log1p(); }

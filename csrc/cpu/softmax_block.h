@@ -246,11 +246,11 @@ struct FocalPixels {
   static constexpr int L = Lanes<V>::n;
   using Mask = decltype(lanes_ge(std::declval<V>(), std::declval<V>()));  // bool for scalars, a lane mask for vectors
   Mask valid;
-  V loss, target_coef, smooth_scale, smooth_sum, exp_scale;
+  V loss, target_coef, smooth_scale, smooth_sum, neg_exp_scale;  // neg_exp_scale: -exp_scale
   const acc_t* coefs;  // [C][L]: coef_c, with smoothing only
 
   FocalPixels()
-      : valid(lanes_lt(V(0), V(0))), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), exp_scale(0),
+      : valid(lanes_lt(V(0), V(0))), loss(0), target_coef(0), smooth_scale(0), smooth_sum(0), neg_exp_scale(0),
         coefs(nullptr) {}
 
   template <typename Softmax>
@@ -274,10 +274,10 @@ struct FocalPixels {
         smooth_sum = smooth_sum + cc;
         store_as<V, acc_t>(cc, coef_scratch + c * L);
       }
-      loss = loss * V(acc_t(1) - eps) + smooth_scale * smooth_loss;
+      loss = v_fmadd(smooth_scale, smooth_loss, loss * V(acc_t(1) - eps));
       smooth_scale = smooth_scale * V(scale);
     }
-    exp_scale = (coefs ? target_coef + smooth_scale * smooth_sum : target_coef) * sm.inv_s;
+    neg_exp_scale = V(0) - (coefs ? v_fmadd(smooth_scale, smooth_sum, target_coef) : target_coef) * sm.inv_s;
     // Ignored lanes are selected out, not multiplied by a zero weight: their logits may hold NaN.
     loss = v_where(valid, loss, V(0));
   }
@@ -286,8 +286,8 @@ struct FocalPixels {
   // label is c.
   template <typename LabelMask>
   V grad(int64_t c, const V& e_c, const LabelMask& is_label) const {
-    V g = v_where(is_label, target_coef, V(0)) - exp_scale * e_c;
-    if (coefs) g = g + smooth_scale * load_as<V, acc_t, acc_t>(coefs + c * L);
+    V g = v_fmadd(neg_exp_scale, e_c, v_where(is_label, target_coef, V(0)));
+    if (coefs) g = v_fmadd(smooth_scale, load_as<V, acc_t, acc_t>(coefs + c * L), g);
     return v_where(valid, g, V(0));
   }
 };
