@@ -29,7 +29,7 @@ struct FocalKernel {
   acc_t* scratch;   // scratch_size(C): the blocks' exponentials, transposed logits, smoothing coefficients
   bool labels_checked;  // FocalArgs::labels_checked: no counts, no validation
 
-  // Blocks of 1 pixel to L, each in two phases: its labels and softmax (Softmax), then its focal
+  // Blocks of 1 pixel to L, each in two phases: its labels and softmax (start), then its focal
   // terms, loss and gradient (finish). KC > 0: C as a compile-time constant (BlockSoftmax).
   template <bool COUNT, bool CLASS_LAST, int KC, typename V>
   using Softmax = BlockSoftmax<CLASS_LAST, COUNT, V, in_t, acc_t, KC>;
