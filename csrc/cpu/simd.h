@@ -90,9 +90,9 @@ inline Vectorized<float> exp_reduced(const Vectorized<float>& x, const Vectorize
 // and 2^n exp(r) in one scalef, which zeroes the lanes below the smallest normal (as exp_u20; no
 // subnormals to slow later products); a NaN argument stays NaN. AVX2: x log2(e) + 1.5 * 2^23 + 127
 // rounds to an integer (the float's unit in the last place is 1 there) whose low mantissa bits
-// hold n + 127, the biased exponent of 2^n: one shift makes 2^n (n <= 0 needs no 2^(n-1) step),
-// where floor, convert and add took three more instructions per class; the lanes below the
-// smallest normal are masked to 0 afterwards.
+// hold n + 127, the biased exponent of 2^n: a subtraction gives n and one shift 2^n (n <= 0 needs
+// no 2^(n-1) step), where floor, convert, add and shift took four instructions; the lanes below
+// the smallest normal are masked to 0 afterwards.
 inline Vectorized<float> v_exp_nonpositive(const Vectorized<float>& x) {
   using V = Vectorized<float>;
 #if defined(CPU_CAPABILITY_AVX512)
