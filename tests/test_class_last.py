@@ -77,7 +77,7 @@ def test_every_class_count_agrees_in_both_layouts(c, dtype):
 
 
 # The process runs the kernels of the best CPU capability; each capability has its own transposes
-# (AVX-512: pairwise permutes up to 8 classes, 16x16 squares to 32; AVX2: 8x8 squares to 16), so the
+# (AVX-512: pairwise permutes up to 8 classes, 16x16 squares to 32; AVX2: 8x8 squares to 32), so the
 # class counts are checked again under each of the others, in a child process
 # (ATEN_CPU_CAPABILITY is read once per process).
 OTHER_CAPABILITIES = ["default", "avx2"]
