@@ -106,7 +106,7 @@ struct FocalKernel {
   // scratch: [C][L] smoothing coefficients (one block's at a time), then a slot of [2][C][L]
   // (exponentials, transposed logits) per block of a tile; C > kMaxFixedFocalClasses has no tiles.
   static int64_t scratch_size(int64_t C) {
-    return (1 + 2 * (C <= kMaxFixedFocalClasses ? kTileBlocks<1> : 1)) * C * Vectorized<acc_t>::size();
+    return (1 + 2 * (C <= kMaxFixedFocalClasses ? kTileBlocks<kMaxFixedFocalClasses> : 1)) * C * Vectorized<acc_t>::size();
   }
   acc_t* coef_scratch() const { return scratch; }
   acc_t* slot(int t) const { return scratch + (1 + 2 * t) * C * Vectorized<acc_t>::size(); }

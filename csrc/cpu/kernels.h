@@ -47,20 +47,28 @@ inline double within_range(double v, ScalarType dtype) {
   return v > max ? HUGE_VAL : v < -max ? -HUGE_VAL : v;
 }
 
-struct FocalStats {
-  double loss_sum = 0;    // sum of per-pixel losses
-  double weight_sum = 0;  // sum of w[y] over non-ignored pixels
-  int64_t count = 0;      // number of non-ignored pixels
-  bool bad = false;       // a label outside [0, C) that is not ignore_index was seen
+// The first label outside [0, C) that is not ignore_index, of a range of pixels; merged in
+// pixel order, so the one named is the first of the whole call.
+struct FirstBadLabel {
+  bool bad = false;
   int64_t bad_label = 0;
-  void merge(const FocalStats& o) {
-    loss_sum += o.loss_sum;
-    weight_sum += o.weight_sum;
-    count += o.count;
+  void merge_bad(const FirstBadLabel& o) {
     if (o.bad && !bad) {
       bad = true;
       bad_label = o.bad_label;
     }
+  }
+};
+
+struct FocalStats : FirstBadLabel {
+  double loss_sum = 0;    // sum of per-pixel losses
+  double weight_sum = 0;  // sum of w[y] over non-ignored pixels
+  int64_t count = 0;      // number of non-ignored pixels
+  void merge(const FocalStats& o) {
+    loss_sum += o.loss_sum;
+    weight_sum += o.weight_sum;
+    count += o.count;
+    merge_bad(o);
   }
 };
 
@@ -207,18 +215,13 @@ inline int64_t ohem_bin(acc_t v) {
   return static_cast<int64_t>(ordered_key(v) >> (8 * sizeof(acc_t) - 12));
 }
 
-struct OhemCounts {
+struct OhemCounts : FirstBadLabel {
   int64_t valid = 0;  // non-ignored pixels
   int64_t below = 0;  // ... whose lp < log_thresh
-  bool bad = false;   // a label outside [0, C) that is not ignore_index was seen
-  int64_t bad_label = 0;
   void merge(const OhemCounts& o) {
     valid += o.valid;
     below += o.below;
-    if (o.bad && !bad) {
-      bad = true;
-      bad_label = o.bad_label;
-    }
+    merge_bad(o);
   }
 };
 
