@@ -8,11 +8,11 @@
 // to 32 (four squares).
 //
 // No access leaves the block: a row that would read past its end is read from the block's last L
-// values and rotated into place (its extra lanes are other pixels', never used). Stores go pixel
-// by pixel, in order: a full-width store of a pixel's partial last part runs into the next pixel's
-// first values, which that pixel's own stores overwrite afterwards; a store that would run past the
-// block is cut to its own lanes (masked with AVX-512, lane by lane with AVX2). So a block never
-// touches its neighbours' memory, which other threads may be writing.
+// values and rotated into place (its extra lanes are other pixels', never used). Stores go part by
+// part, the partial last part first, pixel by pixel in order: a full-width store of a pixel's
+// partial part runs into the next pixel's first values, which later stores overwrite; a store that
+// would run past the block is cut to its own lanes (masked with AVX-512, lane by lane with AVX2).
+// So a block never touches its neighbours' memory, which other threads may be writing.
 #pragma once
 #include <immintrin.h>
 
