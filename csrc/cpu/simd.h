@@ -135,6 +135,28 @@ template <typename T> inline T v_where(bool m, T a, T b) { return m ? a : b; }
 template <typename T> inline Vectorized<T> v_where(const Vectorized<T>& m, const Vectorized<T>& a, const Vectorized<T>& b) {
   return Vectorized<T>::blendv(b, a, m);
 }
+// v_where(m, a, 0), v_where(m, 0, a) and v_where(m, a, acc) for an acc that is 0 in m's lanes
+// (one-hot selections: each lane chosen at most once, into a sum started at 0): an and, an
+// andnot and an and + or of the all-ones lanes. On Intel's recent cores (Golden Cove) blendv is
+// three instructions' work, and the focal kernel made four such selections per class and block.
+template <typename T> inline T v_where_or_zero(bool m, T a) { return m ? a : T(0); }
+template <typename T> inline T v_zero_where(bool m, T a) { return m ? T(0) : a; }
+template <typename T> inline T v_take_where(bool m, T a, T acc) { return m ? a : acc; }
+template <typename T> inline Vectorized<T> v_where_or_zero(const Vectorized<T>& m, const Vectorized<T>& a) {
+  return m & a;
+}
+template <typename T> inline Vectorized<T> v_zero_where(const Vectorized<T>& m, const Vectorized<T>& a) {
+  return a & ~m;
+}
+template <typename T>
+inline Vectorized<T> v_take_where(const Vectorized<T>& m, const Vectorized<T>& a, const Vectorized<T>& acc) {
+  return acc | (m & a);
+}
+#if defined(CPU_CAPABILITY_AVX2)
+inline Vectorized<float> v_zero_where(const Vectorized<float>& m, const Vectorized<float>& a) {
+  return _mm256_andnot_ps(m, a);
+}
+#endif
 // Per-lane conditions for v_where: a bool for scalars, a vector of all-ones / zero lanes for
 // at::vec types. AVX-512 compares write a mask register, which at::vec's comparison operators
 // widen into such a vector (vpmovm2d) and blendv narrows back (vpcmpeqd) before each select (28
@@ -158,6 +180,13 @@ inline LaneMask lanes_ge(const Vectorized<float>& a, const Vectorized<float>& b)
 }
 inline Vectorized<float> v_where(LaneMask m, const Vectorized<float>& a, const Vectorized<float>& b) {
   return _mm512_mask_blend_ps(m.k, b, a);
+}
+inline Vectorized<float> v_where_or_zero(LaneMask m, const Vectorized<float>& a) { return _mm512_maskz_mov_ps(m.k, a); }
+inline Vectorized<float> v_zero_where(LaneMask m, const Vectorized<float>& a) {
+  return _mm512_maskz_mov_ps(static_cast<__mmask16>(~m.k), a);
+}
+inline Vectorized<float> v_take_where(LaneMask m, const Vectorized<float>& a, const Vectorized<float>& acc) {
+  return _mm512_mask_blend_ps(m.k, acc, a);
 }
 // at::vec::maximum's NaN propagation, its NaN lanes chosen by the mask too (a + b: a NaN there).
 inline Vectorized<float> v_max(const Vectorized<float>& a, const Vectorized<float>& b) {

@@ -193,9 +193,9 @@ struct BlockSoftmax {
       s_ = s_ + e;
       const auto is_t = lanes_eq(cls, c_v);
       c_v = c_v + V(1);
-      xt_ = v_where(is_t, xc, xt_);
-      et_ = v_where(is_t, e, et_);
-      other_ = other_ + v_where(is_t, V(0), e);
+      xt_ = v_take_where(is_t, xc, xt_);  // one class per lane: a one-hot selection
+      et_ = v_take_where(is_t, e, et_);
+      other_ = other_ + v_zero_where(is_t, e);
     }
     // A pixel whose largest logit is not finite (+inf, NaN, or every class -inf) has an all-NaN
     // softmax in torch. The scalar tail's std::exp gives that by itself; at::vec's exp_u20 (simd.h's
@@ -279,16 +279,16 @@ struct FocalPixels {
     }
     neg_exp_scale = V(0) - (coefs ? v_fmadd(smooth_scale, smooth_sum, target_coef) : target_coef) * sm.inv_s;
     // Ignored lanes are selected out, not multiplied by a zero weight: their logits may hold NaN.
-    loss = v_where(valid, loss, V(0));
+    loss = v_where_or_zero(valid, loss);
   }
 
   // dloss/dx_c of the block's lanes, times the scale, from e_c = exp(x_c - m) and the lanes whose
   // label is c.
   template <typename LabelMask>
   V grad(int64_t c, const V& e_c, const LabelMask& is_label) const {
-    V g = v_fmadd(neg_exp_scale, e_c, v_where(is_label, target_coef, V(0)));
+    V g = v_fmadd(neg_exp_scale, e_c, v_where_or_zero(is_label, target_coef));
     if (coefs) g = v_fmadd(smooth_scale, load_as<V, acc_t, acc_t>(coefs + c * L), g);
-    return v_where(valid, g, V(0));
+    return v_where_or_zero(valid, g);
   }
 };
 
