@@ -34,6 +34,21 @@ template <int C> __attribute__((noinline)) void rows_gather(const float* src, fl
 template <int C> __attribute__((noinline)) void rows_scatter(const float* tile, float* dst) {
   transpose_rows::scatter<C>(tile, dst);
 }
+// Odd class counts below L (transpose_rows::odd, where it applies): blends and one permute a row.
+template <int C> __attribute__((noinline)) void odd_gather(const float* src, float* tile) {
+  if constexpr (transpose_rows::odd::applies<C>) {
+    transpose_rows::R r[C];
+    transpose_rows::odd::class_rows<C>(src, r);
+    for (int c = 0; c < C; ++c) transpose_rows::store(tile + c * L, r[c]);
+  }
+}
+template <int C> __attribute__((noinline)) void odd_scatter(const float* tile, float* dst) {
+  if constexpr (transpose_rows::odd::applies<C>) {
+    transpose_rows::R r[C];
+    for (int c = 0; c < C; ++c) r[c] = transpose_rows::load(tile + c * L);
+    transpose_rows::odd::scatter_rows<C>(r, dst);
+  }
+}
 #ifdef CPU_CAPABILITY_AVX512
 template <int C> __attribute__((noinline)) void pairs_gather(const float* src, float* tile) {
   if constexpr (C <= transpose16::kMaxClasses) transpose16::gather<C>(src, tile);
@@ -66,8 +81,13 @@ void row() {
     time(scalar_gather<C>, scalar_scatter<C>);
     time(rows_gather<C>, rows_scatter<C>);
 #ifdef CPU_CAPABILITY_AVX512
-    if constexpr (C <= transpose16::kMaxClasses) time(pairs_gather<C>, pairs_scatter<C>);
+    if constexpr (C <= transpose16::kMaxClasses) {
+      time(pairs_gather<C>, pairs_scatter<C>);
+    } else {
+      std::printf("      -      - |");
+    }
 #endif
+    if constexpr (transpose_rows::odd::applies<C>) time(odd_gather<C>, odd_scatter<C>);
     std::printf("\n");
   }
 }
@@ -80,5 +100,6 @@ int main() {
               ""
 #endif
   );
-  row<2>(); row<5>(); row<9>(); row<10>(); row<12>(); row<16>(); row<19>(); row<24>(); row<32>();
+  std::printf("(then, for odd class counts where transpose_rows::odd applies: blends + permutes gather, scatter |)\n");
+  row<2>(); row<3>(); row<5>(); row<7>(); row<9>(); row<10>(); row<12>(); row<16>(); row<19>(); row<24>(); row<32>();
 }

@@ -376,11 +376,19 @@ template <int C, typename V>
   static_assert(rows_in_registers<C, Lanes<V>::n>(), "no register rows for this capability / class count");
 #if defined(CPU_CAPABILITY_AVX512)
   __m512 r[C];
-  transpose16::rows<C>(src, r);
+  if constexpr (transpose_rows::odd::applies<C>) {
+    transpose_rows::odd::class_rows<C>(src, r);
+  } else {
+    transpose16::rows<C>(src, r);
+  }
   for (int c = 0; c < C; ++c) out[c] = V(r[c]);
 #elif defined(MARSOPS_TRANSPOSE_ROWS)
   transpose_rows::R r[transpose_rows::L];
-  transpose_rows::class_rows<C>(src, 0, r);
+  if constexpr (transpose_rows::odd::applies<C>) {
+    transpose_rows::odd::class_rows<C>(src, r);
+  } else {
+    transpose_rows::class_rows<C>(src, 0, r);
+  }
   for (int c = 0; c < C; ++c) out[c] = V(r[c]);
 #endif
 }
@@ -392,7 +400,11 @@ template <int C, typename V>
 #if defined(CPU_CAPABILITY_AVX512)
   __m512 r[C];
   for (int c = 0; c < C; ++c) r[c] = rows[c];
-  transpose16::scatter_rows<C>(r, dst);
+  if constexpr (transpose_rows::odd::applies<C>) {
+    transpose_rows::odd::scatter_rows<C>(r, dst);
+  } else {
+    transpose16::scatter_rows<C>(r, dst);
+  }
 #elif defined(MARSOPS_TRANSPOSE_ROWS)
   // Two classes: scalar moves (scatter above; faster from a tile, not measured from registers).
   if constexpr (C < 3) {
@@ -402,7 +414,11 @@ template <int C, typename V>
   } else {
     transpose_rows::R r[C];
     for (int c = 0; c < C; ++c) r[c] = rows[c];
-    transpose_rows::scatter_rows<C>(r, dst);
+    if constexpr (transpose_rows::odd::applies<C>) {
+      transpose_rows::odd::scatter_rows<C>(r, dst);
+    } else {
+      transpose_rows::scatter_rows<C>(r, dst);
+    }
   }
 #endif
 }
