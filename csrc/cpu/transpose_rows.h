@@ -176,9 +176,11 @@ inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
 // AVX2) on the same port. Scatter is the same backwards: each row permuted to its values' lanes,
 // then each register blended from the rows. Whole-register loads and stores, none partial.
 namespace odd {
-// Where it measured faster (benchmarks/class_last_transposes.cpp, Intel Xeon, gather + scatter in
-// ns a pixel): AVX2 3 and 5 classes (0.67 -> 0.26, 0.95 -> 0.61; 7: 1.08 against 1.13, its 42
-// blends outweigh the square's shuffles), AVX-512 5 and 7 (0.61 -> 0.48, 1.20 -> 0.86; 3: the same).
+// Where it measured faster (Intel Xeon, rows from a block into registers and back, ns a pixel; a
+// standalone loop, benchmarks/README's thirteenth pass, as class_last_transposes.cpp's tiles
+// misbehave at 5 classes with AVX2): AVX2 3 and 5 classes (0.67 -> 0.26, 0.95 -> 0.61; 7: 1.08
+// against 1.13, its 42 blends outweigh the square's shuffles), AVX-512 5 and 7 (0.61 -> 0.48,
+// 1.20 -> 0.86; 3: the same).
 template <int C>
 constexpr bool applies = C % 2 == 1 && C > 1 && C < L && (L == 16 || C <= 5);
 
