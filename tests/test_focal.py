@@ -211,9 +211,9 @@ def test_labels_out_of_range_raise(backend, device):
 
 
 # The mean reductions count the labels before the gradient is written. The C++ CPU kernels count
-# int64 labels of up to 8 classes a SIMD vector at a time (16 or 8 labels: compares, no
-# histogram), the rest label by label: 3 x 5 x 37 pixels are whole vectors and a tail; the ignored
-# label lies outside [0, C) or is a class; a bad label sits in a vector or in the tail.
+# int64 labels of up to 8 classes 4 at a time with AVX2 / AVX-512 (label t adds 1 << 8t to a lane
+# of byte counters), the rest label by label: 3 x 5 x 37 pixels are whole vectors and a tail; the
+# ignored label lies outside [0, C) or is a class; a bad label sits in a vector or in the tail.
 @pytest.mark.parametrize("backend,device", BACKENDS, ids=backend_ids(BACKENDS))
 @pytest.mark.parametrize("num_classes", [1, 2, 5, 8, 9])
 @pytest.mark.parametrize("ignore_index", [-100, 0])
@@ -233,8 +233,10 @@ def test_label_counts_of_whole_vectors_and_tail(backend, device, num_classes, ig
     if device != "cpu" or EMULATED_CUDA:
         return  # device-side assertions: test_labels_out_of_range_raise covers the GPU and emulation
     # In a whole vector, in the tail; labels whose low 32 bits are a class or the ignored label
-    # (a vector compare of truncated labels would miss them).
-    bad_labels = [num_classes + 6, 2**32 + num_classes - 1, 2**32 + (ignore_index % 2**32), -1]
+    # (a vector compare of truncated labels would miss them); a label past the classes whose byte
+    # counter exists (C < 8); labels whose 8 t wraps to a class's shift, 8 (C - 1) or 0.
+    bad_labels = [num_classes, num_classes + 6, 2**32 + num_classes - 1, 2**32 + (ignore_index % 2**32), -1,
+                  2**61 + num_classes - 1, -2**63]
     for position in (100, target.numel() - 3):
         for label in bad_labels:
             if label == ignore_index:

@@ -1,9 +1,9 @@
 // Per-class counts of a range of labels, built once per CPU capability: the pre-pass of the focal
 // loss's mean reductions, which need the count and weight sum of the counted pixels before the
-// gradient is written. Up to kVectorCountClasses classes, labels are counted a vector at a time
-// (one compare and one masked add per class per vector): int64 labels directly, other integer
-// dtypes widened to int64 4096 at a time; otherwise, and in the rest, label by label into four
-// interleaved histograms.
+// gradient is written. Up to kVectorCountClasses classes, with AVX2 / AVX-512, labels are counted
+// a vector at a time into byte counters (vector_count_labels): int64 labels directly, other
+// integer dtypes widened to int64 4096 at a time; otherwise, and in the rest, label by label into
+// four interleaved histograms.
 #pragma once
 #include <algorithm>
 #include <vector>
@@ -44,38 +44,50 @@ bool histogram_labels(const tgt_t* __restrict__ y, int64_t n, int64_t C, int64_t
   return any_bad;
 }
 
-#ifdef MARSOPS_LABELS_SIMD
-// The whole vectors of y[0 .. n) counted with C a compile-time constant; returns how many labels
-// that was (the caller counts the rest). The counts of a class stay in int32 lanes for at most
-// kBlocksPerFlush vectors.
-template <int C>
-int64_t vector_count_labels(const int64_t* __restrict__ y, int64_t n, int64_t ignore_index, int64_t* counts,
-                            bool& any_bad) {
-  namespace ls = labels_simd;
-  constexpr int L = ls::kLanes;
-  constexpr int64_t kBlocksPerFlush = int64_t{1} << 24;
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+#define MARSOPS_BYTE_COUNTS 1
+// The whole vectors of 4 labels of y[0 .. n) counted, C <= 8; returns how many labels that was
+// (the caller counts the rest). Each int64 lane holds eight byte counters, one per class 0..7: a
+// label t adds (1 << t) << 7t = 1 << 8t, and nothing when t is outside [0, 8) (a shift by 64 or
+// more gives 0; shifting by t first, so that no t outside [0, 8) wraps to a small count). Two
+// shifts and an add per vector, where the per-class counters (a compare, an and and an add per
+// class, after narrowing the labels to int32) took 2.5x longer with AVX2; 256-bit with AVX-512
+// too, whose 512-bit shifts share one port (its old per-class counts: 0.26 ns a label in L2,
+// these 0.19). Counts are added up every 255 vectors, before a byte can overflow.
+inline int64_t vector_count_labels(const int64_t* __restrict__ y, int64_t n, int64_t C, int64_t ignore_index,
+                                   int64_t* counts, bool& any_bad) {
+  constexpr int L = 4;
+  constexpr int64_t kVectorsPerFlush = 255;
   const int64_t whole = n / L * L;
-  int64_t counted_total = 0, ignored_total = 0;
-  for (int64_t start = 0; start < whole; start += kBlocksPerFlush * L) {
-    const int64_t stop = std::min(whole, start + kBlocksPerFlush * L);
-    ls::IntV acc[C + 1];  // acc[C]: the ignored labels
-    for (int c = 0; c <= C; ++c) acc[c] = ls::zero();
+  int64_t per_byte[8] = {}, ignored_total = 0;
+  const __m256i one = _mm256_set1_epi64x(1), ig = _mm256_set1_epi64x(ignore_index);
+  for (int64_t start = 0; start < whole; start += kVectorsPerFlush * L) {
+    const int64_t stop = std::min(whole, start + kVectorsPerFlush * L);
+    __m256i bytes = _mm256_setzero_si256(), ignored = _mm256_setzero_si256();
     for (int64_t i = start; i < stop; i += L) {
-      ls::Mask ignored, in_range;
-      const ls::IntV t = ls::load(y + i, ignore_index, C, ignored, in_range);
-      const ls::Mask counted = ls::and_not(in_range, ignored);
-      for (int c = 0; c < C; ++c) acc[c] = ls::add_one(acc[c], ls::and_(ls::equal(t, c), counted));
-      acc[C] = ls::add_one(acc[C], ignored);
+      const __m256i t = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + i));
+      const __m256i seven_t = _mm256_sub_epi64(_mm256_slli_epi64(t, 3), t);
+      bytes = _mm256_add_epi64(bytes, _mm256_sllv_epi64(_mm256_sllv_epi64(one, t), seven_t));
+      ignored = _mm256_sub_epi64(ignored, _mm256_cmpeq_epi64(t, ig));  // all-ones lanes: -1
     }
-    for (int c = 0; c < C; ++c) {
-      const int64_t k = ls::lane_sum(acc[c]);
-      counts[c] += k;
-      counted_total += k;
+    alignas(32) uint64_t b[L];
+    alignas(32) int64_t g[L];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(b), bytes);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(g), ignored);
+    for (int l = 0; l < L; ++l) {
+      for (int k = 0; k < 8; ++k) per_byte[k] += static_cast<int64_t>((b[l] >> (8 * k)) & 0xff);
+      ignored_total += g[l];
     }
-    ignored_total += ls::lane_sum(acc[C]);
   }
-  // Every label of these vectors not counted in a class is ignored or bad (slot C); a bad one
-  // exists where fewer than all were counted or ignored.
+  // An ignore_index in [0, 8) was counted in its byte too.
+  if (ignore_index >= 0 && ignore_index < 8) per_byte[ignore_index] -= ignored_total;
+  int64_t counted_total = 0;
+  for (int64_t c = 0; c < C; ++c) {
+    counts[c] += per_byte[c];
+    counted_total += per_byte[c];
+  }
+  // Every label not counted in a class is ignored or bad (slot C); a bad one exists where fewer
+  // than all were counted or ignored (labels in [C, 8) sit in bytes no class reads).
   counts[C] += whole - counted_total;
   any_bad |= counted_total + ignored_total < whole;
   return whole;
@@ -91,21 +103,20 @@ inline bool label_counts_range(const void* labels, ScalarType dtype, int64_t beg
     using tgt_t = decltype(tag);
     const tgt_t* y = static_cast<const tgt_t*>(labels) + begin;
     int64_t n = end - begin, done = 0;
-#ifdef MARSOPS_LABELS_SIMD
-    if constexpr (std::is_same_v<tgt_t, int64_t>) {
-      with_class_count<kVectorCountClasses>(
-          C, [&](auto k) { done = vector_count_labels<decltype(k)::value>(y, n, ignore_index, counts, any_bad); });
-    } else {
-      // Other label dtypes (int32, uint8 masks): widened to int64 a block at a time (L1-sized),
-      // then counted a vector at a time; label by label they took a fifth of a uint8 focal call.
-      constexpr int64_t kBlock = 4096;  // whole vectors of either capability
-      with_class_count<kVectorCountClasses>(C, [&](auto k) {
+#ifdef MARSOPS_BYTE_COUNTS
+    if (C <= kVectorCountClasses) {
+      if constexpr (std::is_same_v<tgt_t, int64_t>) {
+        done = vector_count_labels(y, n, C, ignore_index, counts, any_bad);
+      } else {
+        // Other label dtypes (int32, uint8 masks): widened to int64 a block at a time (L1-sized),
+        // then counted a vector at a time; label by label they took a fifth of a uint8 focal call.
+        constexpr int64_t kBlock = 4096;  // whole vectors
         int64_t wide[kBlock];
         for (; done + kBlock <= n; done += kBlock) {
           for (int64_t i = 0; i < kBlock; ++i) wide[i] = static_cast<int64_t>(y[done + i]);
-          vector_count_labels<decltype(k)::value>(wide, kBlock, ignore_index, counts, any_bad);
+          vector_count_labels(wide, kBlock, C, ignore_index, counts, any_bad);
         }
-      });
+      }
     }
 #endif
     any_bad |= histogram_labels(y + done, n - done, C, ignore_index, counts);
