@@ -27,6 +27,20 @@ using Mask = __mmask16;
   in_range = static_cast<Mask>(_mm512_cmplt_epu64_mask(lo, c) | (_mm512_cmplt_epu64_mask(hi, c) << 8));
   return _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
 }
+// The labels of read_checked_labels (validated: each in [0, C) or ignore_index). Where
+// ignore_index fits in int32, the narrowed labels equal it exactly where the labels do (no class
+// shares its low 32 bits), so one 32-bit compare finds the ignored ones.
+[[gnu::always_inline]] inline __m512i load_checked(const int64_t* y, int64_t ignore_index, Mask& ignored) {
+  const __m512i lo = _mm512_loadu_si512(y), hi = _mm512_loadu_si512(y + 8);
+  const __m512i t = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(lo)), _mm512_cvtepi64_epi32(hi), 1);
+  if (ignore_index == static_cast<int32_t>(ignore_index)) {
+    ignored = _mm512_cmpeq_epi32_mask(t, _mm512_set1_epi32(static_cast<int32_t>(ignore_index)));
+  } else {
+    const __m512i ig = _mm512_set1_epi64(ignore_index);
+    ignored = static_cast<Mask>(_mm512_cmpeq_epi64_mask(lo, ig) | (_mm512_cmpeq_epi64_mask(hi, ig) << 8));
+  }
+  return t;
+}
 inline bool none(Mask m) { return m == 0; }
 inline Mask and_not(Mask a, Mask b) { return static_cast<Mask>(a & ~b); }  // a and not b
 inline Mask not_(Mask a) { return static_cast<Mask>(~a); }
@@ -70,9 +84,11 @@ constexpr int kLanes = 8;
 using IntV = __m256i;
 using Mask = __m256i;  // all-ones lanes
 
-inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64 lanes
-  const __m256i perm = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-  return _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(a, perm), _mm256_permutevar8x32_epi32(b, perm), 0x20);
+// The low 32 bits of 4 + 4 int64 lanes: the even int32 of both (a0 a2 b0 b2 | a4 a6 b4 b6), then
+// the middle 64-bit pairs swapped; two shuffles where two permutes and a lane insert took three.
+inline __m256i narrow(__m256i a, __m256i b) {
+  const __m256 even = _mm256_shuffle_ps(_mm256_castsi256_ps(a), _mm256_castsi256_ps(b), _MM_SHUFFLE(2, 0, 2, 0));
+  return _mm256_permute4x64_epi64(_mm256_castps_si256(even), _MM_SHUFFLE(3, 1, 2, 0));
 }
 
 [[gnu::always_inline]] inline __m256i load(const int64_t* y, int64_t ignore_index, int64_t C, Mask& ignored,
@@ -84,6 +100,19 @@ inline __m256i narrow(__m256i a, __m256i b) {  // the low 32 bits of 4 + 4 int64
   auto inside = [&](__m256i u) { return _mm256_andnot_si256(_mm256_cmpgt_epi64(zero, u), _mm256_cmpgt_epi64(c, u)); };
   in_range = narrow(inside(a), inside(b));
   return narrow(a, b);
+}
+// As the AVX-512 load_checked.
+[[gnu::always_inline]] inline __m256i load_checked(const int64_t* y, int64_t ignore_index, Mask& ignored) {
+  const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y));
+  const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(y + 4));
+  const __m256i t = narrow(a, b);
+  if (ignore_index == static_cast<int32_t>(ignore_index)) {
+    ignored = _mm256_cmpeq_epi32(t, _mm256_set1_epi32(static_cast<int32_t>(ignore_index)));
+  } else {
+    const __m256i ig = _mm256_set1_epi64x(ignore_index);
+    ignored = narrow(_mm256_cmpeq_epi64(a, ig), _mm256_cmpeq_epi64(b, ig));
+  }
+  return t;
 }
 inline bool none(Mask m) { return _mm256_testz_si256(m, m); }
 inline Mask and_not(Mask a, Mask b) { return _mm256_andnot_si256(b, a); }
@@ -105,7 +134,7 @@ inline int64_t lane_sum(__m256i acc) {
 // only w[0 .. C).
 inline void class_and_weight(__m256i t, Mask ignored, const float* w, int64_t C, float* cls, float* wt) {
   const __m256 ig = _mm256_castsi256_ps(ignored);
-  _mm256_storeu_ps(cls, _mm256_blendv_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(-1.0f), ig));
+  _mm256_storeu_ps(cls, _mm256_cvtepi32_ps(_mm256_or_si256(t, ignored)));  // ignored lanes: int -1
   __m256 weight;
   if (!w) {
     weight = _mm256_blendv_ps(_mm256_set1_ps(1.0f), _mm256_setzero_ps(), ig);

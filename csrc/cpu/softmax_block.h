@@ -87,8 +87,8 @@ inline void read_checked_labels(const tgt_t* __restrict__ y, int64_t ignore_inde
                                 int64_t C, acc_t* __restrict__ cls, acc_t* __restrict__ wt) {
 #ifdef MARSOPS_LABELS_SIMD
   if constexpr (n == labels_simd::kLanes && std::is_same_v<acc_t, float> && std::is_same_v<tgt_t, int64_t>) {
-    labels_simd::Mask ignored, in_range;
-    const auto t = labels_simd::load(y, ignore_index, 0, ignored, in_range);
+    labels_simd::Mask ignored;
+    const auto t = labels_simd::load_checked(y, ignore_index, ignored);
     labels_simd::class_and_weight(t, ignored, w, C, cls, wt);
     return;
   }
