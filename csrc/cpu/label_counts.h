@@ -6,6 +6,7 @@
 // four interleaved histograms.
 #pragma once
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "simd.h"

@@ -44,13 +44,6 @@ using Mask = __mmask16;
 inline bool none(Mask m) { return m == 0; }
 inline Mask and_not(Mask a, Mask b) { return static_cast<Mask>(a & ~b); }  // a and not b
 inline Mask not_(Mask a) { return static_cast<Mask>(~a); }
-inline Mask and_(Mask a, Mask b) { return static_cast<Mask>(a & b); }
-inline Mask equal(__m512i t, int32_t c) { return _mm512_cmpeq_epi32_mask(t, _mm512_set1_epi32(c)); }
-
-// Per-lane int32 counters (label_counts.h): acc + 1 in the lanes of m, and the sum of the lanes.
-inline __m512i zero() { return _mm512_setzero_si512(); }
-inline __m512i add_one(__m512i acc, Mask m) { return _mm512_mask_add_epi32(acc, m, acc, _mm512_set1_epi32(1)); }
-inline int64_t lane_sum(__m512i acc) { return _mm512_reduce_add_epi32(acc); }
 
 // read_checked_labels' class (-1 where ignored) and weight (0 where ignored; w[t], or 1 without w).
 // Up to 16 classes the weights fit one register and w[t] is one permute (the low 4 bits of t; an
@@ -117,18 +110,6 @@ inline __m256i narrow(__m256i a, __m256i b) {
 inline bool none(Mask m) { return _mm256_testz_si256(m, m); }
 inline Mask and_not(Mask a, Mask b) { return _mm256_andnot_si256(b, a); }
 inline Mask not_(Mask a) { return _mm256_xor_si256(a, _mm256_set1_epi32(-1)); }
-inline Mask and_(Mask a, Mask b) { return _mm256_and_si256(a, b); }
-inline Mask equal(__m256i t, int32_t c) { return _mm256_cmpeq_epi32(t, _mm256_set1_epi32(c)); }
-
-inline __m256i zero() { return _mm256_setzero_si256(); }
-inline __m256i add_one(__m256i acc, Mask m) { return _mm256_sub_epi32(acc, m); }  // m's lanes: -1
-inline int64_t lane_sum(__m256i acc) {
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc);
-  int64_t total = 0;
-  for (int32_t v : lanes) total += v;
-  return total;
-}
 
 // As the AVX-512 form: a permute (the low 3 bits of t) up to 8 classes, the masked load reading
 // only w[0 .. C).
