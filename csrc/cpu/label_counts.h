@@ -52,9 +52,10 @@ bool histogram_labels(const tgt_t* __restrict__ y, int64_t n, int64_t C, int64_t
 // label t adds (1 << t) << 7t = 1 << 8t, and nothing when t is outside [0, 8) (a shift by 64 or
 // more gives 0; shifting by t first, so that no t outside [0, 8) wraps to a small count). Two
 // shifts and an add per vector, where the per-class counters (a compare, an and and an add per
-// class, after narrowing the labels to int32) took 2.5x longer with AVX2; 256-bit with AVX-512
-// too, whose 512-bit shifts share one port (its old per-class counts: 0.26 ns a label in L2,
-// these 0.19). Counts are added up every 255 vectors, before a byte can overflow.
+// class, after narrowing the labels to int32) took 2.5x longer with AVX2. 256-bit with AVX-512
+// too: a 512-bit form measured slower there than the old per-class counters (0.32 against 0.26
+// ns a label in L2; this one 0.19, benchmarks/README.md). Counts are added up every 255
+// vectors, before a byte can overflow.
 inline int64_t vector_count_labels(const int64_t* __restrict__ y, int64_t n, int64_t C, int64_t ignore_index,
                                    int64_t* counts, bool& any_bad) {
   constexpr int L = 4;
