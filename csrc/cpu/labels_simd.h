@@ -14,8 +14,6 @@ namespace labels_simd {
 
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kLanes = 16;
-using IntV = __m512i;
-using FloatV = __m512;
 using Mask = __mmask16;
 
 // The labels y[0 .. 16) as int32 (valid where in [0, C)); ignored / in_range: lane masks.
@@ -74,7 +72,6 @@ inline void cells(__m512i t, __m512 pred, Mask counted, int64_t C, int32_t empty
 
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kLanes = 8;
-using IntV = __m256i;
 using Mask = __m256i;  // all-ones lanes
 
 // The low 32 bits of 4 + 4 int64 lanes: the even int32 of both (a0 a2 b0 b2 | a4 a6 b4 b6), then
