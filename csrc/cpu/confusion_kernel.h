@@ -68,15 +68,7 @@ struct ConfusionKernel {
         return load_as<V, acc>(xn + c * P);
       }
     };
-    V best = logits(0), idx(0);
-    for (int64_t c = 1; c < classes; ++c) {
-      const V v = logits(c);
-      // Strictly greater keeps the first maximum; a NaN wins over any number.
-      const auto take = (v > best) | ((v != v) & (best == best));
-      best = v_where(take, v, best);
-      idx = v_where(take, V(static_cast<acc>(c)), idx);
-    }
-    return idx;
+    return argmax_classes<V>(logits, classes);
   }
 
   inline void count(int64_t i, int64_t pred, int64_t* hist, ConfusionFlags& r) const {

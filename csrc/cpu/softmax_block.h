@@ -173,19 +173,10 @@ struct BlockSoftmax {
     // The loops work on locals, assigned to the members once: a member updated in the loop lives
     // in memory wherever the struct's address escapes, and each class then waited on the
     // previous class's store. The class index is counted in a vector (no int-to-float per class).
-    V m_ = logits(0), best = m_, pred_ = V(0), c_v = V(0);
-    for (int64_t c = 1; c < classes(); ++c) {
-      const V xc = logits(c);
-      c_v = c_v + V(1);
-      m_ = v_max_before_exp(m_, xc);
-      if constexpr (ARGMAX) {
-        const auto take = (xc > best) | ((xc != xc) & (best == best));
-        best = v_where(take, xc, best);
-        pred_ = v_where(take, c_v, pred_);
-      }
-    }
-    V s_(0), xt_(0), et_(0), other_(0);
-    c_v = V(0);
+    V m_ = logits(0), pred_ = V(0);
+    for (int64_t c = 1; c < classes(); ++c) m_ = v_max_before_exp(m_, logits(c));
+    if constexpr (ARGMAX) pred_ = argmax_classes<V>([&](int64_t c) { return logits(c); }, classes());
+    V s_(0), xt_(0), et_(0), other_(0), c_v(0);
     for (int64_t c = 0; c < classes(); ++c) {
       const V xc = logits(c);
       const V e = v_exp_nonpositive(xc - m_);

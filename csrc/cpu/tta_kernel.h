@@ -46,22 +46,17 @@ void views_argmax_row_typed(const void* outputs, const ViewsGeometry& g, bool so
       // in torch; the vector exp clamps its NaN / inf arguments, so say it here.
       inv_s[k] = v_where((m - m) == V(0), V(1) / s, V(std::numeric_limits<float>::quiet_NaN()));
     }
-    V best(0), idx(0);
-    for (int64_t c = 0; c < C; ++c) {
-      V avg(0);  // the views' sum, in the merge's order (the 1/K scale does not move the argmax)
-      for (int k = 0; k < K; ++k) {
-        const V v = V::loadu(values + (static_cast<int64_t>(k) * C + c) * L);
-        avg = avg + (softmax ? v * inv_s[k] : v);
-      }
-      if (c == 0) {
-        best = avg;
-        continue;
-      }
-      // Strictly greater keeps the first maximum; a NaN beats every number.
-      const auto take = (avg > best) | ((avg != avg) & (best == best));
-      best = v_where(take, avg, best);
-      idx = v_where(take, V(static_cast<float>(c)), idx);
-    }
+    // The views' sum, in the merge's order (the 1/K scale does not move the argmax).
+    const V idx = argmax_classes<V>(
+        [&](int64_t c) {
+          V avg(0);
+          for (int k = 0; k < K; ++k) {
+            const V v = V::loadu(values + (static_cast<int64_t>(k) * C + c) * L);
+            avg = avg + (softmax ? v * inv_s[k] : v);
+          }
+          return avg;
+        },
+        C);
     float buf[L];
     idx.store(buf);
     for (int i = 0; i < L; ++i) pred[w + i] = static_cast<int64_t>(buf[i]);
