@@ -39,6 +39,14 @@ inline R load_rotated(const float* p, int s) {
 }
 // The first n (< L) lanes of v to p.
 inline void store_first(float* p, R v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
+// 4 values at each of p[0], p[1], p[2], p[3] as the register's four 128-bit lanes; the last
+// pixel's only its first n (the rest of its lane 0): no read past a block's end.
+inline R load_quads(const float* const* p, int n) {
+  const __m128 last = _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1), p[3]);
+  const __m256 lo = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[0])), _mm_loadu_ps(p[1]), 1);
+  const __m256 hi = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[2])), last, 1);
+  return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
 
 [[gnu::always_inline]] inline void transpose(R* r) {
   R t[16];
@@ -81,6 +89,10 @@ inline void store_first(float* p, R v, int n) {
   _mm256_store_ps(buf, v);
   for (int i = 0; i < n; ++i) p[i] = buf[i];
 }
+inline R load_quads(const float* const* p, int n) {
+  const __m128i first_n = _mm_cmpgt_epi32(_mm_set1_epi32(n), _mm_setr_epi32(0, 1, 2, 3));
+  return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[0])), _mm_maskload_ps(p[1], first_n), 1);
+}
 
 [[gnu::always_inline]] inline void transpose(R* r) {
   R t[8];
@@ -108,10 +120,45 @@ inline void store_first(float* p, R v, int n) {
 #ifdef MARSOPS_TRANSPOSE_ROWS
 constexpr int kMaxClasses = 32;  // simd.h's class_last::kMaxFixedClasses: the blocks any class count uses
 
+// Classes [j, C) of block src when there are at most 4: pixel i's are 4 values at src + iC + j (a
+// 128-bit load), register k's 128-bit lanes hold pixels k, k + 4, ..., and a 4x4 transpose within
+// the lanes (4 unpacks, a shuffle a row) leaves row c's lanes in pixel order. The square's
+// transpose took L log2 L shuffles for these few rows (its dead rows' removed, ~37 of 64 with
+// AVX-512), where the lane inserts here go to the load ports' side.
+template <int C>
+[[gnu::always_inline]] inline void narrow_class_rows(const float* __restrict__ src, int j, R* r) {
+  constexpr int lanes = L / 4;
+  R q[4];
+  for (int k = 0; k < 4; ++k) {
+    const float* p[lanes];
+    for (int l = 0; l < lanes; ++l) p[l] = src + (4 * l + k) * C + j;
+    q[k] = load_quads(p, k == 3 ? C - j : 4);  // the block's last pixel: its own values only
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  const R t0 = _mm512_unpacklo_ps(q[0], q[1]), t1 = _mm512_unpackhi_ps(q[0], q[1]);
+  const R t2 = _mm512_unpacklo_ps(q[2], q[3]), t3 = _mm512_unpackhi_ps(q[2], q[3]);
+  r[0] = _mm512_shuffle_ps(t0, t2, 0x44);
+  if (C - j > 1) r[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
+  if (C - j > 2) r[2] = _mm512_shuffle_ps(t1, t3, 0x44);
+  if (C - j > 3) r[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
+#else
+  const R t0 = _mm256_unpacklo_ps(q[0], q[1]), t1 = _mm256_unpackhi_ps(q[0], q[1]);
+  const R t2 = _mm256_unpacklo_ps(q[2], q[3]), t3 = _mm256_unpackhi_ps(q[2], q[3]);
+  r[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+  if (C - j > 1) r[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+  if (C - j > 2) r[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+  if (C - j > 3) r[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+#endif
+}
+
 // Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are
-// other pixels' values).
+// other pixels' values; where C - j <= 4 only rows [0, C - j) are written).
 template <int C>
 [[gnu::always_inline]] inline void class_rows(const float* __restrict__ src, int j, R* r) {
+  if (C - j <= 4) {
+    narrow_class_rows<C>(src, j, r);
+    return;
+  }
   constexpr int end = L * C;
   for (int i = 0; i < L; ++i) {
     const int off = i * C + j;
