@@ -120,8 +120,9 @@ def check_focal_and_confusion(n, c, h, w, dtype, seed):
 def check_argmax_special_values(x, y, c, seed):
     """torch.argmax's rules (the first maximum; a NaN wins over any number, the first NaN over
     later ones) in full SIMD blocks and tails, in both layouts, against numpy's count of
-    torch.argmax: blocks with infinities of one sign (the argmax's fast pass alone), of both signs
-    (inf - inf: its NaN pass runs needlessly) and with NaNs (its NaN pass)."""
+    torch.argmax: blocks with infinities of one sign, of both signs, and with NaNs (the SIMD
+    argmax redoes a block with a NaN by the rule; class-last blocks of 16-32 classes with AVX-512
+    take argmax_tree.h, its own NaN check)."""
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(0, 12, x.shape, generator=g)
     infinities = x.masked_fill(pick == 0, float("inf"))

@@ -38,7 +38,7 @@ def test_class_last_transposes_stay_inside_their_block(capability, tmp_path):
         pytest.skip("needs a C++ compiler")
     from torch.utils.cpp_extension import include_paths
     exe = tmp_path / "class_last_bounds"
-    build = subprocess.run([compiler, "-O2", "-std=c++20", *flags, f"-I{ROOT / 'csrc' / 'cpu'}",
+    build = subprocess.run([compiler, "-O3", "-std=c++20", *flags, f"-I{ROOT / 'csrc' / 'cpu'}",
                             *[f"-I{p}" for p in include_paths()], str(ROOT / "tests" / "cpp" / "class_last_bounds.cpp"),
                             "-o", str(exe)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr[-4000:]

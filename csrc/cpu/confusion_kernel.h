@@ -4,6 +4,7 @@
 // classes are contiguous and scanned in place. Counts go to the caller's private histogram,
 // merged by the op (integer sums: exact, and independent of the thread count).
 #pragma once
+#include "argmax_tree.h"
 #include "simd.h"
 
 namespace marsops::cpu {
@@ -52,6 +53,15 @@ struct ConfusionKernel {
     constexpr bool in_registers = CLASS_LAST && FIXED_C > 0 && class_last::rows_in_registers<FIXED_C, L>();
     [[maybe_unused]] V rows[in_registers ? FIXED_C : 1];
     if constexpr (CLASS_LAST && L > 1) class_last::prefetch(xn, classes * L * sizeof(x_t));
+#if defined(CPU_CAPABILITY_AVX512)
+    if constexpr (CLASS_LAST && L == 16 && std::is_same_v<x_t, float>) {  // 16 to 32 classes: argmax_tree.h
+      if constexpr (FIXED_C >= argmax_tree::kMinClasses) {
+        return argmax_tree::block<FIXED_C>(xn);
+      } else if constexpr (FIXED_C == 0) {
+        if (classes >= argmax_tree::kMinClasses && classes <= argmax_tree::kMaxClasses) return argmax_tree::block(xn, classes);
+      }
+    }
+#endif
     if constexpr (in_registers) {
       class_last::rows<FIXED_C>(xn, rows);
     } else if constexpr (CLASS_LAST && FIXED_C > 0 && L > 1) {

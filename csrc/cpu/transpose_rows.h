@@ -2,17 +2,20 @@
 // [C][L] tile or class rows in registers and back, through square L x L register transposes (8x8
 // with AVX2, 16x16 with AVX-512): pixel i's classes [jL, jL + L) are one unaligned vector load, L
 // such rows make one transpose, and the transpose's first C - jL rows are class rows of the tile.
-// It costs about (C / L) * (L loads + L log2 L shuffles) per block against 2 * L * C scalar
-// moves; simd.h's class_last picks it where it measured faster than both the scalar loops and
-// transpose16.h's pairwise permutes (~C * C / 2 shuffles): AVX-512 from 9 to 32 classes, AVX2 up
-// to 32 (four squares).
+// A block's last 1-4 classes (C - jL <= 4, C >= 2) are read instead as 128-bit loads, one a pixel,
+// and transposed within 128-bit lanes (narrow_class_rows). It costs about (C / L) * (L loads + L
+// log2 L shuffles) per block against 2 * L * C scalar moves; simd.h's class_last picks it where it
+// measured faster than both the scalar loops and transpose16.h's pairwise permutes (~C * C / 2
+// shuffles): AVX-512 from 9 to 32 classes, AVX2 up to 32 (four squares).
 //
 // No access leaves the block: a row that would read past its end is read from the block's last L
-// values and rotated into place (its extra lanes are other pixels', never used). Stores go part by
-// part, the partial last part first, pixel by pixel in order: a full-width store of a pixel's
-// partial part runs into the next pixel's first values, which later stores overwrite; a store that
-// would run past the block is cut to its own lanes (masked with AVX-512, lane by lane with AVX2).
-// So a block never touches its neighbours' memory, which other threads may be writing.
+// values and rotated into place (its extra lanes are other pixels', never used), and the 128-bit
+// load of the block's last pixel is masked to its own values. Stores go part by part, the partial
+// last part first, pixel by pixel in order: a full-width store of a pixel's partial part runs into
+// the next pixel's first values, which later stores overwrite; a store that would run past the
+// block is cut to its own lanes (masked with AVX-512, lane by lane with AVX2). So a block never
+// touches its neighbours' memory, which other threads may be writing
+// (tests/cpp/class_last_bounds.cpp puts blocks against guard pages).
 #pragma once
 #include <immintrin.h>
 
@@ -39,8 +42,8 @@ inline R load_rotated(const float* p, int s) {
 }
 // The first n (< L) lanes of v to p.
 inline void store_first(float* p, R v, int n) { _mm512_mask_storeu_ps(p, static_cast<__mmask16>((1u << n) - 1), v); }
-// 4 values at each of p[0], p[1], p[2], p[3] as the register's four 128-bit lanes; the last
-// pixel's only its first n (the rest of its lane 0): no read past a block's end.
+// The 4 values at each of p[0], p[1], p[2], p[3] as the register's four 128-bit lanes, but only
+// the first n at p[3] (the block's last pixel; the rest of that lane is 0): no read past the block.
 inline R load_quads(const float* const* p, int n) {
   const __m128 last = _mm_maskz_loadu_ps(static_cast<__mmask8>((1u << n) - 1), p[3]);
   const __m256 lo = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[0])), _mm_loadu_ps(p[1]), 1);
@@ -120,11 +123,13 @@ inline R load_quads(const float* const* p, int n) {
 #ifdef MARSOPS_TRANSPOSE_ROWS
 constexpr int kMaxClasses = 32;  // simd.h's class_last::kMaxFixedClasses: the blocks any class count uses
 
-// Classes [j, C) of block src when there are at most 4: pixel i's are 4 values at src + iC + j (a
-// 128-bit load), register k's 128-bit lanes hold pixels k, k + 4, ..., and a 4x4 transpose within
-// the lanes (4 unpacks, a shuffle a row) leaves row c's lanes in pixel order. The square's
-// transpose took L log2 L shuffles for these few rows (its dead rows' removed, ~37 of 64 with
-// AVX-512), where the lane inserts here go to the load ports' side.
+// Classes [j, C) of block src when there are at most 4 (C >= 2): a 128-bit load of the 4 values at
+// src + iC + j for each pixel i, which runs into pixel i + 1's values where C - j < 4 (C >= 2 keeps
+// that inside the block; the last pixel's load is masked), register k's 128-bit lanes holding
+// pixels k, k + 4, ..., then a 4x4 transpose within the lanes (4 unpacks, a shuffle a row) leaves
+// row c's lanes in pixel order. For these few rows the square took ~37 shuffles with AVX-512 (its
+// unused rows' shuffles removed by the compiler); here 4 + C - j, plus the lane inserts (most of
+// them with a memory operand).
 template <int C>
 [[gnu::always_inline]] inline void narrow_class_rows(const float* __restrict__ src, int j, R* r) {
   constexpr int lanes = L / 4;
@@ -152,12 +157,14 @@ template <int C>
 }
 
 // Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are
-// other pixels' values; where C - j <= 4 only rows [0, C - j) are written).
+// other pixels' values; where narrow_class_rows applies only rows [0, C - j) are written).
 template <int C>
 [[gnu::always_inline]] inline void class_rows(const float* __restrict__ src, int j, R* r) {
-  if (C - j <= 4) {
-    narrow_class_rows<C>(src, j, r);
-    return;
+  if constexpr (C >= 2) {
+    if (C - j <= 4) {
+      narrow_class_rows<C>(src, j, r);
+      return;
+    }
   }
   constexpr int end = L * C;
   for (int i = 0; i < L; ++i) {

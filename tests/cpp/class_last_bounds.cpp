@@ -1,53 +1,65 @@
 // The class-last transposes (simd.h's class_last: transpose16.h, transpose_rows.h) stay inside
 // their block of L pixels x C classes, for every C with a compiled copy (1..32): each block here
-// ends where a PROT_NONE page begins, so a read or write past it faults, and the memory before it
-// is checked unchanged after a scatter. The values are checked against the scalar transpose.
+// ends where a PROT_NONE page begins, then begins where one ends, so a read or write past either
+// end faults, and the memory around it is checked unchanged after a scatter. The values are
+// checked against the scalar transpose. The AVX-512 class-last argmax (argmax_tree.h) is checked
+// the same way against the rule.
 // Built and run by tests/test_class_last_bounds.py, once per CPU capability.
 #include <sys/mman.h>
 
+#include <cmath>
 #include <cstdio>
+#include <random>
 #include <utility>
 
+#include "argmax_tree.h"
 #include "simd.h"
 
 using namespace marsops::cpu::CPU_CAPABILITY;
 constexpr int L = at::vec::Vectorized<float>::size();
 constexpr long kPage = 4096;
 
-// A block of n floats that ends at a guard page, after `before` floats of sentinels.
+// A block of n floats next to a guard page: ending where it begins (AFTER) or beginning where it
+// ends; the rest of the mapping is filled with sentinels.
+enum Side { AFTER, BEFORE };
 struct Guarded {
   char* mem;
   float* block;
-  explicit Guarded(int n) {
+  int n;
+  Guarded(int n_, Side side) : n(n_) {
     mem = static_cast<char*>(mmap(nullptr, 4 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    if (mem == MAP_FAILED || mprotect(mem + 3 * kPage, kPage, PROT_NONE) != 0) {
+    char* guard = mem + (side == AFTER ? 3 : 0) * kPage;
+    if (mem == MAP_FAILED || mprotect(guard, kPage, PROT_NONE) != 0) {
       perror("mmap");
       std::exit(2);
     }
-    for (long i = 0; i < 3 * kPage / 4; ++i) reinterpret_cast<float*>(mem)[i] = -1234.5f;
-    block = reinterpret_cast<float*>(mem + 3 * kPage) - n;
+    float* open = reinterpret_cast<float*>(side == AFTER ? mem : mem + kPage);
+    for (long i = 0; i < 3 * kPage / 4; ++i) open[i] = -1234.5f;
+    block = side == AFTER ? reinterpret_cast<float*>(guard) - n : open;
   }
-  bool before_untouched() const {
-    for (const float* p = reinterpret_cast<const float*>(mem); p < block; ++p)
-      if (*p != -1234.5f) return false;
+  // The sentinels around the block are untouched (after a scatter into it).
+  bool outside_untouched(Side side) const {
+    const float* open = reinterpret_cast<const float*>(side == AFTER ? mem : mem + kPage);
+    for (long i = 0; i < 3 * kPage / 4; ++i)
+      if ((open + i < block || open + i >= block + n) && open[i] != -1234.5f) return false;
     return true;
   }
   ~Guarded() { munmap(mem, 4 * kPage); }
 };
 
 template <int C>
-int check() {
+int check(Side side) {
   int bad = 0;
-  Guarded src(L * C);
+  Guarded src(L * C, side);
   for (int i = 0; i < L * C; ++i) src.block[i] = 0.25f * i - 7.f;
   float tile[L * C];
   class_last::gather<C, L>(src.block, tile);
   for (int c = 0; c < C; ++c)
     for (int i = 0; i < L; ++i) bad += tile[c * L + i] != src.block[i * C + c];
-  Guarded dst(L * C);
+  Guarded dst(L * C, side);
   class_last::scatter<C, L>(tile, dst.block);
   for (int i = 0; i < L * C; ++i) bad += dst.block[i] != src.block[i];
-  bad += !dst.before_untouched();
+  bad += !dst.outside_untouched(side);
   if constexpr (class_last::rows_in_registers<C, L>()) {
     Vectorized<float> rows[C];
     class_last::rows<C>(src.block, rows);
@@ -56,22 +68,58 @@ int check() {
       rows[c].store(lanes);
       for (int i = 0; i < L; ++i) bad += lanes[i] != src.block[i * C + c];
     }
-    Guarded out(L * C);
+    Guarded out(L * C, side);
     class_last::scatter_rows<C>(rows, out.block);
     for (int i = 0; i < L * C; ++i) bad += out.block[i] != src.block[i];
-    bad += !out.before_untouched();
+    bad += !out.outside_untouched(side);
   }
-  if (bad) std::printf("C = %d: %d wrong values\n", C, bad);
+  if (bad) std::printf("C = %d, guard %s the block: %d wrong values\n", C, side == AFTER ? "after" : "before", bad);
   return bad;
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+// torch.argmax's rule for one pixel's C values.
+int argmax_rule(const float* v, int C) {
+  int best = 0;
+  for (int c = 1; c < C; ++c)
+    if (!std::isnan(v[best]) && (std::isnan(v[c]) || v[c] > v[best])) best = c;
+  return best;
+}
+// argmax_tree::block on blocks against guard pages: few distinct values (ties everywhere), signed
+// zeros and infinities, and some blocks with a NaN (the rule's pass).
+template <int C>
+int check_argmax_tree(Side side, std::mt19937& rng) {
+  int bad = 0;
+  const float values[] = {0.f, -0.f, 1.f, 2.f, -1.f, INFINITY, -INFINITY, 3.5f};
+  for (int trial = 0; trial < 200; ++trial) {
+    Guarded src(16 * C, side);
+    for (int i = 0; i < 16 * C; ++i) src.block[i] = values[rng() % (trial % 2 ? 3 : 8)];
+    if (trial % 4 == 3) src.block[rng() % (16 * C)] = NAN;
+    float got[16];
+    _mm512_storeu_ps(got, argmax_tree::block<C>(src.block));
+    for (int i = 0; i < 16; ++i) bad += got[i] != static_cast<float>(argmax_rule(src.block + i * C, C));
+  }
+  if (bad) std::printf("argmax_tree C = %d, guard %s the block: %d wrong pixels\n", C, side == AFTER ? "after" : "before", bad);
+  return bad;
+}
+template <int... Cs>
+int check_argmax_trees(std::integer_sequence<int, Cs...>) {
+  std::mt19937 rng(7);
+  constexpr int k0 = argmax_tree::kMinClasses;
+  return (check_argmax_tree<Cs + k0>(AFTER, rng) + ...) + (check_argmax_tree<Cs + k0>(BEFORE, rng) + ...);
+}
+#endif
+
 template <int... Cs>
 int check_all(std::integer_sequence<int, Cs...>) {
-  return (check<Cs + 1>() + ...);
+  return (check<Cs + 1>(AFTER) + ...) + (check<Cs + 1>(BEFORE) + ...);
 }
 
 int main() {
-  const int bad = check_all(std::make_integer_sequence<int, class_last::kMaxFixedClasses>{});
+  int bad = check_all(std::make_integer_sequence<int, class_last::kMaxFixedClasses>{});
+#if defined(CPU_CAPABILITY_AVX512)
+  bad += check_argmax_trees(std::make_integer_sequence<int, argmax_tree::kMaxClasses - argmax_tree::kMinClasses + 1>{});
+#endif
   std::printf("%d lanes, classes 1..%d: %s\n", L, class_last::kMaxFixedClasses, bad ? "FAILED" : "ok");
   return bad != 0;
 }
