@@ -2,10 +2,11 @@
 // contiguous as [16][C]) without transposing the first 16 classes: each pixel's classes 0..15 are
 // one load, and a tree of four stages halves each pixel's candidates (adjacent class ranges, the
 // lower range first, so a tie keeps it as torch.argmax does), the shuffles of each stage leaving
-// the 16 pixels' winners in pixel order after the last. That is 44 shuffles, 15 compares and
-// 15 max a block where the 16x16 square took 64 shuffles and then a compare and a max per class
-// (a prototype at 19 classes, blocks in cache: 2.4 -> 1.9 ns a pixel). Classes 16..C-1 are class
-// rows (transpose_rows) taken in order. A block with a NaN anywhere is redone by argmax_by_rule.
+// the 16 pixels' winners in pixel order after the last. That is 44 shuffles, 23 compares (8 of
+// them the NaN check), 15 max and 8 masked adds a block, where the 16x16 square took 64 shuffles
+// and then two compares and a max per class (a prototype at 19 classes, blocks in cache: 2.4 ->
+// 1.9 ns a pixel; benchmarks/README.md, fifteenth pass). Classes 16..C-1 are class rows
+// (transpose_rows) taken in order. A block with a NaN anywhere is redone by argmax_by_rule.
 #pragma once
 #include "simd.h"
 
@@ -45,7 +46,8 @@ template <int C>
     keep_greater(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD), _mm512_shuffle_ps(ia, ib, 0x88),
                  _mm512_shuffle_ps(ia, ib, 0xDD), v[m], id[m]);
   }
-  // Stages 3 and 4 pair 128-bit lanes (classes 0..3 with 4..7, then 0..7 with 8..15).
+  // Stages 3 and 4 pair 128-bit lanes: classes 0..3 with 4..7 and 8..11 with 12..15, then 0..7
+  // with 8..15.
   for (int m = 0; m < 2; ++m) {
     const __m512 a = v[2 * m], b = v[2 * m + 1], ia = id[2 * m], ib = id[2 * m + 1];
     keep_greater(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD), _mm512_shuffle_f32x4(ia, ib, 0x88),

@@ -16,7 +16,7 @@ constexpr int kSubHists = 4;
 constexpr int64_t kSubHistMaxCells = 1024;
 // Class-last fp32 logits with int64 labels and up to this many classes are counted with C a
 // compile-time constant (one dispatch per segment instead of a transpose called through a table
-// per block, and an unrolled argmax).
+// per block, and an unrolled argmax; with AVX-512 at 16 classes argmax_tree.h's copy for 16).
 constexpr int kMaxFixedConfusionClasses = 16;
 
 template <typename x_t, typename tgt_t>

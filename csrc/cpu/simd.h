@@ -229,38 +229,53 @@ template <typename V, typename Logits>
   }
   return idx;
 }
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// argmax_classes' instructions for fp32 vectors.
+namespace argmax_ops {
+#if defined(CPU_CAPABILITY_AVX512)
+using R = __m512;
+inline R set1(float f) { return _mm512_set1_ps(f); }
+inline R add(R a, R b) { return _mm512_add_ps(a, b); }
+inline R max(R v, R best) { return _mm512_max_ps(v, best); }  // best where v is NaN
+// idx, or c where v > best.
+inline R take(R idx, R v, R best, R c) { return _mm512_mask_mov_ps(idx, _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ), c); }
+// The lanes that have seen no NaN: a masked ordered compare.
+using NanTracker = __mmask16;
+inline NanTracker nan_start(R v) { return _mm512_cmp_ps_mask(v, v, _CMP_ORD_Q); }
+inline NanTracker nan_step(NanTracker t, R v) { return _mm512_mask_cmp_ps_mask(t, v, v, _CMP_ORD_Q); }
+inline bool nan_none(NanTracker t) { return t == 0xFFFF; }
+#else
+using R = __m256;
+inline R set1(float f) { return _mm256_set1_ps(f); }
+inline R add(R a, R b) { return _mm256_add_ps(a, b); }
+inline R max(R v, R best) { return _mm256_max_ps(v, best); }
+// c is above every earlier index, so a max takes it (no blendv, three instructions' work on
+// Golden Cove).
+inline R take(R idx, R v, R best, R c) { return _mm256_max_ps(idx, _mm256_and_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), c)); }
+// A lane is 0 (+0.0) until a NaN, then all ones, itself a NaN: unordered from then on.
+using NanTracker = __m256;
+inline NanTracker nan_start(R v) { return _mm256_cmp_ps(v, v, _CMP_UNORD_Q); }
+inline NanTracker nan_step(NanTracker t, R v) { return _mm256_cmp_ps(v, t, _CMP_UNORD_Q); }
+inline bool nan_none(NanTracker t) { return _mm256_movemask_ps(t) == 0; }
+#endif
+}  // namespace argmax_ops
+#endif
 template <typename V, typename Logits>
 [[gnu::always_inline]] inline V argmax_classes(const Logits& logits, int64_t classes) {
-#if defined(CPU_CAPABILITY_AVX512)
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<V, Vectorized<float>>) {
-    const __m512 one = _mm512_set1_ps(1.f);
-    __m512 best = logits(0), idx = _mm512_setzero_ps(), c_v = idx;
-    __mmask16 ordered = _mm512_cmp_ps_mask(best, best, _CMP_ORD_Q);
+    namespace ops = argmax_ops;
+    const ops::R one = ops::set1(1.f);
+    ops::R best = logits(0), idx = ops::set1(0.f), c_v = idx;
+    ops::NanTracker nan = ops::nan_start(best);
     for (int64_t c = 1; c < classes; ++c) {
-      const __m512 v = logits(c);
-      c_v = _mm512_add_ps(c_v, one);
-      idx = _mm512_mask_mov_ps(idx, _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ), c_v);
-      best = _mm512_max_ps(v, best);                              // a NaN v leaves best
-      ordered = _mm512_mask_cmp_ps_mask(ordered, v, v, _CMP_ORD_Q);  // ordered &= v is a number
+      const ops::R v = logits(c);
+      c_v = ops::add(c_v, one);
+      idx = ops::take(idx, v, best, c_v);
+      best = ops::max(v, best);  // a NaN v leaves best
+      nan = ops::nan_step(nan, v);
     }
-    if (__builtin_expect(ordered == 0xFFFF, 1)) return idx;
-  }
-#elif defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<V, Vectorized<float>>) {
-    const __m256 one = _mm256_set1_ps(1.f);
-    __m256 best = logits(0), idx = _mm256_setzero_ps(), c_v = idx;
-    __m256 nan = _mm256_cmp_ps(best, best, _CMP_UNORD_Q);
-    for (int64_t c = 1; c < classes; ++c) {
-      const __m256 v = logits(c);
-      c_v = _mm256_add_ps(c_v, one);
-      // idx = c where v > best: c is above every earlier index, so a max takes it (and no blendv,
-      // three instructions' work on Golden Cove).
-      idx = _mm256_max_ps(idx, _mm256_and_ps(_mm256_cmp_ps(v, best, _CMP_GT_OQ), c_v));
-      best = _mm256_max_ps(v, best);  // a NaN v leaves best
-      // A lane of nan is 0 (+0.0) until a NaN, then all ones, itself a NaN: unordered from then on.
-      nan = _mm256_cmp_ps(v, nan, _CMP_UNORD_Q);
-    }
-    if (__builtin_expect(_mm256_movemask_ps(nan) == 0, 1)) return idx;
+    if (__builtin_expect(ops::nan_none(nan), 1)) return idx;
   }
 #endif
   return argmax_by_rule<V>(logits, classes);

@@ -51,6 +51,11 @@ inline R load_quads(const float* const* p, int n) {
   return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
 }
 
+// Within each 128-bit lane: unpack*_ps, shuffle_ps.
+inline R unpack_lo(R a, R b) { return _mm512_unpacklo_ps(a, b); }
+inline R unpack_hi(R a, R b) { return _mm512_unpackhi_ps(a, b); }
+template <int imm> inline R shuffle(R a, R b) { return _mm512_shuffle_ps(a, b, imm); }
+
 [[gnu::always_inline]] inline void transpose(R* r) {
   R t[16];
   for (int i = 0; i < 16; i += 2) {
@@ -97,6 +102,10 @@ inline R load_quads(const float* const* p, int n) {
   return _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(p[0])), _mm_maskload_ps(p[1], first_n), 1);
 }
 
+inline R unpack_lo(R a, R b) { return _mm256_unpacklo_ps(a, b); }
+inline R unpack_hi(R a, R b) { return _mm256_unpackhi_ps(a, b); }
+template <int imm> inline R shuffle(R a, R b) { return _mm256_shuffle_ps(a, b, imm); }
+
 [[gnu::always_inline]] inline void transpose(R* r) {
   R t[8];
   for (int i = 0; i < 8; i += 2) {
@@ -139,21 +148,12 @@ template <int C>
     for (int l = 0; l < lanes; ++l) p[l] = src + (4 * l + k) * C + j;
     q[k] = load_quads(p, k == 3 ? C - j : 4);  // the block's last pixel: its own values only
   }
-#if defined(CPU_CAPABILITY_AVX512)
-  const R t0 = _mm512_unpacklo_ps(q[0], q[1]), t1 = _mm512_unpackhi_ps(q[0], q[1]);
-  const R t2 = _mm512_unpacklo_ps(q[2], q[3]), t3 = _mm512_unpackhi_ps(q[2], q[3]);
-  r[0] = _mm512_shuffle_ps(t0, t2, 0x44);
-  if (C - j > 1) r[1] = _mm512_shuffle_ps(t0, t2, 0xEE);
-  if (C - j > 2) r[2] = _mm512_shuffle_ps(t1, t3, 0x44);
-  if (C - j > 3) r[3] = _mm512_shuffle_ps(t1, t3, 0xEE);
-#else
-  const R t0 = _mm256_unpacklo_ps(q[0], q[1]), t1 = _mm256_unpackhi_ps(q[0], q[1]);
-  const R t2 = _mm256_unpacklo_ps(q[2], q[3]), t3 = _mm256_unpackhi_ps(q[2], q[3]);
-  r[0] = _mm256_shuffle_ps(t0, t2, 0x44);
-  if (C - j > 1) r[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
-  if (C - j > 2) r[2] = _mm256_shuffle_ps(t1, t3, 0x44);
-  if (C - j > 3) r[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
-#endif
+  const R t0 = unpack_lo(q[0], q[1]), t1 = unpack_hi(q[0], q[1]);
+  const R t2 = unpack_lo(q[2], q[3]), t3 = unpack_hi(q[2], q[3]);
+  r[0] = shuffle<0x44>(t0, t2);
+  if (C - j > 1) r[1] = shuffle<0xEE>(t0, t2);
+  if (C - j > 2) r[2] = shuffle<0x44>(t1, t3);
+  if (C - j > 3) r[3] = shuffle<0xEE>(t1, t3);
 }
 
 // Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are

@@ -2,13 +2,15 @@
 // their block of L pixels x C classes, for every C with a compiled copy (1..32): each block here
 // ends where a PROT_NONE page begins, then begins where one ends, so a read or write past either
 // end faults, and the memory around it is checked unchanged after a scatter. The values are
-// checked against the scalar transpose. The AVX-512 class-last argmax (argmax_tree.h) is checked
-// the same way against the rule.
+// checked against the scalar transpose; transpose_rows' parts are also called directly. The
+// AVX-512 class-last argmax (argmax_tree.h, both its copies and its table) is checked the same
+// way against the rule.
 // Built and run by tests/test_class_last_bounds.py, once per CPU capability.
 #include <sys/mman.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <utility>
 
@@ -60,6 +62,18 @@ int check(Side side) {
   class_last::scatter<C, L>(tile, dst.block);
   for (int i = 0; i < L * C; ++i) bad += dst.block[i] != src.block[i];
   bad += !dst.outside_untouched(side);
+#ifdef MARSOPS_TRANSPOSE_ROWS
+  // The squares' and narrow rows' parts directly, including class counts no caller gives them.
+  for (int j = 0; j < C; j += L) {
+    transpose_rows::R r[L];
+    transpose_rows::class_rows<C>(src.block, j, r);
+    for (int k = 0; k < L && j + k < C; ++k) {
+      float lanes[L];
+      std::memcpy(lanes, &r[k], sizeof(lanes));
+      for (int i = 0; i < L; ++i) bad += lanes[i] != src.block[i * C + j + k];
+    }
+  }
+#endif
   if constexpr (class_last::rows_in_registers<C, L>()) {
     Vectorized<float> rows[C];
     class_last::rows<C>(src.block, rows);
@@ -95,9 +109,13 @@ int check_argmax_tree(Side side, std::mt19937& rng) {
     Guarded src(16 * C, side);
     for (int i = 0; i < 16 * C; ++i) src.block[i] = values[rng() % (trial % 2 ? 3 : 8)];
     if (trial % 4 == 3) src.block[rng() % (16 * C)] = NAN;
-    float got[16];
+    float got[16], table[16];  // the compile-time copy, and through the run-time C's table
     _mm512_storeu_ps(got, argmax_tree::block<C>(src.block));
-    for (int i = 0; i < 16; ++i) bad += got[i] != static_cast<float>(argmax_rule(src.block + i * C, C));
+    _mm512_storeu_ps(table, argmax_tree::block(src.block, C));
+    for (int i = 0; i < 16; ++i) {
+      const float want = static_cast<float>(argmax_rule(src.block + i * C, C));
+      bad += (got[i] != want) + (table[i] != want);
+    }
   }
   if (bad) std::printf("argmax_tree C = %d, guard %s the block: %d wrong pixels\n", C, side == AFTER ? "after" : "before", bad);
   return bad;
