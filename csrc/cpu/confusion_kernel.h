@@ -16,7 +16,7 @@ constexpr int kSubHists = 4;
 constexpr int64_t kSubHistMaxCells = 1024;
 // Class-last fp32 logits with int64 labels and up to this many classes are counted with C a
 // compile-time constant (one dispatch per segment instead of a transpose called through a table
-// per block, and an unrolled argmax; with AVX-512 at 16 classes argmax_tree.h's copy for 16).
+// per block, and an unrolled argmax; at 16 classes argmax_tree.h's copy for 16).
 constexpr int kMaxFixedConfusionClasses = 16;
 
 template <typename x_t, typename tgt_t>
@@ -53,8 +53,8 @@ struct ConfusionKernel {
     constexpr bool in_registers = CLASS_LAST && FIXED_C > 0 && class_last::rows_in_registers<FIXED_C, L>();
     [[maybe_unused]] V rows[in_registers ? FIXED_C : 1];
     if constexpr (CLASS_LAST && L > 1) class_last::prefetch(xn, classes * L * sizeof(x_t));
-#if defined(CPU_CAPABILITY_AVX512)
-    if constexpr (CLASS_LAST && L == 16 && std::is_same_v<x_t, float>) {  // 16 to 32 classes: argmax_tree.h
+#if defined(MARSOPS_ARGMAX_TREE)
+    if constexpr (CLASS_LAST && L == argmax_tree::L && std::is_same_v<x_t, float>) {  // 16 to 32 classes: argmax_tree.h
       if constexpr (FIXED_C >= argmax_tree::kMinClasses) {
         return argmax_tree::block<FIXED_C>(xn);
       } else if constexpr (FIXED_C == 0) {
