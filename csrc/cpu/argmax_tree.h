@@ -29,6 +29,17 @@ constexpr int kMinClasses = 16, kMaxClasses = transpose_rows::kMaxClasses;
   best = ops::max(hi, lo);
 }
 
+// Stage 2 of both trees: registers 2m and 2m + 1 (stage 1's candidates of two pixels each) to
+// register m, the same even / odd shuffle within 128-bit lanes pairing adjacent candidates.
+template <int N>
+[[gnu::always_inline]] inline void in_lane_stage(R* v, R* id) {
+  using transpose_rows::shuffle;
+  for (int m = 0; m < N; ++m) {
+    const R a = v[2 * m], b = v[2 * m + 1], ia = id[2 * m], ib = id[2 * m + 1];
+    keep_greater(shuffle<0x88>(a, b), shuffle<0xDD>(a, b), shuffle<0x88>(ia, ib), shuffle<0xDD>(ia, ib), v[m], id[m]);
+  }
+}
+
 #if defined(CPU_CAPABILITY_AVX512)
 // Classes 0..15 of the block's 16 pixels: the maximum and its class in pixel order; false where
 // any of them is NaN.
@@ -47,12 +58,8 @@ template <int C>
     id[m] = _mm512_mask_add_ps(even, _mm512_cmp_ps_mask(hi, lo, _CMP_GT_OQ), even, _mm512_set1_ps(1.f));
     v[m] = _mm512_max_ps(hi, lo);
   }
-  // Stage 2, the same shuffles: lane q now holds 4 pixels' candidates for classes 4q..4q + 3.
-  for (int m = 0; m < 4; ++m) {
-    const R a = v[2 * m], b = v[2 * m + 1], ia = id[2 * m], ib = id[2 * m + 1];
-    keep_greater(_mm512_shuffle_ps(a, b, 0x88), _mm512_shuffle_ps(a, b, 0xDD), _mm512_shuffle_ps(ia, ib, 0x88),
-                 _mm512_shuffle_ps(ia, ib, 0xDD), v[m], id[m]);
-  }
+  // Stage 2: lane q now holds 4 pixels' candidates for classes 4q..4q + 3.
+  in_lane_stage<4>(v, id);
   // Stages 3 and 4 pair 128-bit lanes: classes 0..3 with 4..7 and 8..11 with 12..15, then 0..7
   // with 8..15.
   for (int m = 0; m < 2; ++m) {
@@ -79,11 +86,7 @@ template <int C>
     id[m] = _mm256_add_ps(even, _mm256_and_ps(_mm256_cmp_ps(hi, lo, _CMP_GT_OQ), _mm256_set1_ps(1.f)));
     v[m] = _mm256_max_ps(hi, lo);
   }
-  for (int m = 0; m < 2; ++m) {
-    const R a = v[2 * m], b = v[2 * m + 1], ia = id[2 * m], ib = id[2 * m + 1];
-    keep_greater(_mm256_shuffle_ps(a, b, 0x88), _mm256_shuffle_ps(a, b, 0xDD), _mm256_shuffle_ps(ia, ib, 0x88),
-                 _mm256_shuffle_ps(ia, ib, 0xDD), v[m], id[m]);
-  }
+  in_lane_stage<2>(v, id);
   keep_greater(_mm256_permute2f128_ps(v[0], v[1], 0x20), _mm256_permute2f128_ps(v[0], v[1], 0x31),
                _mm256_permute2f128_ps(id[0], id[1], 0x20), _mm256_permute2f128_ps(id[0], id[1], 0x31), best, idx);
 }
