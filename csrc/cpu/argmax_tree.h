@@ -23,7 +23,8 @@ using R = ops::R;
 constexpr int L = transpose_rows::L;
 constexpr int kMinClasses = 16, kMaxClasses = transpose_rows::kMaxClasses;
 
-// One stage: the candidates of lo (lower classes) and hi, the higher's where strictly greater.
+// One stage: the candidates of lo (lower classes) and hi, the higher's where strictly greater
+// (every class of hi is above lo's, which AVX2's take, a max of indices, relies on).
 [[gnu::always_inline]] inline void keep_greater(R lo, R hi, R ilo, R ihi, R& best, R& idx) {
   idx = ops::take(ilo, hi, lo, ihi);
   best = ops::max(hi, lo);
