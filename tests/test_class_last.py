@@ -121,8 +121,8 @@ def check_argmax_special_values(x, y, c, seed):
     """torch.argmax's rules (the first maximum; a NaN wins over any number, the first NaN over
     later ones) in full SIMD blocks and tails, in both layouts, against numpy's count of
     torch.argmax: blocks with infinities of one sign, of both signs, and with NaNs (the SIMD
-    argmax redoes a block with a NaN by the rule; class-last blocks of 16-32 classes with AVX-512
-    take argmax_tree.h, its own NaN check)."""
+    argmax redoes a block with a NaN by the rule; class-last fp32 blocks of 16-32 classes take
+    argmax_tree.h with AVX2 and AVX-512, its own NaN check)."""
     g = torch.Generator().manual_seed(seed)
     pick = torch.randint(0, 12, x.shape, generator=g)
     infinities = x.masked_fill(pick == 0, float("inf"))

@@ -1,6 +1,7 @@
 """The class-last transposes read and write only their own block (the kernels run them on blocks
 whose neighbours other threads may be writing): tests/cpp/class_last_bounds.cpp puts each block
-against a guard page, for every compiled class count, built here once per CPU capability."""
+against a guard page, for every compiled class count, and checks the class-last argmax tree
+(argmax_tree.h) against torch.argmax's rule the same way; built here once per CPU capability."""
 import os
 import shutil
 import subprocess
