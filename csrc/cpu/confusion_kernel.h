@@ -14,10 +14,13 @@ namespace CPU_CAPABILITY {
 // int64 per range, merged into the caller's at its end); larger ones are counted pixel by pixel.
 constexpr int kSubHists = 4;
 constexpr int64_t kSubHistMaxCells = 1024;
-// Class-last fp32 logits with int64 labels and up to this many classes are counted with C a
-// compile-time constant (one dispatch per segment instead of a transpose called through a table
-// per block, and an unrolled argmax; at 16 classes argmax_tree.h's copy for 16).
+// fp32 logits with int64 labels and up to this many classes are counted with C a compile-time
+// constant (one dispatch per segment): class-last, instead of a transpose called through a table
+// per block, and an unrolled argmax (at 16 classes argmax_tree.h's copy for 16); NCHW, an
+// unrolled argmax over the planes (5-15% faster than the loop over a run-time C from 2 to 8
+// classes, both capabilities; benchmarks/README.md, sixteenth pass).
 constexpr int kMaxFixedConfusionClasses = 16;
+constexpr int kMaxFixedPlaneClasses = 8;
 
 template <typename x_t, typename tgt_t>
 struct ConfusionKernel {
@@ -33,7 +36,7 @@ struct ConfusionKernel {
   int subs;              // kSubHists, or 0: no SIMD count
 
   // Argmax over classes of the lanes of V at pixel p of sample n, into pred. FIXED_C > 0: C is
-  // that compile-time constant (class-last fp32 blocks: the transpose inlines, the loop unrolls).
+  // that compile-time constant (fp32 blocks: the loop unrolls; class-last, the transpose inlines).
   template <bool CLASS_LAST, typename V, int FIXED_C = 0>
   inline void argmax(int64_t n, int64_t p, int64_t* pred) const {
     using acc = compute_t<x_t>;
@@ -97,11 +100,16 @@ struct ConfusionKernel {
   // Pixels [p0, p1) of sample n.
   void segment(int64_t n, int64_t p0, int64_t p1, int64_t* hist, ConfusionFlags& r) const {
     if constexpr (!std::is_integral_v<x_t>) {
-      if (class_last) {
-        if constexpr (std::is_same_v<x_t, float> && std::is_same_v<tgt_t, int64_t>) {
+      if constexpr (std::is_same_v<x_t, float> && std::is_same_v<tgt_t, int64_t>) {
+        if (class_last) {
           auto fixed = [&](auto k) { logits_segment<true, k>(n, p0, p1, hist, r); };
           if (with_class_count<kMaxFixedConfusionClasses>(C, fixed)) return;
+        } else {
+          auto fixed = [&](auto k) { logits_segment<false, k>(n, p0, p1, hist, r); };
+          if (with_class_count<kMaxFixedPlaneClasses>(C, fixed)) return;
         }
+      }
+      if (class_last) {
         logits_segment<true>(n, p0, p1, hist, r);
       } else {
         logits_segment<false>(n, p0, p1, hist, r);
