@@ -56,17 +56,9 @@ inline R unpack_lo(R a, R b) { return _mm512_unpacklo_ps(a, b); }
 inline R unpack_hi(R a, R b) { return _mm512_unpackhi_ps(a, b); }
 template <int imm> inline R shuffle(R a, R b) { return _mm512_shuffle_ps(a, b, imm); }
 
-[[gnu::always_inline]] inline void transpose(R* r) {
+// Stages 3 and 4 of transpose: 128-bit lanes between registers four apart, then eight apart.
+[[gnu::always_inline]] inline void transpose_lanes(R* r) {
   R t[16];
-  for (int i = 0; i < 16; i += 2) {
-    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 16; i += 4)
-    for (int k = 0; k < 2; ++k) {
-      r[i + k] = _mm512_shuffle_ps(t[i + k], t[i + k + 2], 0x44);
-      r[i + k + 2] = _mm512_shuffle_ps(t[i + k], t[i + k + 2], 0xEE);
-    }
   for (int i = 0; i < 16; i += 8)
     for (int k = 0; k < 4; ++k) {
       t[i + k] = _mm512_shuffle_f32x4(r[i + k], r[i + k + 4], 0x88);
@@ -76,9 +68,6 @@ template <int imm> inline R shuffle(R a, R b) { return _mm512_shuffle_ps(a, b, i
     r[k] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0x88);
     r[k + 8] = _mm512_shuffle_f32x4(t[k], t[k + 8], 0xDD);
   }
-  // The unpack / shuffle stages leave columns 1 and 2 of every four swapped: undo it (register
-  // renaming, no instructions).
-  for (int k = 0; k < 16; k += 4) std::swap(r[k + 1], r[k + 2]);
 }
 #define MARSOPS_TRANSPOSE_ROWS 1
 
@@ -106,30 +95,38 @@ inline R unpack_lo(R a, R b) { return _mm256_unpacklo_ps(a, b); }
 inline R unpack_hi(R a, R b) { return _mm256_unpackhi_ps(a, b); }
 template <int imm> inline R shuffle(R a, R b) { return _mm256_shuffle_ps(a, b, imm); }
 
-[[gnu::always_inline]] inline void transpose(R* r) {
-  R t[8];
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int k = 0; k < 2; ++k) {
-      r[i + k] = _mm256_shuffle_ps(t[i + k], t[i + k + 2], 0x44);
-      r[i + k + 2] = _mm256_shuffle_ps(t[i + k], t[i + k + 2], 0xEE);
-    }
+// Stage 3 of transpose: 128-bit lanes between registers four apart.
+[[gnu::always_inline]] inline void transpose_lanes(R* r) {
   R u[8];
   for (int k = 0; k < 4; ++k) {
     u[k] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x20);
     u[k + 4] = _mm256_permute2f128_ps(r[k], r[k + 4], 0x31);
   }
-  // The same swap of columns 1 and 2 of every four as the AVX-512 version.
   for (int k = 0; k < 8; ++k) r[k] = u[k];
-  for (int k = 0; k < 8; k += 4) std::swap(r[k + 1], r[k + 2]);
 }
 #define MARSOPS_TRANSPOSE_ROWS 1
 #endif
 
 #ifdef MARSOPS_TRANSPOSE_ROWS
+// Registers r[0 .. 4) transposed as 4x4 squares within each 128-bit lane: four unpacks, four
+// shuffles (the shuffles' results, taken in the order that puts the rows in place).
+[[gnu::always_inline]] inline void transpose_in_lanes(R* r) {
+  const R t0 = unpack_lo(r[0], r[1]), t1 = unpack_hi(r[0], r[1]);
+  const R t2 = unpack_lo(r[2], r[3]), t3 = unpack_hi(r[2], r[3]);
+  r[0] = shuffle<0x44>(t0, t2);
+  r[1] = shuffle<0xEE>(t0, t2);
+  r[2] = shuffle<0x44>(t1, t3);
+  r[3] = shuffle<0xEE>(t1, t3);
+}
+
+// The L x L square r transposed: each four registers within their 128-bit lanes, then the lanes
+// between registers (L log2 L shuffles). Every stage pairs registers the same distance apart in
+// every group of four, so the in-lane squares may come first.
+[[gnu::always_inline]] inline void transpose(R* r) {
+  for (int i = 0; i < L; i += 4) transpose_in_lanes(r + i);
+  transpose_lanes(r);
+}
+
 constexpr int kMaxClasses = 32;  // simd.h's class_last::kMaxFixedClasses: the blocks any class count uses
 
 // Classes [j, C) of block src when there are at most 4 (C >= 2): a 128-bit load of the 4 values at
@@ -148,12 +145,8 @@ template <int C>
     for (int l = 0; l < lanes; ++l) p[l] = src + (4 * l + k) * C + j;
     q[k] = load_quads(p, k == 3 ? C - j : 4);  // the block's last pixel: its own values only
   }
-  const R t0 = unpack_lo(q[0], q[1]), t1 = unpack_hi(q[0], q[1]);
-  const R t2 = unpack_lo(q[2], q[3]), t3 = unpack_hi(q[2], q[3]);
-  r[0] = shuffle<0x44>(t0, t2);
-  if (C - j > 1) r[1] = shuffle<0xEE>(t0, t2);
-  if (C - j > 2) r[2] = shuffle<0x44>(t1, t3);
-  if (C - j > 3) r[3] = shuffle<0xEE>(t1, t3);
+  transpose_in_lanes(q);
+  for (int c = 0; c < C - j; ++c) r[c] = q[c];
 }
 
 // Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are
