@@ -108,22 +108,22 @@ template <int imm> inline R shuffle(R a, R b) { return _mm256_shuffle_ps(a, b, i
 #endif
 
 #ifdef MARSOPS_TRANSPOSE_ROWS
-// Registers r[0 .. 4) transposed as 4x4 squares within each 128-bit lane: four unpacks, four
-// shuffles (the shuffles' results, taken in the order that puts the rows in place).
-[[gnu::always_inline]] inline void transpose_in_lanes(R* r) {
-  const R t0 = unpack_lo(r[0], r[1]), t1 = unpack_hi(r[0], r[1]);
-  const R t2 = unpack_lo(r[2], r[3]), t3 = unpack_hi(r[2], r[3]);
-  r[0] = shuffle<0x44>(t0, t2);
-  r[1] = shuffle<0xEE>(t0, t2);
-  r[2] = shuffle<0x44>(t1, t3);
-  r[3] = shuffle<0xEE>(t1, t3);
+// Registers in[0 .. 4) transposed as 4x4 squares within each 128-bit lane into out[0 .. 4) (in
+// place allowed): four unpacks, four shuffles, taken in the order that puts the rows in place.
+[[gnu::always_inline]] inline void transpose_in_lanes(const R* in, R* out) {
+  const R t0 = unpack_lo(in[0], in[1]), t1 = unpack_hi(in[0], in[1]);
+  const R t2 = unpack_lo(in[2], in[3]), t3 = unpack_hi(in[2], in[3]);
+  out[0] = shuffle<0x44>(t0, t2);
+  out[1] = shuffle<0xEE>(t0, t2);
+  out[2] = shuffle<0x44>(t1, t3);
+  out[3] = shuffle<0xEE>(t1, t3);
 }
 
 // The L x L square r transposed: each four registers within their 128-bit lanes, then the lanes
 // between registers (L log2 L shuffles). Every stage pairs registers the same distance apart in
 // every group of four, so the in-lane squares may come first.
 [[gnu::always_inline]] inline void transpose(R* r) {
-  for (int i = 0; i < L; i += 4) transpose_in_lanes(r + i);
+  for (int i = 0; i < L; i += 4) transpose_in_lanes(r + i, r + i);
   transpose_lanes(r);
 }
 
@@ -145,12 +145,11 @@ template <int C>
     for (int l = 0; l < lanes; ++l) p[l] = src + (4 * l + k) * C + j;
     q[k] = load_quads(p, k == 3 ? C - j : 4);  // the block's last pixel: its own values only
   }
-  transpose_in_lanes(q);
-  for (int c = 0; c < C - j; ++c) r[c] = q[c];
+  transpose_in_lanes(q, r);  // rows [C - j, 4) hold other values, unused
 }
 
 // Classes [j, j + L) of block src (L pixels x C classes) as L class rows in r (rows past C are
-// other pixels' values; where narrow_class_rows applies only rows [0, C - j) are written).
+// other pixels' values; where narrow_class_rows applies only rows [0, 4) are written).
 template <int C>
 [[gnu::always_inline]] inline void class_rows(const float* __restrict__ src, int j, R* r) {
   if constexpr (C >= 2) {
