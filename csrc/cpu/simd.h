@@ -422,10 +422,12 @@ inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
 // class-last confusion count at 5 classes ran at 0.69x of NCHW, and 0.92-1.02x with this (benchmarks/README.md).
 constexpr int64_t kPrefetchDistance = 4096;
 
-// (Integer arithmetic: the address may lie past the tensor's end, where a prefetch does nothing.)
+// WRITE: the block is about to be written (prefetchw; the focal gradient). (Integer arithmetic:
+// the address may lie past the tensor's end, where a prefetch does nothing.)
+template <bool WRITE = false>
 [[gnu::always_inline]] inline void prefetch(const void* block, int64_t bytes) {
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(block) + kPrefetchDistance;
-  for (int64_t j = 0; j < bytes; j += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + j), 0, 3);
+  for (int64_t j = 0; j < bytes; j += 64) __builtin_prefetch(reinterpret_cast<const void*>(ahead + j), WRITE, 3);
 }
 
 // Whether a class-last fp32 block of C classes can be read into registers (rows) instead of a
