@@ -75,12 +75,15 @@ struct FocalKernel {
     if (loss_none) store_as<V, acc_t>(fp.loss, loss_none + n * P + p);
     if (grad) {
       saved_grad_t<in_t>* gn = grad + logit_offset(n, p, CLASS_LAST);
-      // The gradient lines of a block some way ahead are requested for writing (prefetchw): a store
-      // to a line not in cache must first read it for ownership, and the hardware prefetchers left
-      // the gradient's stores waiting on those reads (one thread, logits and gradient in L3 or
-      // memory, ns a pixel: 5 classes NCHW 3.9-4.1 -> 3.3-3.6 with AVX-512, 4.6-4.7 -> 4.3-4.4
-      // with AVX2, class-last 4.3-4.9 -> 3.8-4.2 and 5.5-6.0 -> 4.7-4.9; 19 classes 11-23% less;
-      // benchmarks/README.md, sixteenth pass). Prefetching the NCHW logits too gained nothing more.
+      // The gradient lines of a block some way ahead are prefetched: a store to a line not in cache
+      // must first read it for ownership, and the hardware prefetchers left the gradient's stores
+      // waiting on those reads. The write hint gives prefetchw only where the target has PRFCHW;
+      // these builds' targets do not, so this is prefetcht0, a read prefetch (a line no other core
+      // holds normally arrives exclusive, ready for the store). Measured so (one thread, logits and
+      // gradient in L3 or memory, ns a pixel): 5 classes NCHW 3.9-4.1 -> 3.3-3.6 with AVX-512,
+      // 4.6-4.7 -> 4.3-4.4 with AVX2, class-last 4.3-4.9 -> 3.8-4.2 and 5.5-6.0 -> 4.7-4.9; 19
+      // classes 11-23% less (benchmarks/README.md, sixteenth pass). Prefetching the NCHW logits
+      // too gained nothing more.
       if constexpr (L > 1) {
         if constexpr (CLASS_LAST) {
           class_last::prefetch<true>(gn, sm.classes() * L * sizeof(*gn));

@@ -422,8 +422,9 @@ inline void scatter(const float* __restrict__ tile, float* __restrict__ dst) {
 // class-last confusion count at 5 classes ran at 0.69x of NCHW, and 0.92-1.02x with this (benchmarks/README.md).
 constexpr int64_t kPrefetchDistance = 4096;
 
-// WRITE: the block is about to be written (prefetchw; the focal gradient). (Integer arithmetic:
-// the address may lie past the tensor's end, where a prefetch does nothing.)
+// WRITE: the block is about to be written (the focal gradient): the write hint, prefetchw where
+// the target has PRFCHW, else prefetcht0 as for reads. (Integer arithmetic: the address may lie
+// past the tensor's end, where a prefetch does nothing.)
 template <bool WRITE = false>
 [[gnu::always_inline]] inline void prefetch(const void* block, int64_t bytes) {
   const uintptr_t ahead = reinterpret_cast<uintptr_t>(block) + kPrefetchDistance;

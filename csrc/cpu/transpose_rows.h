@@ -120,8 +120,9 @@ template <int imm> inline R shuffle(R a, R b) { return _mm256_shuffle_ps(a, b, i
 }
 
 // The L x L square r transposed: each four registers within their 128-bit lanes, then the lanes
-// between registers (L log2 L shuffles). Every stage pairs registers the same distance apart in
-// every group of four, so the in-lane squares may come first.
+// between registers (L log2 L shuffles). The in-lane squares put their rows in order (where the
+// shuffles' natural order swaps rows 1 and 2); that swap may come before the lane stages because
+// those treat the registers of every group of four alike.
 [[gnu::always_inline]] inline void transpose(R* r) {
   for (int i = 0; i < L; i += 4) transpose_in_lanes(r + i, r + i);
   transpose_lanes(r);
@@ -134,8 +135,8 @@ constexpr int kMaxClasses = 32;  // simd.h's class_last::kMaxFixedClasses: the b
 // that inside the block; the last pixel's load is masked), register k's 128-bit lanes holding
 // pixels k, k + 4, ..., then a 4x4 transpose within the lanes (4 unpacks, a shuffle a row) leaves
 // row c's lanes in pixel order. For these few rows the square took ~37 shuffles with AVX-512 (its
-// unused rows' shuffles removed by the compiler); here 4 + C - j, plus the lane inserts (most of
-// them with a memory operand).
+// unused rows' shuffles removed by the compiler); here 4 + C - j once inlined (the rows a caller
+// never reads are removed the same way), plus the lane inserts (most with a memory operand).
 template <int C>
 [[gnu::always_inline]] inline void narrow_class_rows(const float* __restrict__ src, int j, R* r) {
   constexpr int lanes = L / 4;
