@@ -14,7 +14,7 @@ namespace CPU_CAPABILITY {
 // other label dtypes widened to them).
 constexpr int kMaxFixedFocalClasses = 8;
 
-// How far ahead (bytes) each NCHW gradient plane is prefetched for writing (FocalKernel::finish).
+// How far ahead (bytes) each NCHW gradient plane is prefetched, with the write hint (FocalKernel::finish).
 constexpr int64_t kGradPlanePrefetchDistance = 2048;
 
 template <typename in_t, typename acc_t, typename tgt_t>
