@@ -136,13 +136,23 @@ def check_argmax_special_values(x, y, c, seed):
             np.testing.assert_array_equal(got.numpy(), expected)
 
 
+@pytest.mark.parametrize("c", [5, 8, 16, 19, 32])
+def test_long_class_last_segments_agree(c):
+    """The class-last count visits the blocks of a long segment from its two halves in turn (wide
+    blocks: confusion_kernel.h, two_stream_block); 24 images of 360 pixels make segments of 22
+    blocks and some cut by the 8192-pixel chunks, so blocks are really visited out of order."""
+    check_focal_and_confusion(24, c, 9, 40, torch.float32, seed=c)
+
+
 @pytest.mark.parametrize("c", [2, 5, 8, 16, 17])
 @pytest.mark.parametrize("label", [-1, "C"])
-def test_bad_label_in_a_full_block_is_refused_in_both_layouts(c, label):
+@pytest.mark.parametrize("hw,where", [((4, 16), (2, 9)), ((9, 40), (8, 30))])
+def test_bad_label_in_a_full_block_is_refused_in_both_layouts(c, label, hw, where):
     """Class-last fp32 logits with int64 labels and up to 16 classes are counted with C a
-    compile-time constant; a bad label inside a full SIMD block goes through its own branch."""
-    x, y = make(2, c, 4, 16, torch.float32, seed=c)
-    y[1, 2, 9] = c if label == "C" else label
+    compile-time constant; a bad label inside a full SIMD block goes through its own branch (in
+    the 9x40 images, in the second half of a segment visited in two streams)."""
+    x, y = make(2, c, *hw, torch.float32, seed=c)
+    y[1, where[0], where[1]] = c if label == "C" else label
     for logits in (x, x.contiguous(memory_format=torch.channels_last)):
         with pytest.raises(ValueError, match="outside"):
             marsops.confusion_matrix(logits, y, c, ignore_index=-100, backend="cpu")
