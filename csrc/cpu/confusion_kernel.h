@@ -22,13 +22,14 @@ constexpr int64_t kSubHistMaxCells = 1024;
 constexpr int kMaxFixedConfusionClasses = 16;
 constexpr int kMaxFixedPlaneClasses = 8;
 
-// Class-last blocks of at least this many bytes are counted from the two halves of a segment in
-// turn: two streams for the hardware prefetchers instead of one (NCHW reads C + 1). From memory,
-// 2 threads, NHWC at 19 classes took 2.1-2.7 ms and 1.6-2.0 with this (AVX-512 and AVX2), at 8-24
-// classes 5-25% less with AVX-512. Narrower blocks are left in order: there, in L2, AVX2 at 5
-// classes (2.5 lines a block) lost 8-10%, the load instructions' own stride prefetch defeated by
-// the alternation (benchmarks/README.md, seventeenth pass).
-constexpr int64_t kTwoStreamMinBlockBytes = 512;
+// Class-last blocks of at least five cache lines are counted from the two halves of a segment in
+// turn: two streams for the hardware prefetchers instead of one (NCHW gives them C + 1). From
+// memory, 2 threads (the roofline benchmark's order of calls), the NHWC count took 2.1-2.7 ms and
+// 1.6-2.0 with this at 19 classes (AVX-512 and AVX2), 3.6-3.8 and 2.6-2.8 at 5 (AVX-512); blocks in
+// L2 lost at most 5%. Narrower blocks are left in order: in L2, AVX-512 at 3 and 4 classes lost
+// 20-30% (at 3 it gained 18% from memory) and AVX2 at 5 lost 6-10%, from memory too
+// (benchmarks/README.md, seventeenth pass).
+constexpr int64_t kTwoStreamMinBlockBytes = 5 * 64;
 
 // The b-th of `blocks` blocks to visit: in turn from [0, half) and [half, 2 * half), then in order.
 // half is odd, so that for power-of-two block sizes the two streams do not sit a multiple of 4 KB
