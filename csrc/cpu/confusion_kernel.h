@@ -33,7 +33,9 @@ constexpr int64_t kTwoStreamMinBlockBytes = 5 * 64;
 
 // The b-th of `blocks` blocks to visit: in turn from [0, half) and [half, 2 * half), then in order.
 // half is odd, so that for power-of-two block sizes the two streams do not sit a multiple of 4 KB
-// apart (the same cache sets).
+// apart (the same cache sets). The counts are integer sums, so the order changes none of them; the
+// bad label an error names is the first a segment meets in this order, so with several bad labels
+// the two layouts may name different ones (as different threads could already).
 inline int64_t two_stream_block(int64_t b, int64_t half) {
   return b < 2 * half ? (b >> 1) + (b & 1) * half : b;
 }
@@ -155,17 +157,17 @@ struct ConfusionKernel {
         const bool two_streams = CLASS_LAST && C * L * int64_t{sizeof(x_t)} >= kTwoStreamMinBlockBytes;
         const int64_t half = two_streams ? two_stream_half(blocks) : 0;
         for (int64_t b = 0; b < blocks; ++b) {
-          const int64_t p = p0 + L * two_stream_block(b, half);
+          const int64_t q = p0 + L * two_stream_block(b, half);  // the block's first pixel
           labels_simd::Mask ignored, in_range;
-          const auto t = labels_simd::load(y + n * P + p, ignore_index, C, ignored, in_range);
+          const auto t = labels_simd::load(y + n * P + q, ignore_index, C, ignored, in_range);
           if (!has_ignore) ignored = labels_simd::and_not(ignored, ignored);  // none
           if (!labels_simd::none(labels_simd::and_not(labels_simd::not_(in_range), ignored))) {
-            argmax<CLASS_LAST, Vec, FIXED_C>(n, p, pred);  // a bad label: count() records it
-            for (int i = 0; i < L; ++i) count(n * P + p + i, pred[i], hist, r);
+            argmax<CLASS_LAST, Vec, FIXED_C>(n, q, pred);  // a bad label: count() records it
+            for (int i = 0; i < L; ++i) count(n * P + q + i, pred[i], hist, r);
             continue;
           }
           int32_t cell[L];
-          labels_simd::cells(t, argmax_vec<CLASS_LAST, Vec, FIXED_C>(n, p), labels_simd::and_not(in_range, ignored), C,
+          labels_simd::cells(t, argmax_vec<CLASS_LAST, Vec, FIXED_C>(n, q), labels_simd::and_not(in_range, ignored), C,
                              static_cast<int32_t>(CC), cell);
           // kSubHists interleaved histograms, so that equal neighbouring cells do not chain each
           // increment to the previous one's store.
